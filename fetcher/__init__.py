@@ -1,0 +1,65 @@
+"""fetcher: a concurrent batch HTTP fetcher.
+
+The library behind the ``fetch`` command::
+
+    job = fetcher.load_job("jobs/example.csv")
+    summary = await fetcher.run_batch(job, fetcher.FetchConfig(concurrency=32))
+"""
+
+from fetcher._version import __version__
+from fetcher.config import FetchConfig, parse_duration, parse_size
+from fetcher.errors import (
+    FetcherError,
+    Interrupted,
+    JobError,
+    LockedError,
+    PathConflict,
+    SetupError,
+    StoreError,
+    TemplateError,
+    UsageError,
+)
+from fetcher.jobs import Job, load_job
+from fetcher.models import (
+    ErrorKind,
+    Failure,
+    Hop,
+    Outcome,
+    OutcomeKind,
+    Problem,
+    Request,
+    RunSummary,
+)
+from fetcher.runner import check_job, dry_run, run_batch
+from fetcher.templates import Template, compile_template
+
+__all__ = [
+    "ErrorKind",
+    "Failure",
+    "FetchConfig",
+    "FetcherError",
+    "Hop",
+    "Interrupted",
+    "Job",
+    "JobError",
+    "LockedError",
+    "Outcome",
+    "OutcomeKind",
+    "PathConflict",
+    "Problem",
+    "Request",
+    "RunSummary",
+    "SetupError",
+    "StoreError",
+    "Template",
+    "TemplateError",
+    "UsageError",
+    "__version__",
+    "check_job",
+    "compile_template",
+    "dry_run",
+    "load_job",
+    "parse_duration",
+    "parse_size",
+    "run_batch",
+]

@@ -1,0 +1,213 @@
+"""``FetchConfig``: every option of a run and its default, typed, in one place.
+
+Values come from three layers, lowest first: the defaults here, the job's TOML
+``[fetch]`` table, and command-line flags. ``merge`` applies the layers and checks each
+value once, so the rest of the code can trust a ``FetchConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TUNABLE", "FetchConfig", "parse_duration", "parse_size"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: str | int) -> int:
+    """Parse ``10MB``, ``1GiB``, ``512k`` or a plain byte count; raise ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"a size must be positive, not {value}")
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (try 10MB or 1GiB)")
+    number, unit = match.group(1), (match.group(2) or "").lower()
+    base = 1024 if "i" in unit else 1000
+    power = "bkmgt".index(unit[0]) if unit else 0
+    size = int(float(number) * base**power)
+    if size <= 0:
+        raise ValueError(f"a size must be positive, not {value!r}")
+    return size
+
+
+def parse_duration(value: str | float) -> float:
+    """Parse ``90``, ``30s``, ``15m``, ``2h`` into seconds; raise ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (try 90s, 15m or 2h)")
+        seconds = float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, not {value!r}")
+    return seconds
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, not {value!r}") from None
+    if number < 1:
+        raise ValueError(f"must be at least 1, not {number}")
+    return number
+
+
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must not be negative, not {number}")
+    return number
+
+
+def _positive_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, not {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, not {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a positive number, not {value!r}")
+    return number
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, not {value!r}")
+    return value
+
+
+def _size(value: object) -> int:
+    if not isinstance(value, int | str):
+        raise ValueError(f"not a size: {value!r}")
+    return parse_size(value)
+
+
+def _duration(value: object) -> float:
+    if not isinstance(value, int | float | str):
+        raise ValueError(f"not a duration: {value!r}")
+    return parse_duration(value)
+
+
+def _path(value: object) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(f"expected a path, not {value!r}")
+    return Path(value)
+
+
+# The settings a job's [fetch] table may set, and how each one is checked.
+TUNABLE: dict[str, Callable[[object], object]] = {
+    "concurrency": _positive_int,
+    "per_host": _positive_int,
+    "rate": _positive_float,
+    "per_host_rate": _positive_float,
+    "retries": _non_negative_int,
+    "timeout": _positive_float,
+    "max_size": _size,
+    "deadline": _duration,
+    "skip_existing": _flag,
+    "force": _flag,
+    "skip_invalid": _flag,
+    "insecure": _flag,
+    "cookies": _path,
+    "cookie_jar": _path,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchConfig:
+    """Every option of ``fetch run``, with its default.
+
+    Args:
+        output: the job's output directory (``output/<job stem>`` when None).
+        concurrency: requests in flight, overall.
+        per_host: requests in flight to one host.
+        rate: requests started per second, overall (None: unlimited).
+        per_host_rate: requests started per second to one host (None: unlimited).
+        headers: ``Name: value`` header templates sent on every request.
+        timeout: seconds for one attempt, connect to last byte.
+        retries: extra attempts on retryable failures.
+        max_size: bodies larger than this many decoded bytes fail as ``too_large``.
+        deadline: seconds after which no new row starts.
+        skip_existing: send nothing for rows that already have a good copy.
+        resume: skip the rows the last interrupted run finished.
+        force: send no conditional headers.
+        cookies: a Netscape cookies.txt loaded before the run.
+        cookie_jar: where the jar is saved when the run ends.
+        dry_run: print the rendered requests; send and write nothing.
+        skip_invalid: record invalid rows as failed and fetch the rest.
+        insecure: do not verify TLS certificates.
+        verbosity: 0 quiet, 1 normal, 2 verbose.
+        progress: a live progress line (None: when stderr is a terminal).
+        json: print the summary as one JSON object on stdout.
+        backoff: the longest wait before the first retry, in seconds; it doubles with
+            each attempt (full jitter). Not a command-line option.
+    """
+
+    output: Path | None = None
+    concurrency: int = 16
+    per_host: int = 4
+    rate: float | None = None
+    per_host_rate: float | None = None
+    headers: tuple[str, ...] = ()
+    timeout: float = 30.0
+    retries: int = 3
+    max_size: int | None = None
+    deadline: float | None = None
+    skip_existing: bool = False
+    resume: bool = False
+    force: bool = False
+    cookies: Path | None = None
+    cookie_jar: Path | None = None
+    dry_run: bool = False
+    skip_invalid: bool = False
+    insecure: bool = False
+    verbosity: int = 1
+    progress: bool | None = None
+    json: bool = False
+    backoff: float = 0.5
+
+    def merge(self, values: Mapping[str, object]) -> FetchConfig:
+        """Return a copy with ``values`` applied (None means: not given).
+
+        Raises ``ValueError`` naming the first bad setting.
+        """
+        changes: dict[str, object] = {}
+        names = {f.name for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if value is None:
+                continue
+            if name not in names:
+                raise ValueError(f"unknown setting {name!r}")
+            check = TUNABLE.get(name)
+            try:
+                changes[name] = check(value) if check else value
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        """The options as JSON-ready data (paths as strings)."""
+        data = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}

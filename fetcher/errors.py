@@ -1,0 +1,107 @@
+"""The one exception tree of fetcher.
+
+Every error the tool raises on purpose is a ``FetcherError``; each class carries the exit
+code that ``fetch`` ends with when it escapes a command::
+
+    FetcherError                 exit 1   base class
+    ├── UsageError               exit 2   a bad option or argument
+    ├── JobError                 exit 2   the job file is invalid: a list of FILE:LINE problems
+    ├── TemplateError            exit 2   a template cannot be parsed or rendered
+    ├── LockedError              exit 3   another run holds the output directory
+    ├── SetupError               exit 1   a [[setup]] request failed; no row was sent
+    ├── StoreError               exit 1   the output directory cannot be written or read
+    │   └── PathConflict         (a row)  a body's path is taken by a directory or a file
+    └── Interrupted              exit 130 / 143   SIGINT / SIGTERM stopped the run
+
+A URL that fails is not an exception: the engine returns it as an ``Outcome`` whose
+``error`` names one ``ErrorKind``. Only these classes, bugs and disk failures end a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fetcher.models import Problem
+
+__all__ = [
+    "FetcherError",
+    "Interrupted",
+    "JobError",
+    "LockedError",
+    "PathConflict",
+    "SetupError",
+    "StoreError",
+    "TemplateError",
+    "UsageError",
+]
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+class FetcherError(Exception):
+    """Base of every error fetcher raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(FetcherError):
+    """A command-line option or argument is not acceptable."""
+
+    exit_code = 2
+
+
+class JobError(FetcherError):
+    """The job is invalid; ``problems`` lists each one with its file and line."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem], *, total: int | None = None) -> None:
+        self.problems = list(problems)
+        self.total = total if total is not None else len(self.problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Return at most 20 ``FILE:LINE: message`` lines, then a count of the rest."""
+        lines = [str(problem) for problem in self.problems[:MAX_PROBLEMS_SHOWN]]
+        hidden = self.total - len(lines)
+        if hidden > 0:
+            lines.append(f"... and {hidden} more problem{'s' if hidden != 1 else ''}")
+        return "\n".join(lines)
+
+
+class TemplateError(FetcherError):
+    """A template is malformed, or names a value that does not exist."""
+
+    exit_code = 2
+
+
+class LockedError(FetcherError):
+    """Another run holds the lock on the output directory."""
+
+    exit_code = 3
+
+
+class SetupError(FetcherError):
+    """A ``[[setup]]`` request failed, so the batch was not started."""
+
+    exit_code = 1
+
+
+class StoreError(FetcherError):
+    """The output directory cannot be used."""
+
+    exit_code = 1
+
+
+class PathConflict(StoreError):
+    """A body's path cannot be used: a directory is in the way, or a file is where a
+    directory must be. It fails one row (kind ``invalid``), never the run."""
+
+
+class Interrupted(FetcherError):
+    """A signal stopped the run; the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by signal {signum}")

@@ -1,0 +1,777 @@
+"""Stage 1: read a job file (csv, txt, jsonl) and its TOML sidecar into ``Request`` records.
+
+``load_job`` reads and checks everything that is read once: the sidecar TOML, the CSV
+header row, and every template against the columns and the environment. ``Job.requests``
+then streams the rows from the file, a line at a time, so a job of a million rows never
+sits in memory; ``Job.validate`` walks that stream once before anything is sent.
+
+A row that is wrong becomes a ``Request`` whose ``invalid`` says why; every problem is
+reported as ``FILE:LINE: message``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yarl
+
+from fetcher._version import __version__
+from fetcher.config import TUNABLE
+from fetcher.errors import JobError, TemplateError
+from fetcher.models import Problem, Request
+from fetcher.templates import Template, compile_template
+
+__all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
+
+FORMATS = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+RESERVED_COLUMNS = frozenset({"url", "method", "body", "out", "headers"})
+HEADER_PREFIX = "header:"
+DEFAULT_HEADERS = (("User-Agent", f"fetcher/{__version__}"),)
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
+_TOML_LINE = re.compile(r"at line (\d+)")
+_TOP_KEYS = frozenset({"url", "method", "out", "headers", "fetch", "setup", "crawl"})
+_SETUP_KEYS = frozenset({"method", "url", "headers", "form", "body"})
+_CRAWL_KEYS = frozenset(
+    {"depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetupSpec:
+    """One ``[[setup]]`` request, as written in the TOML (templates unrendered)."""
+
+    line: int
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    form: tuple[tuple[str, str], ...] | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """The job's sidecar TOML, checked (templates unrendered)."""
+
+    source: Path | None = None
+    url: str | None = None
+    method: str | None = None
+    out: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    fetch: Mapping[str, object] = field(default_factory=dict)
+    setup: tuple[SetupSpec, ...] = ()
+    crawl: Mapping[str, object] | None = None
+    lines: Mapping[str, int] = field(default_factory=dict)  # "fetch.rate" -> TOML line
+
+    def line_of(self, key: str) -> int:
+        """The TOML line that sets ``key`` (1 when unknown)."""
+        return self.lines.get(key, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """The result of walking a whole job once: counts and the first problems."""
+
+    rows: int
+    invalid: int
+    problems: tuple[Problem, ...]
+
+
+def is_token(name: str) -> bool:
+    """True when ``name`` is a valid HTTP token (header name or method)."""
+    return bool(_TOKEN.match(name))
+
+
+def check_url(url: str) -> str | None:
+    """Return why ``url`` is not an absolute http(s) URL, or None when it is one."""
+    if not url:
+        return "the URL is empty"
+    if _BAD_URL_CHAR.search(url):
+        return f"the URL {url!r} contains spaces or control characters"
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return f"the URL {url!r} is not an absolute http or https URL"
+    if not rest.startswith("//"):
+        return f"the URL {url!r} has no host"
+    try:
+        parsed = yarl.URL(url)
+        host, _port = parsed.host, parsed.port
+    except (ValueError, TypeError, UnicodeError) as exc:
+        return f"the URL {url!r} is malformed ({exc})"
+    if not host:
+        return f"the URL {url!r} has no host"
+    return None
+
+
+def check_header(name: str, value: str) -> str | None:
+    """Return why a header is not acceptable, or None."""
+    if not is_token(name):
+        return f"header name {name!r} is not a valid token"
+    if _BAD_VALUE.search(value):
+        return f"header {name} has a CR, LF or NUL in its value"
+    return None
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """Split ``'Name: value'``; raise ``ValueError`` when it is not a header."""
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"expected 'Name: value', got {text!r}")
+    problem = check_header(name, value.strip())
+    if problem:
+        raise ValueError(problem)
+    return name, value.strip()
+
+
+def merge_headers(*layers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Merge header layers, lowest first: a later layer replaces a name (any case)."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer:
+            merged[name.lower()] = (name, value)
+    return list(merged.values())
+
+
+# --------------------------------------------------------------------------- TOML
+
+
+def _toml_lines(text: str) -> dict[str, int]:
+    """Map ``section.key`` (and ``key``) to the line that sets it, best effort."""
+    lines: dict[str, int] = {}
+    section = ""
+    setup_index = -1
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("[[") and line.endswith("]]"):
+            section = line[2:-2].strip()
+            if section == "setup":
+                setup_index += 1
+                section = f"setup.{setup_index}"
+            lines.setdefault(section, number)
+        elif line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            lines.setdefault(section, number)
+        elif "=" in line and not line.startswith("#"):
+            key = line.split("=", 1)[0].strip().strip("\"'")
+            lines.setdefault(f"{section}.{key}" if section else key, number)
+    return lines
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise JobError([Problem(str(path), 1, f"cannot read the config: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise JobError([Problem(str(path), line, "the config is not valid UTF-8")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_LINE.search(str(exc))
+        line = int(match.group(1)) if match else 1
+        message = str(exc).split(" (at ")[0]
+        raise JobError([Problem(str(path), line, f"invalid TOML: {message}")]) from None
+    return data, _toml_lines(text)
+
+
+def _string_table(
+    value: object, where: str, problems: list[Problem], file: str, line: int
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        problems.append(Problem(file, line, f"{where} must be a table of strings"))
+        return ()
+    pairs = []
+    for key, item in value.items():
+        if not isinstance(item, str):
+            problems.append(Problem(file, line, f"{where}.{key} must be a string"))
+            continue
+        pairs.append((str(key), item))
+    return tuple(pairs)
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read and check a sidecar TOML; raise ``JobError`` listing every problem."""
+    data, lines = _read_toml(path)
+    file = str(path)
+    problems: list[Problem] = []
+
+    def line_of(key: str) -> int:
+        return lines.get(key, 1)
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(Problem(file, line_of(key), f"unknown key {key!r}"))
+    strings: dict[str, str | None] = {}
+    for key in ("url", "method", "out"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            problems.append(Problem(file, line_of(key), f"{key} must be a string"))
+            value = None
+        strings[key] = value
+    method = strings["method"]
+    if method is not None and not is_token(method):
+        problems.append(Problem(file, line_of("method"), f"method {method!r} is not valid"))
+
+    headers: tuple[tuple[str, str], ...] = ()
+    if "headers" in data:
+        headers = _string_table(data["headers"], "headers", problems, file, line_of("headers"))
+        for name, value in headers:
+            problem = check_header(name, value)
+            if problem:
+                problems.append(Problem(file, line_of(f"headers.{name}"), problem))
+
+    fetch = data.get("fetch", {})
+    if not isinstance(fetch, dict):
+        problems.append(Problem(file, line_of("fetch"), "[fetch] must be a table"))
+        fetch = {}
+    for key, value in fetch.items():
+        check = TUNABLE.get(key)
+        if check is None:
+            hint = _close_match(key, TUNABLE)
+            problems.append(
+                Problem(file, line_of(f"fetch.{key}"), f"unknown key fetch.{key}{hint}")
+            )
+            continue
+        try:
+            check(value)
+        except ValueError as exc:
+            problems.append(Problem(file, line_of(f"fetch.{key}"), f"fetch.{key}: {exc}"))
+
+    setup = _load_setup(data.get("setup", []), file, lines, problems)
+
+    crawl = data.get("crawl")
+    if crawl is not None:
+        if not isinstance(crawl, dict):
+            problems.append(Problem(file, line_of("crawl"), "[crawl] must be a table"))
+            crawl = None
+        else:
+            for key in crawl:
+                if key not in _CRAWL_KEYS:
+                    hint = _close_match(key, _CRAWL_KEYS)
+                    problems.append(
+                        Problem(file, line_of(f"crawl.{key}"), f"unknown key crawl.{key}{hint}")
+                    )
+    if problems:
+        raise JobError(problems)
+    return JobSpec(
+        source=path,
+        url=strings["url"],
+        method=method.upper() if method else None,
+        out=strings["out"],
+        headers=headers,
+        fetch=dict(fetch),
+        setup=setup,
+        crawl=crawl,
+        lines=lines,
+    )
+
+
+def _load_setup(
+    entries: object, file: str, lines: Mapping[str, int], problems: list[Problem]
+) -> tuple[SetupSpec, ...]:
+    if not isinstance(entries, list):
+        problems.append(Problem(file, lines.get("setup", 1), "setup must be [[setup]] tables"))
+        return ()
+    specs = []
+    for index, entry in enumerate(entries):
+        line = lines.get(f"setup.{index}", 1)
+        if not isinstance(entry, dict):
+            problems.append(Problem(file, line, "each [[setup]] must be a table"))
+            continue
+        for key in entry:
+            if key not in _SETUP_KEYS:
+                key_line = lines.get(f"setup.{index}.{key}", line)
+                problems.append(Problem(file, key_line, f"unknown key setup.{key}"))
+        url, method, body = entry.get("url"), entry.get("method", "GET"), entry.get("body")
+        if not isinstance(url, str):
+            problems.append(Problem(file, line, "a [[setup]] request needs a url string"))
+            continue
+        if not isinstance(method, str) or not is_token(method):
+            problems.append(Problem(file, line, f"setup method {method!r} is not valid"))
+            continue
+        if body is not None and not isinstance(body, str):
+            problems.append(Problem(file, line, "setup body must be a string"))
+            continue
+        headers = _string_table(entry.get("headers", {}), "setup.headers", problems, file, line)
+        form = None
+        if "form" in entry:
+            form = _string_table(entry["form"], "setup.form", problems, file, line)
+        specs.append(
+            SetupSpec(
+                line=line, method=method.upper(), url=url, headers=headers, form=form, body=body
+            )
+        )
+    return tuple(specs)
+
+
+def _close_match(key: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, str | None]]:
+    """Yield ``(line number, text with its line ending)``; text is None if not UTF-8.
+
+    Splits on LF, CRLF and a lone CR, one physical line at a time.
+    """
+    number = 0
+    for raw in stream:
+        pieces = [raw]
+        if b"\r" in raw[:-2] or raw.endswith(b"\r"):
+            pieces = [p for p in re.split(rb"(?<=\r)(?!\n)", raw) if p]
+        for piece in pieces:
+            number += 1
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+                continue
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield number, text
+
+
+class _Row:
+    """One row's values before rendering, with its line and any problem so far."""
+
+    __slots__ = ("headers", "line", "problem", "values")
+
+    def __init__(
+        self,
+        line: int,
+        values: dict[str, str],
+        headers: list[tuple[str, str]] | None = None,
+        problem: str | None = None,
+    ) -> None:
+        self.line = line
+        self.values = values
+        self.headers = headers or []
+        self.problem = problem
+
+
+class Job:
+    """A loaded job: its file, format, sidecar spec and settings; rows are streamed."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        spec: JobSpec,
+        extra_headers: Sequence[tuple[str, str]] = (),
+        env: Mapping[str, str] | None = None,
+        columns: tuple[str, ...] = (),
+    ) -> None:
+        self.path = path
+        self.format = FORMATS[path.suffix.lower()]
+        self.spec = spec
+        self.env = os.environ if env is None else env
+        self.columns = columns
+        self.url_template = compile_template(spec.url) if spec.url else None
+        self.out_template = compile_template(spec.out) if spec.out else None
+        self.header_templates = [
+            (name, compile_template(value))
+            for name, value in merge_headers(DEFAULT_HEADERS, spec.headers, extra_headers)
+        ]
+        self._constant_headers: list[tuple[str, str]] | None = None
+        self._constant_secrets: frozenset[str] = frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    # -- the stream ---------------------------------------------------------------
+
+    def requests(self) -> Iterator[Request]:
+        """Stream the job's rows as rendered requests, in file order."""
+        for row in self._rows():
+            yield self._render(row)
+
+    def validate(self, *, keep: int = 20) -> Validation:
+        """Walk every row once; count them and keep the first ``keep`` problems."""
+        rows = invalid = 0
+        problems: list[Problem] = []
+        for request in self.requests():
+            rows += 1
+            if request.invalid is not None:
+                invalid += 1
+                if len(problems) < keep:
+                    problems.append(Problem(str(self.path), request.line, request.invalid))
+        return Validation(rows, invalid, tuple(problems))
+
+    def setup_requests(self) -> list[Request]:
+        """Render the ``[[setup]]`` requests (templates see only the environment)."""
+        requests = []
+        file = str(self.spec.source)
+        for entry in self.spec.setup:
+            secrets: set[str] = set()
+
+            def fill(source: str, secrets: set[str] = secrets) -> str:
+                rendered = compile_template(source).render({}, self.env)
+                secrets.update(rendered.secrets)
+                return rendered.text
+
+            try:
+                url = fill(entry.url)
+                headers = [(name, fill(value)) for name, value in entry.headers]
+                form = tuple((k, fill(v)) for k, v in entry.form) if entry.form else None
+                body = fill(entry.body) if entry.body is not None else None
+            except TemplateError as exc:
+                raise JobError([Problem(file, entry.line, f"setup: {exc}")]) from None
+            problem = check_url(url)
+            for name, value in headers:
+                problem = problem or check_header(name, value)
+            if problem:
+                raise JobError([Problem(file, entry.line, f"setup: {problem}")])
+            requests.append(
+                Request(
+                    line=entry.line,
+                    method=entry.method,
+                    url=url,
+                    headers=tuple(merge_headers(DEFAULT_HEADERS, headers)),
+                    body=body,
+                    form=form,
+                    secrets=frozenset(secrets),
+                )
+            )
+        return requests
+
+    # -- reading --------------------------------------------------------------------
+
+    def _rows(self) -> Iterator[_Row]:
+        try:
+            stream = self.path.open("rb")
+        except OSError as exc:
+            raise JobError([Problem(str(self.path), 1, f"cannot read: {exc.strerror}")]) from None
+        with stream:
+            if self.format == "csv":
+                yield from self._csv_rows(stream)
+            elif self.format == "jsonl":
+                yield from self._jsonl_rows(stream)
+            else:
+                yield from self._txt_rows(stream)
+
+    def _txt_rows(self, stream: BinaryIO) -> Iterator[_Row]:
+        for number, text in _lines(stream):
+            if text is None:
+                yield _Row(number, {}, problem="the line is not valid UTF-8")
+                continue
+            url = text.strip()
+            if url and not url.startswith("#"):
+                yield _Row(number, {"url": url})
+
+    def _jsonl_rows(self, stream: BinaryIO) -> Iterator[_Row]:
+        for number, text in _lines(stream):
+            if text is None:
+                yield _Row(number, {}, problem="the line is not valid UTF-8")
+                continue
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                message = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deep"
+                yield _Row(number, {}, problem=f"invalid JSON: {message}")
+                continue
+            yield _json_row(number, data)
+
+    def _csv_rows(self, stream: BinaryIO) -> Iterator[_Row]:
+        lines = _lines(stream)
+        current = 0
+        bad_line: list[int] = []
+
+        def texts() -> Iterator[str]:
+            nonlocal current
+            for number, text in lines:
+                current = number
+                if text is None:
+                    bad_line.append(number)
+                    yield "\n"
+                else:
+                    yield text
+
+        reader = csv.reader(texts(), strict=True)
+        header_seen = False
+        columns: list[str] = []
+        start = 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield _Row(start, {}, problem=f"malformed CSV: {exc}")
+                start = current + 1
+                continue
+            finally:
+                row_start, start = start, current + 1
+            if bad_line:
+                line, bad_line[:] = bad_line[0], []
+                if header_seen:
+                    yield _Row(line, {}, problem="the line is not valid UTF-8")
+                continue
+            if not fields or fields == [""]:
+                continue
+            if not header_seen:
+                header_seen = True
+                columns = [name.strip() for name in fields]
+                continue
+            if len(fields) > len(columns):
+                yield _Row(
+                    row_start,
+                    {},
+                    problem=f"the row has {len(fields)} fields, the header {len(columns)}",
+                )
+                continue
+            values: dict[str, str] = {}
+            headers: list[tuple[str, str]] = []
+            for name, value in zip(columns, fields, strict=False):
+                if not name:
+                    continue
+                values[name] = value
+                if name.lower().startswith(HEADER_PREFIX) and value:
+                    headers.append((name[len(HEADER_PREFIX) :].strip(), value))
+            for name in columns[len(fields) :]:
+                values.setdefault(name, "")
+            yield _Row(row_start, values, headers)
+
+    # -- rendering ------------------------------------------------------------------
+
+    def _render(self, row: _Row) -> Request:
+        values = row.values
+        if row.problem:
+            return Request(
+                line=row.line, method="GET", url=values.get("url", ""), invalid=row.problem
+            )
+        secrets: set[str] = set()
+        try:
+            if self.url_template is not None:
+                rendered = self.url_template.render(values, self.env)
+                url, secrets = rendered.text, set(rendered.secrets)
+            else:
+                url = values.get("url", "")
+            headers = self._headers(values, secrets)
+            headers = merge_headers(headers, row.headers)
+            out_source = values.get("out") or self.spec.out
+            out = None
+            if out_source:
+                rendered = compile_template(out_source).render(values, self.env)
+                out, secrets = rendered.text, secrets | rendered.secrets
+        except TemplateError as exc:
+            return Request(line=row.line, method="GET", url=values.get("url", ""), invalid=str(exc))
+        method = (values.get("method") or self.spec.method or "GET").upper()
+        problem = check_url(url)
+        if problem is None and not is_token(method):
+            problem = f"method {method!r} is not valid"
+        if problem is None:
+            for name, value in headers:
+                problem = check_header(name, value)
+                if problem:
+                    break
+        return Request(
+            line=row.line,
+            method=method,
+            url=url,
+            headers=tuple(headers),
+            body=values.get("body") or None,
+            out=out,
+            secrets=frozenset(secrets),
+            invalid=problem,
+        )
+
+    def _headers(self, values: Mapping[str, str], secrets: set[str]) -> list[tuple[str, str]]:
+        if self._constant_headers is not None:
+            secrets.update(self._constant_secrets)
+            return self._constant_headers
+        headers = []
+        found: set[str] = set()
+        for name, template in self.header_templates:
+            rendered = template.render(values, self.env)
+            found.update(rendered.secrets)
+            headers.append((name, rendered.text))
+        secrets.update(found)
+        if not any(template.columns for _, template in self.header_templates):
+            self._constant_headers, self._constant_secrets = headers, frozenset(found)
+        return headers
+
+
+def _json_row(number: int, data: object) -> _Row:
+    if not isinstance(data, dict):
+        return _Row(number, {}, problem="a JSONL line must be an object")
+    values: dict[str, str] = {}
+    headers: list[tuple[str, str]] = []
+    for key, value in data.items():
+        if key == "headers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                return _Row(number, values, problem="headers must be an object of strings")
+            headers.extend((str(k), v) for k, v in value.items())
+            continue
+        if isinstance(value, str):
+            values[key] = value
+        elif value is None:
+            values[key] = ""
+        elif isinstance(value, bool | int | float):
+            values[key] = json.dumps(value)
+        else:
+            return _Row(number, values, problem=f"{key} must be a string, number or boolean")
+        if key.lower().startswith(HEADER_PREFIX) and values[key]:
+            headers.append((key[len(HEADER_PREFIX) :].strip(), values[key]))
+    return _Row(number, values, headers)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _csv_columns(path: Path) -> tuple[tuple[str, ...], int]:
+    """Read the CSV header row; return its columns and its line."""
+    with path.open("rb") as stream:
+        for number, text in _lines(stream):
+            if text is None:
+                raise JobError([Problem(str(path), number, "the line is not valid UTF-8")])
+            if not text.strip():
+                continue
+            try:
+                fields = next(csv.reader([text], strict=True))
+            except (csv.Error, StopIteration) as exc:
+                raise JobError(
+                    [Problem(str(path), number, f"malformed CSV header: {exc}")]
+                ) from None
+            return tuple(name.strip() for name in fields), number
+    return (), 1
+
+
+def load_job(
+    path: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | None = None,
+    headers: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Job:
+    """Load a job file and its sidecar TOML, and check all that is read once.
+
+    Args:
+        path: the job file (``.csv``, ``.txt`` or ``.jsonl``).
+        config: a TOML sidecar; by default ``<dir>/<stem>.toml`` when it exists.
+        headers: ``Name: value`` header templates given on the command line.
+        env: the environment for ``{env.*}`` (default ``os.environ``).
+
+    Raises ``JobError`` with every problem found (the rows are checked by
+    ``Job.validate``).
+    """
+    job_path = Path(path)
+    file = str(job_path)
+    if job_path.suffix.lower() not in FORMATS:
+        raise JobError([Problem(file, 1, "unknown job format: use a .csv, .txt or .jsonl file")])
+    if not job_path.is_file():
+        raise JobError([Problem(file, 1, "no such job file")])
+    spec_path = Path(config) if config is not None else job_path.with_suffix(".toml")
+    if config is not None and not spec_path.is_file():
+        raise JobError([Problem(str(spec_path), 1, "no such config file")])
+    spec = load_spec(spec_path) if spec_path.is_file() else JobSpec()
+    toml = str(spec_path)
+    environment = os.environ if env is None else env
+
+    problems: list[Problem] = []
+    extra: list[tuple[str, str]] = []
+    for text in headers:
+        try:
+            extra.append(parse_header(text))
+        except ValueError as exc:
+            problems.append(Problem("-H", 1, str(exc)))
+
+    templates: list[tuple[str, int, str]] = []  # (source, toml line, what)
+    if spec.url:
+        templates.append((spec.url, spec.line_of("url"), "url"))
+    if spec.out:
+        templates.append((spec.out, spec.line_of("out"), "out"))
+    for name, value in spec.headers:
+        templates.append((value, spec.line_of(f"headers.{name}"), f"header {name}"))
+    compiled: list[tuple[Template, str, int, str]] = []
+    for source, line, what in templates:
+        try:
+            compiled.append((compile_template(source), toml, line, what))
+        except TemplateError as exc:
+            problems.append(Problem(toml, line, f"{what}: {exc}"))
+    for name, value in extra:
+        try:
+            compiled.append((compile_template(value), "-H", 1, f"header {name}"))
+        except TemplateError as exc:
+            problems.append(Problem("-H", 1, f"header {name}: {exc}"))
+    for template, where, line, what in compiled:
+        for env_name in sorted(template.env_names - set(environment)):
+            problems.append(
+                Problem(where, line, f"{what}: environment variable {env_name} is not set")
+            )
+
+    fmt = FORMATS[job_path.suffix.lower()]
+    columns: tuple[str, ...] = ()
+    if fmt == "csv":
+        columns, header_line = _csv_columns(job_path)
+        problems.extend(_check_columns(file, header_line, columns, spec, compiled))
+    elif fmt == "txt":
+        columns = ("url",)
+        for template, where, line, what in compiled:
+            for name in sorted(template.columns - {"url"}):
+                problems.append(
+                    Problem(
+                        where,
+                        line,
+                        f"{what}: unknown placeholder {{{name}}} (a .txt job has only {{url}})",
+                    )
+                )
+    if problems:
+        raise JobError(problems)
+    return Job(job_path, spec=spec, extra_headers=extra, env=environment, columns=columns)
+
+
+def _check_columns(
+    file: str,
+    line: int,
+    columns: tuple[str, ...],
+    spec: JobSpec,
+    compiled: Sequence[tuple[Template, str, int, str]],
+) -> list[Problem]:
+    if not columns:
+        return [Problem(file, 1, "the job is empty: no header row")]
+    problems = []
+    seen: set[str] = set()
+    for name in columns:
+        if name and name in seen:
+            problems.append(Problem(file, line, f"column {name!r} appears twice"))
+        seen.add(name)
+        if name.lower().startswith(HEADER_PREFIX):
+            header = name[len(HEADER_PREFIX) :].strip()
+            if not is_token(header):
+                problems.append(Problem(file, line, f"column {name!r}: not a valid header name"))
+    if "url" not in seen and not spec.url:
+        problems.append(
+            Problem(file, line, "no 'url' column, and the config gives no url template")
+        )
+    for template, where, where_line, what in compiled:
+        for name in sorted(template.columns - seen):
+            problems.append(
+                Problem(
+                    where,
+                    where_line,
+                    f"{what}: unknown placeholder {{{name}}} (not a column of {file})",
+                )
+            )
+    return problems

@@ -1,0 +1,535 @@
+"""Stage 2: send one request under the run's limits, with retries; the answer is an Outcome.
+
+``fetch_one`` reads top-down: take a host slot (per-host concurrency, the host's pause,
+the rate limiters), send the request following redirects by hand so every hop is
+recorded, stream the body into the store's sink, and decide whether to retry. A URL that
+fails is returned as an ``Outcome`` with an error kind; aiohttp's exceptions are
+translated in one place, ``classify``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+from multidict import CIMultiDict
+from yarl import URL
+
+from fetcher.config import FetchConfig
+from fetcher.errors import PathConflict, StoreError
+from fetcher.models import (
+    BodySink,
+    ErrorKind,
+    Failure,
+    Hop,
+    Outcome,
+    OutcomeKind,
+    PriorCopy,
+    Request,
+    Response,
+)
+
+__all__ = [
+    "RETRY_STATUSES",
+    "Limits",
+    "RetryPolicy",
+    "classify",
+    "fetch_one",
+    "make_limiter",
+    "parse_retry_after",
+    "send_setup",
+]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+RETRY_AFTER_CAP = 300.0
+CHUNK = 256 * 1024
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_limiter(rate: float) -> AsyncLimiter:
+    """A limiter of ``rate`` starts per second (aiolimiter counts per minute by default)."""
+    if rate >= 1:
+        return AsyncLimiter(rate, 1)
+    return AsyncLimiter(1, 1 / rate)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(slots=True)
+class _Host:
+    slots: asyncio.Semaphore
+    limiter: AsyncLimiter | None
+    resume_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Limits:
+    """Per-host concurrency, per-host pauses and the rate limiters of one run.
+
+    The worker pool is the overall concurrency limit; these sit beside it.
+    """
+
+    per_host: int
+    rate: float | None = None
+    per_host_rate: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    _limiter: AsyncLimiter | None = None
+    _hosts: dict[str, _Host] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rate is not None:
+            self._limiter = make_limiter(self.rate)
+
+    @classmethod
+    def from_config(cls, config: FetchConfig) -> Limits:
+        return cls(per_host=config.per_host, rate=config.rate, per_host_rate=config.per_host_rate)
+
+    def _host(self, host: str) -> _Host:
+        state = self._hosts.get(host)
+        if state is None:
+            limiter = make_limiter(self.per_host_rate) if self.per_host_rate else None
+            state = self._hosts[host] = _Host(asyncio.Semaphore(self.per_host), limiter)
+        return state
+
+    def pause_host(self, host: str, seconds: float) -> None:
+        """Start no request to ``host`` for ``seconds`` (a 429 or 503 said so)."""
+        state = self._host(host)
+        state.resume_at = max(state.resume_at, self.clock() + seconds)
+
+    def set_host_rate(self, host: str, rate: float) -> None:
+        """Give ``host`` its own rate (robots.txt Crawl-delay)."""
+        self._host(host).limiter = make_limiter(rate)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one of ``host``'s slots, after its pause and the rate limiters."""
+        state = self._host(host)
+        async with state.slots:
+            # A pause may grow while we sleep (another 429), so look again after each nap.
+            while (wait := state.resume_at - self.clock()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            if state.limiter is not None:
+                await state.limiter.acquire()
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            yield
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How often and how long to wait before trying again."""
+
+    retries: int = 3
+    base: float = 0.5
+    cap: float = 30.0
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Full jitter: a random wait in [0, min(cap, base * 2**(attempt-1))]."""
+        return (rng or random).uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date), capped at
+    five minutes; None when absent or nonsense."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return min(max(0.0, when.timestamp() - current), RETRY_AFTER_CAP)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Attempt(Exception):
+    """One attempt failed: how, whether to retry, and what the server said."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retry: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.retry = kind, message, retry
+        self.status, self.retry_after = status, retry_after
+
+
+def classify(exc: BaseException) -> tuple[ErrorKind, str, bool]:
+    """Translate an exception of one attempt into ``(kind, message, retryable)``."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return ErrorKind.TLS, _one_line(exc), False
+    if isinstance(exc, ssl.SSLError):
+        return ErrorKind.TLS, _one_line(exc), False
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return ErrorKind.TIMEOUT, "timed out", True
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ErrorKind.INVALID, f"invalid URL: {exc}", False
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ErrorKind.CONNECTION, f"body incomplete: {_one_line(exc)}", True
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # A response aiohttp could not parse: garbage, a bad status line, huge headers.
+        return ErrorKind.CONNECTION, f"invalid HTTP response: {_one_line(exc)}", True
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ErrorKind.CONNECTION, _one_line(exc) or type(exc).__name__, True
+    raise exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Fetched:
+    response: Response
+    path: str | None = None
+    meta: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    not_modified: bool = False
+
+
+async def fetch_one(
+    session: aiohttp.ClientSession,
+    request: Request,
+    *,
+    limits: Limits,
+    config: FetchConfig,
+    sink: Callable[[], BodySink],
+    prior: PriorCopy | None = None,
+    policy: RetryPolicy | None = None,
+) -> Outcome:
+    """Fetch one request with retries; never raise for a failed URL."""
+    policy = policy or RetryPolicy(retries=config.retries)
+    started = time.monotonic()
+    fetched_at = now_iso()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            fetched = await _attempt(session, request, limits, config, sink, prior, attempt)
+        except _Attempt as failure:
+            if not failure.retry or attempt > policy.retries:
+                return Outcome(
+                    request=request,
+                    kind=OutcomeKind.FAILED,
+                    status=failure.status,
+                    attempts=attempt,
+                    elapsed_ms=_ms(started),
+                    fetched_at=fetched_at,
+                    error=Failure(kind=failure.kind, message=failure.message),
+                )
+            delay = policy.backoff(attempt)
+            if failure.retry_after is not None:
+                delay = failure.retry_after
+                limits.pause_host(_host_key(request.url), delay)
+            await asyncio.sleep(delay)
+            continue
+        response = fetched.response
+        return Outcome(
+            request=request,
+            kind=OutcomeKind.NOT_MODIFIED if fetched.not_modified else OutcomeKind.FETCHED,
+            status=response.status,
+            reason=response.reason,
+            final_url=response.final_url,
+            redirects=response.redirects,
+            path=fetched.path,
+            meta=fetched.meta,
+            size=fetched.size,
+            sha256=fetched.sha256,
+            attempts=attempt,
+            elapsed_ms=_ms(started),
+            fetched_at=fetched_at,
+        )
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _host_key(url: str | URL) -> str:
+    parsed = url if isinstance(url, URL) else URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
+def _conditional(prior: PriorCopy | None, config: FetchConfig) -> list[tuple[str, str]]:
+    if prior is None or config.force:
+        return []
+    headers = []
+    if prior.etag:
+        headers.append(("If-None-Match", prior.etag))
+    if prior.last_modified:
+        headers.append(("If-Modified-Since", prior.last_modified))
+    return headers
+
+
+async def _attempt(
+    session: aiohttp.ClientSession,
+    request: Request,
+    limits: Limits,
+    config: FetchConfig,
+    sink: Callable[[], BodySink],
+    prior: PriorCopy | None,
+    attempt: int,
+) -> _Fetched:
+    """One attempt: follow redirects by hand, then stream the final body."""
+    started = time.monotonic()
+    started_at = now_iso()
+    method, url, body = request.method, URL(request.url, encoded=False), request.body
+    headers = CIMultiDict(request.headers)
+    headers.extend(_conditional(prior, config))
+    secret_names = request.secret_header_names()
+    origin = url.origin()
+    hops: list[Hop] = []
+    seen = {str(url)}
+    while True:
+        async with limits.slot(_host_key(url)):
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=_payload(request, body),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=config.timeout),
+                ) as resp:
+                    ttfb = _ms(started)
+                    location = resp.headers.get("Location")
+                    if resp.status in REDIRECT_STATUSES and location:
+                        target = _redirect_target(url, location, hops, seen, resp.status)
+                        hops.append(
+                            Hop(
+                                url=request.redact(str(url)),
+                                status=resp.status,
+                                location=request.redact(location),
+                            )
+                        )
+                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                            method, body = "GET", None
+                        url = target
+                    else:
+                        return await _finish(
+                            resp,
+                            request,
+                            config,
+                            sink,
+                            prior,
+                            hops,
+                            attempt,
+                            started,
+                            started_at,
+                            ttfb,
+                        )
+            except _Attempt:
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
+                kind, message, retry = classify(exc)
+                raise _Attempt(kind, message, retry=retry) from exc
+        if url.origin() != origin:
+            for name in secret_names:
+                headers.popall(name, None)
+            headers.popall("If-None-Match", None)
+            headers.popall("If-Modified-Since", None)
+
+
+def _payload(request: Request, body: str | None) -> object:
+    if request.form is not None and body is None and request.method != "GET":
+        return aiohttp.FormData(dict(request.form))
+    return body.encode("utf-8") if body is not None else None
+
+
+def _redirect_target(url: URL, location: str, hops: list[Hop], seen: set[str], status: int) -> URL:
+    try:
+        target = url.join(URL(location))
+    except (ValueError, TypeError) as exc:
+        raise _Attempt(ErrorKind.REDIRECT, f"bad redirect Location: {exc}", retry=False) from exc
+    if target.scheme not in ("http", "https"):
+        raise _Attempt(
+            ErrorKind.REDIRECT,
+            f"refused a redirect to a {target.scheme or 'relative'}: URL",
+            retry=False,
+            status=status,
+        )
+    if len(hops) >= MAX_REDIRECTS:
+        raise _Attempt(
+            ErrorKind.REDIRECT, f"more than {MAX_REDIRECTS} redirects", retry=False, status=status
+        )
+    key = str(target.with_fragment(None))
+    if key in seen:
+        raise _Attempt(ErrorKind.REDIRECT, "redirect loop", retry=False, status=status)
+    seen.add(key)
+    return target
+
+
+async def _finish(
+    resp: aiohttp.ClientResponse,
+    request: Request,
+    config: FetchConfig,
+    sink: Callable[[], BodySink],
+    prior: PriorCopy | None,
+    hops: list[Hop],
+    attempt: int,
+    started: float,
+    started_at: str,
+    ttfb: int,
+) -> _Fetched:
+    """The final response: a failure, a 304, or a body streamed into the store."""
+    status = resp.status
+    response = Response(
+        status=status,
+        reason=resp.reason or "",
+        final_url=request.redact(str(resp.url)),
+        redirects=tuple(hops),
+        headers=tuple(
+            (k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
+            for k, v in resp.raw_headers
+        ),
+        attempts=attempt,
+        started_at=started_at,
+        ttfb_ms=ttfb,
+    )
+    if status == 304 and prior is not None:
+        return _Fetched(
+            response=response,
+            path=prior.path,
+            size=prior.size,
+            sha256=prior.sha256,
+            not_modified=True,
+        )
+    if status in REDIRECT_STATUSES:
+        raise _Attempt(
+            ErrorKind.REDIRECT, f"HTTP {status} without a Location", retry=False, status=status
+        )
+    if not 200 <= status < 300:
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise _Attempt(
+            ErrorKind.HTTP,
+            f"HTTP {status} {resp.reason or ''}".strip(),
+            retry=status in RETRY_STATUSES,
+            status=status,
+            retry_after=retry_after,
+        )
+    if (
+        config.max_size is not None
+        and (resp.content_length or 0) > config.max_size
+        and not (resp.headers.get("Content-Encoding"))
+    ):
+        raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
+    body = sink()
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if config.max_size is not None and size > config.max_size:
+                raise _Attempt(
+                    ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status
+                )
+            digest.update(chunk)
+            try:
+                await body.write(chunk)
+            except OSError as exc:
+                raise StoreError(f"cannot write a body: {exc}") from exc
+        expected = resp.content_length
+        if expected is not None and not resp.headers.get("Content-Encoding") and size != expected:
+            raise _Attempt(
+                ErrorKind.CONNECTION,
+                f"body incomplete: got {size} of {expected} bytes",
+                retry=True,
+                status=status,
+            )
+        final = Response(
+            status=response.status,
+            reason=response.reason,
+            final_url=response.final_url,
+            redirects=response.redirects,
+            headers=response.headers,
+            attempts=attempt,
+            started_at=started_at,
+            ttfb_ms=ttfb,
+            elapsed_ms=_ms(started),
+        )
+        try:
+            stored = await body.commit(final)
+        except OSError as exc:
+            raise StoreError(f"cannot store a body: {exc}") from exc
+    except PathConflict as exc:
+        body.discard()
+        raise _Attempt(ErrorKind.INVALID, str(exc), retry=False, status=status) from exc
+    except BaseException:
+        body.discard()
+        raise
+    if stored.sha256 != digest.hexdigest() or stored.size != size:
+        raise RuntimeError(f"the store wrote {stored.size} bytes, the engine read {size}")
+    return _Fetched(
+        response=final, path=stored.path, meta=stored.meta, size=size, sha256=stored.sha256
+    )
+
+
+def _too_large(limit: int) -> str:
+    return f"body larger than --max-size ({limit} bytes)"
+
+
+# --------------------------------------------------------------------------- setup
+
+
+async def send_setup(
+    session: aiohttp.ClientSession, request: Request, *, config: FetchConfig
+) -> tuple[int, str]:
+    """Send one ``[[setup]]`` request (redirects followed); return ``(status, reason)``.
+
+    Raises ``_Attempt`` translated as ``SetupError`` by the caller on failure.
+    """
+    try:
+        async with session.request(
+            request.method,
+            URL(request.url, encoded=False),
+            headers=CIMultiDict(request.headers),
+            data=_payload(request, request.body),
+            timeout=aiohttp.ClientTimeout(total=config.timeout),
+            max_redirects=MAX_REDIRECTS,
+        ) as resp:
+            await resp.read()
+            return resp.status, resp.reason or ""
+    except aiohttp.TooManyRedirects:
+        return 0, "too many redirects"
+    except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
+        kind, message, _ = classify(exc)
+        return 0, f"{kind}: {message}"

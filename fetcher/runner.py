@@ -1,0 +1,348 @@
+"""``run_batch``: one TaskGroup joining the stages with bounded queues.
+
+    job.requests() --producer--> todo (bounded) --N workers: fetch_one--> done (bounded)
+        --recorder--> manifest, index, summary, progress
+
+The producer streams the job file, so memory does not grow with its length; a fixed
+pool of ``concurrency`` workers is the overall limit; the recorder is the only writer of
+the manifest. A signal or the deadline stops new requests, gives those in flight a few
+seconds, and records every row left as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+
+from fetcher.config import FetchConfig
+from fetcher.errors import JobError, SetupError
+from fetcher.jobs import Job
+from fetcher.models import (
+    REDACTED,
+    SECRET_HEADERS,
+    ErrorKind,
+    Failure,
+    Outcome,
+    OutcomeKind,
+    Problem,
+    Request,
+    RunSummary,
+)
+from fetcher.pool import Limits, RetryPolicy, fetch_one, now_iso, send_setup
+from fetcher.progress import Progress
+from fetcher.session import open_session
+from fetcher.store import DiskStore
+
+__all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
+
+GRACE_SECONDS = 5.0
+
+
+def output_dir(job: Job, config: FetchConfig) -> Path:
+    """The job's output directory: ``--output``, else ``output/<job stem>``."""
+    return config.output if config.output is not None else Path("output") / job.name
+
+
+def check_job(job: Job, config: FetchConfig) -> int:
+    """Validate every row before anything is sent; return the row count.
+
+    Raises ``JobError`` for an empty job, for invalid rows (unless ``skip_invalid``)
+    and for a ``[[setup]]`` request that does not render.
+    """
+    validation = job.validate()
+    if validation.rows == 0:
+        raise JobError([Problem(str(job.path), 1, "the job is empty: no requests")])
+    if validation.invalid and not config.skip_invalid:
+        raise JobError(validation.problems, total=validation.invalid)
+    job.setup_requests()
+    return validation.rows
+
+
+def dry_run(job: Job, config: FetchConfig, *, out: TextIO) -> int:
+    """Validate, then print every rendered request (secrets redacted); send nothing."""
+    rows = check_job(job, config)
+    root = output_dir(job, config)
+    store = DiskStore(root)
+    for request in job.setup_requests():
+        print(
+            f"setup {job.spec.source}:{request.line}: {request.method} {request.safe_url}", file=out
+        )
+        _print_headers(request, out)
+    for request in job.requests():
+        if request.invalid is not None:
+            print(f"line {request.line}: INVALID ({request.invalid}), recorded as failed", file=out)
+            continue
+        print(f"line {request.line}: {request.method} {request.safe_url}", file=out)
+        _print_headers(request, out)
+        print(f"    -> {root / store.path_for(request)}", file=out)
+    return rows
+
+
+def _print_headers(request: Request, out: TextIO) -> None:
+    for name, value in request.safe_headers():
+        print(f"    {name}: {value}", file=out)
+    if request.body is not None:
+        print(f"    body: {len(request.body.encode())} bytes", file=out)
+    if request.form is not None:
+        print(f"    form: {', '.join(name for name, _ in request.form)}", file=out)
+
+
+def _run_id() -> str:
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def _options(config: FetchConfig) -> dict[str, object]:
+    options = config.as_dict()
+    headers = []
+    for header in config.headers:
+        name, _, _ = header.partition(":")
+        headers.append(f"{name}: {REDACTED}" if name.strip().lower() in SECRET_HEADERS else header)
+    options["headers"] = headers
+    return options
+
+
+async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
+    """Run a job: validate it, then fetch every row into the output directory.
+
+    Args:
+        job: a job from ``load_job``.
+        config: the run's options.
+
+    Returns the run's ``RunSummary``; its ``exit_code`` is 0 when every row is ok, 1
+    when some failed, 128 + the signal number when a signal stopped the run.
+    Raises ``JobError`` (nothing sent), ``LockedError``, ``SetupError``, ``StoreError``.
+    """
+    total = check_job(job, config)
+    summary = RunSummary(run=_run_id(), started_at=now_iso())
+    started = time.monotonic()
+    options = _options(config)
+    with DiskStore(output_dir(job, config), resume=config.resume) as store:
+        store.start_run(summary.run, summary.started_at, options)
+        stopper = _Stopper(config.deadline)
+        progress = Progress(total=total, config=config)
+        try:
+            with stopper.on_signals():
+                async with open_session(config) as session:
+                    await _setup(session, job, config)
+                    await _pipeline(job, config, store, session, summary, stopper, progress)
+        except SetupError:
+            summary.exit_code = SetupError.exit_code
+            raise
+        finally:
+            progress.close()
+            summary.ended_at = now_iso()
+            summary.duration_s = time.monotonic() - started
+            summary.interrupted_by = stopper.signum
+            if stopper.signum is not None:
+                summary.exit_code = 128 + stopper.signum
+            elif summary.failed:
+                summary.exit_code = 1
+            store.finish_run(summary, options)
+        progress.summary(summary)
+    return summary
+
+
+async def _setup(session: aiohttp.ClientSession, job: Job, config: FetchConfig) -> None:
+    for request in job.setup_requests():
+        status, reason = await send_setup(session, request, config=config)
+        if not 200 <= status < 400:
+            where = f"{job.spec.source}:{request.line}"
+            got = f"HTTP {status} {reason}".strip() if status else request.redact(reason)
+            raise SetupError(
+                f"{where}: setup request {request.method} {request.safe_url} failed ({got}); "
+                "no row was sent"
+            )
+
+
+async def _pipeline(
+    job: Job,
+    config: FetchConfig,
+    store: DiskStore,
+    session: aiohttp.ClientSession,
+    summary: RunSummary,
+    stopper: _Stopper,
+    progress: Progress,
+) -> None:
+    limits = Limits.from_config(config)
+    policy = RetryPolicy(retries=config.retries, base=config.backoff)
+    todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+    done: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=config.concurrency * 4)
+    workers_left = config.concurrency
+
+    async def produce() -> None:
+        for request in job.requests():
+            outcome = _settled(request, config, store, stopper)
+            if outcome is not None:
+                await done.put(outcome)
+            else:
+                await todo.put(request)
+        for _ in range(config.concurrency):
+            await todo.put(None)
+
+    async def work() -> None:
+        nonlocal workers_left
+        try:
+            while (request := await todo.get()) is not None:
+                if stopper.stopped:
+                    await done.put(_interrupted(request))
+                    continue
+                prior = None if config.force else store.prior(request)
+                try:
+                    async with stopper.guard():
+                        outcome = await fetch_one(
+                            session,
+                            request,
+                            limits=limits,
+                            config=config,
+                            sink=lambda r=request: store.sink(r, summary.run),  # type: ignore[misc]
+                            prior=prior,
+                            policy=policy,
+                        )
+                except TimeoutError:
+                    outcome = _interrupted(request, started=True)
+                await done.put(outcome)
+        finally:
+            workers_left -= 1
+            if workers_left == 0:
+                await done.put(None)
+
+    async def record() -> None:
+        finished = False
+        while not finished:
+            batch = [await done.get()]
+            while not done.empty() and len(batch) < 1000:
+                batch.append(done.get_nowait())
+            outcomes = [outcome for outcome in batch if outcome is not None]
+            finished = len(outcomes) < len(batch)
+            store.record(outcomes, summary.run)
+            for outcome in outcomes:
+                summary.add(outcome)
+                progress.add(outcome)
+
+    with stopper.on_deadline():
+        async with asyncio.TaskGroup() as group:
+            group.create_task(record())
+            for _ in range(config.concurrency):
+                group.create_task(work())
+            group.create_task(produce())
+
+
+def _settled(
+    request: Request, config: FetchConfig, store: DiskStore, stopper: _Stopper
+) -> Outcome | None:
+    """The outcome of a row that needs no request, or None when it must be fetched."""
+    if request.invalid is not None:
+        return Outcome(
+            request=request,
+            kind=OutcomeKind.FAILED,
+            fetched_at=now_iso(),
+            error=Failure(kind=ErrorKind.INVALID, message=request.invalid),
+        )
+    if stopper.stopped:
+        return _interrupted(request)
+    if store.finished(request):
+        return _skipped(request, store)
+    if config.skip_existing:
+        prior = store.prior(request)
+        if prior is not None:
+            return Outcome(
+                request=request,
+                kind=OutcomeKind.SKIPPED,
+                path=prior.path,
+                meta=prior.path + ".meta.json",
+                size=prior.size,
+                sha256=prior.sha256,
+                fetched_at=now_iso(),
+            )
+    return None
+
+
+def _skipped(request: Request, store: DiskStore) -> Outcome:
+    prior = store.prior(request)
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.SKIPPED,
+        path=prior.path if prior else None,
+        size=prior.size if prior else None,
+        sha256=prior.sha256 if prior else None,
+        fetched_at=now_iso(),
+    )
+
+
+def _interrupted(request: Request, *, started: bool = False) -> Outcome:
+    message = "interrupted in flight" if started else "not started: the run was stopped"
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=now_iso(),
+        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
+    )
+
+
+class _Stopper:
+    """Stops a run on SIGINT / SIGTERM or at the deadline.
+
+    Once stopped, no new request starts; each request in flight gets ``GRACE_SECONDS``
+    and is then cancelled (its ``guard`` raises ``TimeoutError``).
+    """
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.signum: int | None = None
+        self.stopped = False
+        self._guards: set[asyncio.Timeout] = set()
+
+    def stop(self, signum: int | None = None, grace: float = GRACE_SECONDS) -> None:
+        if self.stopped and signum is not None:
+            grace = 0.0  # a second signal: stop now
+        self.stopped = True
+        if signum is not None and self.signum is None:
+            self.signum = signum
+        when = asyncio.get_running_loop().time() + grace
+        for guard in self._guards:
+            guard.reschedule(when)
+
+    @contextlib.asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        async with asyncio.timeout(None) as timeout:
+            self._guards.add(timeout)
+            try:
+                yield
+            finally:
+                self._guards.discard(timeout)
+
+    @contextlib.contextmanager
+    def on_deadline(self) -> Iterator[None]:
+        handle = None
+        if self.deadline is not None:
+            handle = asyncio.get_running_loop().call_later(self.deadline, self.stop)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self.stop, signum)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue
+            installed.append(signum)
+        try:
+            yield
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)

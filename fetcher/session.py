@@ -1,0 +1,138 @@
+"""One ``ClientSession`` and one cookie jar for a whole run, and cookies.txt files.
+
+The session is made inside the running loop and handed to the engine; nothing else in
+fetcher creates one. The jar takes cookies from IP-address hosts too (aiohttp refuses
+them unless ``unsafe=True``) and, as always, sends a cookie only to the hosts it belongs to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from http.cookies import Morsel, SimpleCookie
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from fetcher.config import FetchConfig
+from fetcher.errors import UsageError
+
+__all__ = ["load_cookies", "open_session", "save_cookies"]
+
+_MAX_LINE = 16 * 1024  # response line and header field limits (aiohttp's default is 8190)
+_MAX_HEADERS = 256
+
+
+@contextlib.asynccontextmanager
+async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSession]:
+    """Open the run's one session, with its jar loaded from ``config.cookies``."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    if config.cookies is not None:
+        load_cookies(jar, config.cookies)
+    connector = aiohttp.TCPConnector(
+        limit=config.concurrency,
+        limit_per_host=0,  # the engine's per-host slots are the one per-host limit
+        ssl=not config.insecure,
+        ttl_dns_cache=300,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=jar,
+        timeout=aiohttp.ClientTimeout(total=config.timeout),
+        auto_decompress=True,
+        max_line_size=_MAX_LINE,
+        max_field_size=_MAX_LINE,
+        max_headers=_MAX_HEADERS,
+        skip_auto_headers=("User-Agent",),
+    )
+    try:
+        yield session
+    finally:
+        await session.close()
+    if config.cookie_jar is not None:
+        save_cookies(jar, config.cookie_jar)
+
+
+def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
+    """Load a Netscape cookies.txt (as curl and wget write it); return the count."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--cookies {path}: cannot read: {exc}") from None
+    count = 0
+    now = time.time()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        http_only = line.startswith("#HttpOnly_")
+        if http_only:
+            line = line[len("#HttpOnly_") :]
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 7:
+            raise UsageError(f"{path}:{number}: not a cookies.txt line (7 tab-separated fields)")
+        domain, subdomains, cookie_path, secure, expires, name, value = fields
+        try:
+            expiry = int(expires)
+        except ValueError:
+            raise UsageError(f"{path}:{number}: expiry {expires!r} is not a number") from None
+        if expiry and expiry < now:
+            continue
+        host = domain.lstrip(".")
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[name] = value
+        morsel = cookie[name]
+        morsel["path"] = cookie_path or "/"
+        if subdomains.upper() == "TRUE" or domain.startswith("."):
+            morsel["domain"] = host
+        if secure.upper() == "TRUE":
+            morsel["secure"] = True
+        if http_only:
+            morsel["httponly"] = True
+        if expiry:
+            morsel["max-age"] = str(max(1, int(expiry - now)))
+        jar.update_cookies(cookie, URL.build(scheme="https", host=host, path="/"))
+        count += 1
+    return count
+
+
+def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
+    """Write the jar as a Netscape cookies.txt with mode 0600; return the count."""
+    host_only: frozenset[tuple[str, str, str]] = frozenset(
+        getattr(jar, "host_only_cookies", getattr(jar, "_host_only_cookies", ()))
+    )
+    expirations: dict[tuple[str, str, str], float] = getattr(jar, "_expirations", {})
+    lines = ["# Netscape HTTP Cookie File", "# Written by fetcher. Edit at your own risk.", ""]
+    for (domain, cookie_path), cookies in jar.cookies.items():
+        for name, morsel in cookies.items():
+            key = (domain, cookie_path, name)
+            lines.append(_cookie_line(morsel, key in host_only, expirations.get(key)))
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    return len(lines) - 3
+
+
+def _cookie_line(morsel: Morsel[str], host_only: bool, expires: float | None) -> str:
+    domain = morsel["domain"] or ""
+    prefix = "#HttpOnly_" if morsel["httponly"] else ""
+    return "\t".join(
+        [
+            f"{prefix}{'' if host_only else '.'}{domain}",
+            "FALSE" if host_only else "TRUE",
+            morsel["path"] or "/",
+            "TRUE" if morsel["secure"] else "FALSE",
+            str(int(expires)) if expires else "0",
+            morsel.key,
+            morsel.value,
+        ]
+    )
