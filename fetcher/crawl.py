@@ -1,0 +1,411 @@
+"""Crawl mode's pieces: settings, URL normalisation, scope, link extraction, sitemaps.
+
+Pure functions and small classes with no I/O of their own but reading a stored body; the
+frontier (``frontier.py``) keeps what was found, robots.txt lives in ``robots.py``, and
+the runner joins them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import ipaddress
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+__all__ = [
+    "DEFAULT_FOLLOW",
+    "CrawlSettings",
+    "extract_links",
+    "in_scope",
+    "is_html",
+    "normalize_url",
+    "parse_sitemap",
+    "registrable_domain",
+]
+
+DEFAULT_FOLLOW = ("a", "link", "area", "iframe")
+SCOPES = ("host", "domain", "any")
+MAX_PARSE_BYTES = 8 * 1024 * 1024  # only the first 8 MiB of a page are searched for links
+MAX_SITEMAP_BYTES = 50 * 1024 * 1024  # the sitemap protocol's own limit, decoded
+_LINK_ATTRS = {
+    "a": "href",
+    "area": "href",
+    "link": "href",
+    "iframe": "src",
+    "frame": "src",
+    "img": "src",
+    "script": "src",
+    "embed": "src",
+    "source": "src",
+    "video": "src",
+    "audio": "src",
+}
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+# A few public suffixes of two labels, so example.co.uk's domain is not co.uk. Without the
+# full Public Suffix List (a dependency) this is an approximation; it errs towards a
+# narrower scope, never a wider one for these.
+_TWO_LABEL_SUFFIXES = frozenset(
+    {
+        "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk",
+        "com.au", "net.au", "org.au", "edu.au", "gov.au", "co.nz", "org.nz", "co.jp",
+        "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "or.kr", "com.br", "net.br", "org.br",
+        "com.cn", "net.cn", "org.cn", "gov.cn", "com.tw", "org.tw", "co.in", "net.in",
+        "org.in", "co.za", "org.za", "com.mx", "com.ar", "com.tr", "com.sg", "com.hk",
+        "co.il", "co.id", "com.my", "com.ph", "com.vn", "com.pl", "com.ua", "co.th",
+        "github.io", "gitlab.io", "herokuapp.com", "appspot.com", "blogspot.com",
+        "pages.dev", "netlify.app", "vercel.app", "cloudfront.net", "azurewebsites.net",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlSettings:
+    """The ``[crawl]`` table, checked.
+
+    Args:
+        depth: hops followed from a seed; 0 fetches only the rows.
+        scope: ``host``, ``domain`` or ``any``.
+        include: a URL must match one of these (when any are given).
+        exclude: a URL must match none of these.
+        max_pages: a hard cap on pages requested in the run.
+        follow: the elements whose links are taken.
+        sitemaps: read sitemap.xml (and those named in robots.txt) as seeds.
+        strip_query: query parameter names (glob patterns) dropped from found URLs.
+        ignore_robots: do not fetch or obey robots.txt.
+    """
+
+    depth: int = 0
+    scope: str = "host"
+    include: tuple[re.Pattern[str], ...] = ()
+    exclude: tuple[re.Pattern[str], ...] = ()
+    max_pages: int | None = None
+    follow: tuple[str, ...] = DEFAULT_FOLLOW
+    sitemaps: bool = False
+    strip_query: tuple[str, ...] = ()
+    ignore_robots: bool = False
+    nofollow: bool = True  # honour rel=nofollow and <meta name=robots content=nofollow>
+    _follow_set: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_follow_set", frozenset(self.follow))
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> CrawlSettings:
+        """Check a ``[crawl]`` table (merged with flags); raise ``ValueError`` naming the key."""
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if value is None:
+                continue
+            values[key] = _check(key, value)
+        return cls(**values)
+
+    def allows(self, url: str) -> bool:
+        """True when ``url`` passes the include and exclude patterns."""
+        if self.include and not any(p.search(url) for p in self.include):
+            return False
+        return not any(p.search(url) for p in self.exclude)
+
+    @property
+    def follow_set(self) -> frozenset[str]:
+        return self._follow_set
+
+
+def _check(key: str, value: Any) -> Any:
+    if key in ("depth", "max_pages"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"crawl.{key} must be a whole number >= 0, not {value!r}")
+        if key == "max_pages" and value == 0:
+            raise ValueError("crawl.max_pages must be at least 1")
+        return value
+    if key == "scope":
+        if value not in SCOPES:
+            raise ValueError(f"crawl.scope must be one of {', '.join(SCOPES)}, not {value!r}")
+        return value
+    if key in ("include", "exclude"):
+        patterns = [value] if isinstance(value, str) else value
+        if not isinstance(patterns, list | tuple) or not all(isinstance(p, str) for p in patterns):
+            raise ValueError(f"crawl.{key} must be a list of regular expressions")
+        compiled = []
+        for pattern in patterns:
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                message = f"crawl.{key}: bad regular expression {pattern!r}: {exc}"
+                raise ValueError(message) from None
+        return tuple(compiled)
+    if key in ("follow", "strip_query"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"crawl.{key} must be a list of strings")
+        if key == "follow":
+            unknown = sorted(set(items) - set(_LINK_ATTRS))
+            if unknown:
+                raise ValueError(
+                    f"crawl.follow: unknown element {unknown[0]!r} "
+                    f"(choose from {', '.join(sorted(_LINK_ATTRS))})"
+                )
+            return tuple(i.lower() for i in items)
+        return tuple(items)
+    if key in ("sitemaps", "ignore_robots", "nofollow"):
+        if not isinstance(value, bool):
+            raise ValueError(f"crawl.{key} must be true or false")
+        return value
+    raise ValueError(f"unknown crawl setting {key!r}")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def _normalize_percent(text: str, safe: str) -> str:
+    """Upper-case percent escapes and decode the ones of unreserved characters."""
+
+    def fix(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
+
+    text = _PERCENT.sub(fix, text)
+    # Escape what must not appear raw (spaces, non-ASCII), keeping existing escapes.
+    return quote(text, safe=safe + "%")
+
+
+def normalize_url(url: str, *, strip_query: Sequence[str] = ()) -> str | None:
+    """The canonical form of an absolute http(s) URL, or None for anything else.
+
+    Scheme and host are lower-cased, the default port and the fragment dropped, percent
+    escapes normalised, an empty path made ``/``, and query parameters whose names match a
+    ``strip_query`` glob removed.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host
+    if port is not None and str(port) != _DEFAULT_PORTS[scheme]:
+        netloc = f"{host}:{port}"
+    path = _normalize_percent(parts.path or "/", safe="/:@!$&'()*+,;=")
+    query = parts.query
+    if query and strip_query:
+        kept = [
+            pair
+            for pair in query.split("&")
+            if not any(fnmatch.fnmatchcase(unquote(pair.split("=", 1)[0]), p) for p in strip_query)
+        ]
+        query = "&".join(kept)
+    if query:
+        query = _normalize_percent(query, safe="/:@!$&'()*+,;=?")
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def registrable_domain(host: str) -> str:
+    """The registrable domain of ``host`` (``www.example.co.uk`` -> ``example.co.uk``).
+
+    IP addresses and single-label hosts are their own domain.
+    """
+    host = host.lower().strip("[]").rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(labels) <= 2:
+        return host
+    if ".".join(labels[-2:]) in _TWO_LABEL_SUFFIXES:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def in_scope(url: str, seed: str, scope: str) -> bool:
+    """True when ``url`` is within ``scope`` of the ``seed`` URL."""
+    if scope == "any":
+        return True
+    host = (urlsplit(url).hostname or "").lower()
+    seed_host = (urlsplit(seed).hostname or "").lower()
+    if scope == "host":
+        return host == seed_host
+    return registrable_domain(host) == registrable_domain(seed_host)
+
+
+# --------------------------------------------------------------------------- links
+
+
+def is_html(content_type: str | None, head: bytes) -> bool:
+    """True for an HTML response: by ``Content-Type``, else by sniffing its first bytes."""
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            return True
+        if media and media not in ("application/octet-stream", "text/plain"):
+            return False
+    sniff = head[:1024].lstrip().lower()
+    return sniff.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
+
+
+class _LinkParser(HTMLParser):
+    def __init__(self, follow: frozenset[str], nofollow: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self.follow, self.honour_nofollow = follow, nofollow
+        self.links: list[str] = []
+        self.base: str | None = None
+        self.meta_nofollow = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "base" and self.base is None:
+            href = dict(attrs).get("href")
+            if href:
+                self.base = href.strip()
+            return
+        if tag == "meta":
+            values = dict(attrs)
+            if (values.get("name") or "").lower() == "robots" and "nofollow" in (
+                values.get("content") or ""
+            ).lower():
+                self.meta_nofollow = True
+            return
+        if tag not in self.follow:
+            return
+        values = dict(attrs)
+        if self.honour_nofollow and "nofollow" in (values.get("rel") or "").lower().split():
+            return
+        link = values.get(_LINK_ATTRS[tag])
+        if link:
+            self.links.append(link.strip())
+
+    handle_startendtag = handle_starttag
+
+
+def _lexbor_links(
+    data: bytes, follow: frozenset[str], nofollow: bool
+) -> tuple[list[str], str | None, bool]:
+    from selectolax.lexbor import LexborHTMLParser
+
+    tree = LexborHTMLParser(data)
+    base = None
+    base_node = tree.css_first("base[href]")
+    if base_node is not None:
+        base = (base_node.attributes.get("href") or "").strip() or None
+    meta_nofollow = False
+    for meta in tree.css("meta[name]"):
+        attributes = meta.attributes
+        if (attributes.get("name") or "").lower() == "robots" and "nofollow" in (
+            attributes.get("content") or ""
+        ).lower():
+            meta_nofollow = True
+    selector = ", ".join(f"{tag}[{_LINK_ATTRS[tag]}]" for tag in sorted(follow))
+    links = []
+    for node in tree.css(selector) if selector else []:
+        attributes = node.attributes
+        if nofollow and "nofollow" in (attributes.get("rel") or "").lower().split():
+            continue
+        link = attributes.get(_LINK_ATTRS.get(node.tag or "", "href"))
+        if link:
+            links.append(link.strip())
+    return links, base, meta_nofollow
+
+
+def _have_lexbor() -> bool:
+    try:
+        import selectolax.lexbor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+PARSER = "lexbor" if _have_lexbor() else "html.parser"
+
+
+def extract_links(
+    source: Path | bytes,
+    page_url: str,
+    *,
+    follow: Iterable[str] = DEFAULT_FOLLOW,
+    nofollow: bool = True,
+    parser: str | None = None,
+) -> list[str]:
+    """The absolute URLs a page links to, in document order, resolved against its
+    ``<base href>`` when present (not yet normalised or de-duplicated).
+
+    ``source`` is the stored body or its bytes; only its first 8 MiB are read.
+    """
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            data = handle.read(MAX_PARSE_BYTES)
+    else:
+        data = source[:MAX_PARSE_BYTES]
+    follow_set = frozenset(follow)
+    if (parser or PARSER) == "lexbor":
+        links, base, meta_nofollow = _lexbor_links(data, follow_set, nofollow)
+    else:
+        html = _LinkParser(follow_set, nofollow)
+        html.feed(data.decode("utf-8", "replace"))
+        html.close()
+        links, base, meta_nofollow = html.links, html.base, html.meta_nofollow
+    if nofollow and meta_nofollow:
+        return []
+    root = urljoin(page_url, base) if base else page_url
+    resolved = []
+    for link in links:
+        if link.lower().startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
+            continue
+        try:
+            resolved.append(urljoin(root, link))
+        except ValueError:
+            continue
+    return resolved
+
+
+# --------------------------------------------------------------------------- sitemaps
+
+
+def parse_sitemap(data: bytes) -> tuple[list[str], list[str]]:
+    """Read a sitemap or sitemap index (gzip allowed); return ``(pages, sitemaps)``."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+                data = unzipped.read(MAX_SITEMAP_BYTES)
+        except (OSError, EOFError):
+            return [], []
+    pages: list[str] = []
+    sitemaps: list[str] = []
+    try:
+        for _, element in ET.iterparse(io.BytesIO(data), events=("end",)):
+            tag = element.tag.rsplit("}", 1)[-1]
+            if tag == "loc" and element.text:
+                pages.append(element.text.strip())
+            elif tag == "sitemap" and pages:
+                # the <loc> just read belonged to a <sitemap> of an index
+                sitemaps.append(pages.pop())
+            element.clear()
+    except ET.ParseError:
+        pass
+    return pages, sitemaps
+
+
+def iter_unique(urls: Iterable[str]) -> Iterator[str]:
+    """``urls`` without repeats, in order."""
+    seen: set[str] = set()
+    for url in urls:
+        if url not in seen:
+            seen.add(url)
+            yield url

@@ -1,0 +1,245 @@
+"""Where a run's requests come from: the job's rows, or a crawl that grows from them.
+
+The runner's producer iterates a source and the recorder reports each outcome back to
+it. ``BatchSource`` streams the rows; ``CrawlSource`` puts the rows in the durable
+frontier as seeds, hands out its pending URLs shallowest first, and when a page is
+recorded adds the links it holds (within depth, scope, include/exclude and robots.txt).
+Either source yields a ``Request`` to fetch or an ``Outcome`` that needs no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from fetcher.crawl import MAX_SITEMAP_BYTES as _MAX_SITEMAP
+from fetcher.crawl import (
+    CrawlSettings,
+    extract_links,
+    in_scope,
+    is_html,
+    normalize_url,
+    parse_sitemap,
+)
+from fetcher.frontier import Entry, Frontier
+from fetcher.jobs import Job
+from fetcher.models import ErrorKind, Failure, Outcome, OutcomeKind, Request
+from fetcher.robots import RobotsCache
+
+__all__ = ["CrawlSource", "Settle", "invalid_outcome", "skipped_outcome"]
+
+Settle = Callable[[Request], "Outcome | None"]
+_TAKE = 64
+_MAX_SITEMAPS_PER_ORIGIN = 50
+
+
+def invalid_outcome(request: Request, fetched_at: str) -> Outcome:
+    """The failed outcome of a row that is not a valid request."""
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=fetched_at,
+        error=Failure(kind=ErrorKind.INVALID, message=request.invalid or "invalid"),
+    )
+
+
+def skipped_outcome(request: Request, fetched_at: str) -> Outcome:
+    """A row that needs no request."""
+    return Outcome(request=request, kind=OutcomeKind.SKIPPED, fetched_at=fetched_at)
+
+
+class CrawlSource:
+    """The requests of a crawl: seeds from the job, then the pages they lead to.
+
+    Args:
+        job: the job whose rows are the seeds.
+        settings: the ``[crawl]`` settings.
+        frontier: the durable frontier (fresh, or resumed).
+        root: the output directory (stored pages are read back for their links).
+        robots: the robots.txt cache, or None with ``ignore_robots``.
+        session: the run's session (for sitemaps).
+        stopped: tells whether the run is stopping.
+        now: the current time as the manifest writes it.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        settings: CrawlSettings,
+        *,
+        frontier: Frontier,
+        root: Path,
+        robots: RobotsCache | None,
+        session: aiohttp.ClientSession,
+        stopped: Callable[[], bool],
+        now: Callable[[], str],
+        timeout: float,
+    ) -> None:
+        self.job, self.settings, self.frontier, self.root = job, settings, frontier, root
+        self.robots, self.session, self.stopped, self.now = robots, session, stopped, now
+        self.timeout = timeout
+        self.seeds: dict[int, Request] = {}
+        self.dispatched = 0
+        self._flying: dict[str, int] = {}  # URL -> depth, of the pages in flight
+        self._changed = asyncio.Event()
+
+    def close(self) -> None:
+        """Close the frontier."""
+        self.frontier.close()
+
+    # -- the producer's side ------------------------------------------------------
+
+    async def items(self) -> AsyncIterator[Request | Outcome]:
+        """Yield each request to send, or an outcome that needs none."""
+        async for item in self._seed():
+            yield item
+        if self.settings.sitemaps:
+            await self._read_sitemaps()
+        cap = self.settings.max_pages
+        while not self.stopped():
+            room = _TAKE if cap is None else min(_TAKE, cap - self.dispatched)
+            if room <= 0:
+                return
+            # Level by level, as breadth-first search: a page of depth d+1 is taken only
+            # when every page of depth d is done, so each URL gets its shortest depth.
+            level = self.frontier.lowest_pending()
+            if level is None or (self._flying and min(self._flying.values()) < level):
+                if not self._flying:
+                    return
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            for entry in self.frontier.take(room, level):
+                request = self._request(entry)
+                if self.robots is not None and not await self.robots.allowed(entry.url):
+                    self.frontier.finish([entry.url])  # never requested; recorded as skipped
+                    yield skipped_outcome(request, self.now())
+                    continue
+                if self.stopped():
+                    return  # the URLs taken stay pending for --resume
+                self._flying[entry.url] = entry.depth
+                self.dispatched += 1
+                yield request
+
+    async def _seed(self) -> AsyncIterator[Outcome]:
+        batch: list[Entry] = []
+        for request in self.job.requests():
+            if request.invalid is not None:
+                yield invalid_outcome(request, self.now())
+                continue
+            url = normalize_url(request.url, strip_query=self.settings.strip_query) or request.url
+            self.seeds[request.line] = request
+            batch.append(Entry(url, 0, None, request.line))
+            if len(batch) >= 1000:
+                self.frontier.add(batch)
+                batch = []
+        self.frontier.add(batch)
+
+    def _request(self, entry: Entry) -> Request:
+        seed = self.seeds.get(entry.seed)
+        if seed is None:  # a resumed crawl whose job lost that row: a plain GET
+            return Request(
+                line=entry.seed, method="GET", url=entry.url, depth=entry.depth, parent=entry.parent
+            )
+        if entry.depth == 0 and entry.parent is None and entry.url == self._seed_url(seed):
+            return dataclasses.replace(seed, url=entry.url, depth=0)
+        return dataclasses.replace(
+            seed,
+            url=entry.url,
+            method="GET",
+            body=None,
+            form=None,
+            out=None,
+            depth=entry.depth,
+            parent=entry.parent,
+        )
+
+    def _seed_url(self, seed: Request) -> str:
+        return normalize_url(seed.url, strip_query=self.settings.strip_query) or seed.url
+
+    # -- the recorder's side --------------------------------------------------------
+
+    def recorded(self, outcomes: Sequence[Outcome]) -> None:
+        """Take the links of recorded pages into the frontier; mark the pages done."""
+        for outcome in outcomes:
+            url = outcome.request.url
+            if self._flying.pop(url, None) is None:
+                continue
+            self.frontier.finish([url], self._links(outcome))
+        self._changed.set()
+
+    def _links(self, outcome: Outcome) -> list[Entry]:
+        request = outcome.request
+        depth = request.depth or 0
+        if not outcome.ok or outcome.path is None or depth >= self.settings.depth:
+            return []
+        page = self.root / outcome.path
+        try:
+            with page.open("rb") as handle:
+                head = handle.read(1024)
+        except OSError:
+            return []
+        if not is_html(outcome.content_type, head):
+            return []
+        seed = self.seeds.get(request.line)
+        seed_url = self._seed_url(seed) if seed is not None else request.url
+        found = []
+        base = outcome.final_url or request.url
+        for link in extract_links(
+            page, base, follow=self.settings.follow, nofollow=self.settings.nofollow
+        ):
+            url = normalize_url(link, strip_query=self.settings.strip_query)
+            if (
+                url is not None
+                and in_scope(url, seed_url, self.settings.scope)
+                and self.settings.allows(url)
+            ):
+                found.append(Entry(url, depth + 1, request.url, request.line))
+        return found
+
+    # -- sitemaps ---------------------------------------------------------------------
+
+    async def _read_sitemaps(self) -> None:
+        origins: dict[str, int] = {}
+        for line, seed in self.seeds.items():
+            origin = str(URL(seed.url).origin())
+            origins.setdefault(origin, line)
+        for origin, line in origins.items():
+            queue = [f"{origin}/sitemap.xml"]
+            if self.robots is not None:
+                queue.extend(await self.robots.sitemaps(origin + "/"))
+            seen: set[str] = set()
+            seed_url = self._seed_url(self.seeds[line])
+            while queue and len(seen) < _MAX_SITEMAPS_PER_ORIGIN:
+                sitemap = queue.pop(0)
+                if sitemap in seen:
+                    continue
+                seen.add(sitemap)
+                pages, more = parse_sitemap(await self._get(sitemap))
+                queue.extend(more)
+                entries = []
+                for page in pages:
+                    url = normalize_url(page, strip_query=self.settings.strip_query)
+                    if (
+                        url
+                        and in_scope(url, seed_url, self.settings.scope)
+                        and (self.settings.allows(url))
+                    ):
+                        entries.append(Entry(url, 0, None, line))
+                self.frontier.add(entries)
+
+    async def _get(self, url: str) -> bytes:
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=self.timeout), max_redirects=5
+            ) as resp:
+                if resp.status != 200:
+                    return b""
+                return await resp.content.read(_MAX_SITEMAP)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return b""

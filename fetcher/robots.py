@@ -1,0 +1,118 @@
+"""robots.txt: fetched once per host on the run's session, cached for the run, obeyed.
+
+Follows RFC 9309: a 4xx answer means no rules (everything allowed); a 5xx answer or an
+unreachable server means everything is disallowed for that host in this run. A
+``Crawl-delay`` becomes that host's rate. robots.txt is not a page: it has no manifest
+record and does not count against ``max_pages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from urllib.robotparser import RobotFileParser
+
+import aiohttp
+from yarl import URL
+
+__all__ = ["MAX_ROBOTS_BYTES", "RobotsCache"]
+
+MAX_ROBOTS_BYTES = 512 * 1024  # RFC 9309 asks crawlers to read at least 500 KiB
+
+
+class _Rules:
+    """The parsed rules of one host, or a blanket answer."""
+
+    def __init__(self, parser: RobotFileParser | None, *, allow_all: bool) -> None:
+        self.parser, self.allow_all = parser, allow_all
+
+    def allowed(self, agent: str, url: str) -> bool:
+        if self.parser is None:
+            return self.allow_all
+        return self.parser.can_fetch(agent, url)
+
+    def delay(self, agent: str) -> float | None:
+        if self.parser is None:
+            return None
+        value = self.parser.crawl_delay(agent)
+        return float(value) if value else None
+
+    def sitemaps(self) -> list[str]:
+        if self.parser is None:
+            return []
+        return list(self.parser.site_maps() or [])
+
+
+class RobotsCache:
+    """robots.txt rules per origin, fetched on first use (once, even when asked for
+    concurrently).
+
+    Args:
+        session: the run's session.
+        agent: the User-Agent token matched against the rules.
+        timeout: seconds for fetching one robots.txt.
+        on_delay: called with ``(url, seconds)`` when a host asks for a Crawl-delay.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        agent: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        on_delay: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.session, self.agent, self.timeout = session, agent, timeout
+        self.headers = headers or {}
+        self.on_delay = on_delay
+        self._rules: dict[str, asyncio.Future[_Rules]] = {}
+
+    async def allowed(self, url: str) -> bool:
+        """True when robots.txt lets this crawler fetch ``url``."""
+        rules = await self._for(url)
+        return rules.allowed(self.agent, url)
+
+    async def sitemaps(self, url: str) -> list[str]:
+        """The sitemaps named in the robots.txt of ``url``'s origin."""
+        return (await self._for(url)).sitemaps()
+
+    async def _for(self, url: str) -> _Rules:
+        origin = str(URL(url).origin())
+        future = self._rules.get(origin)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._rules[origin] = future
+            try:
+                rules = await self._fetch(origin)
+            except BaseException as exc:
+                del self._rules[origin]
+                future.set_exception(exc)
+                future.exception()  # the waiters see it; do not warn about it unretrieved
+                raise
+            future.set_result(rules)
+            delay = rules.delay(self.agent)
+            if delay and self.on_delay is not None:
+                self.on_delay(origin, delay)
+            return rules
+        return await asyncio.shield(future)
+
+    async def _fetch(self, origin: str) -> _Rules:
+        try:
+            async with self.session.get(
+                f"{origin}/robots.txt",
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                max_redirects=5,
+            ) as resp:
+                if 400 <= resp.status < 500:
+                    return _Rules(None, allow_all=True)
+                if resp.status >= 500:
+                    return _Rules(None, allow_all=False)
+                data = await resp.content.read(MAX_ROBOTS_BYTES)
+        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError):
+            return _Rules(None, allow_all=False)
+        parser = RobotFileParser()
+        parser.parse(data.decode("utf-8", "replace").splitlines())
+        return _Rules(parser, allow_all=True)

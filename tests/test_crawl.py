@@ -1,0 +1,181 @@
+"""Crawl mode end to end against a generated loopback site (tests/crawl_site.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.crawl_site import expected, site
+
+N = 120
+FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
+
+
+def _serve(n: int = N, extra: dict[str, Any] | None = None) -> tuple[Any, list[int]]:
+    box = [0]
+    app = site(n, box)
+    for path, handler in (extra or {}).items():
+        app.router.add_get(path, handler)
+    return app, box
+
+
+def _job(workdir: Path, server: Served, crawl: str, seeds: list[str] | None = None) -> Path:
+    job = workdir / "seeds.csv"
+    rows = seeds or [server.at("/p/0.html")]
+    job.write_text("url\n" + "".join(f"{url}\n" for url in rows))
+    (workdir / "seeds.toml").write_text("[crawl]\n" + crawl)
+    return job
+
+
+def _records(workdir: Path, name: str = "seeds") -> list[dict[str, Any]]:
+    text = (workdir / "output" / name / "manifest.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _pages_requested(server: Served) -> list[str]:
+    return [str(r.url) for r in server.requests if r.path != "/robots.txt"]
+
+
+def test_crawl_fetches_exactly_the_pages_within_depth_and_scope(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 3\nstrip_query = ["utm_*"]\n')
+        result = run_fetch("run", job, *FAST)
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    want = expected([server.at("/p/0.html")], N, server.port, depth=3)
+    assert Counter(requested) == Counter(list(want)), "each page of the graph exactly once"
+    assert not [url for url in requested if "/private/" in url or "/nofollow/" in url]
+    records = {r["url"]: r for r in _records(workdir) if r["outcome"] == "fetched"}
+    assert set(records) == set(want)
+    for url, record in records.items():
+        assert record["depth"] == want[url]
+        assert (record["parent"] is None) == (record["depth"] == 0)
+    # robots.txt was read once, and is not a page: no manifest record
+    assert [r.path for r in server.requests].count("/robots.txt") == 1
+    assert not [r for r in _records(workdir) if r["url"].endswith("/robots.txt")]
+
+
+def test_depth_zero_fetches_only_the_rows(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        seeds = [server.at("/p/1.html"), server.at("/p/2.html"), server.at("/p/1.html#again")]
+        job = _job(workdir, server, "depth = 0\n", seeds)
+        result = run_fetch("run", job, *FAST)
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(requested) == sorted([server.at("/p/1.html"), server.at("/p/2.html")])
+
+
+def test_scope_any_follows_the_other_host(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 1\nscope = "any"\n')
+        result = run_fetch("run", job, *FAST)
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    assert server.at("/p/0.html", host="localhost") in requested
+    assert len(requested) == len(set(requested))
+
+
+def test_max_pages_is_a_hard_cap(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, "depth = 5\nmax_pages = 10\n")
+        result = run_fetch("run", job, *FAST, "-c", "8")
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    assert len(requested) == 10
+
+
+def test_include_and_exclude_filter_found_links(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        crawl = 'depth = 2\ninclude = ["/p/"]\nexclude = ["page=2", "/p/1[0-9]\\\\.html$"]\n'
+        job = _job(workdir, server, crawl)
+        result = run_fetch("run", job, *FAST)
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    assert len(requested) > 5
+    assert all("/p/" in url and "page=2" not in url for url in requested)
+    assert not [url for url in requested if re.search(r"/p/1[0-9]\.html$", url)]
+
+
+def test_ignore_robots_fetches_disallowed_paths_and_warns(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, "depth = 1\n")
+        result = run_fetch("run", job, *FAST, "--ignore-robots")
+        requested = _pages_requested(server)
+    assert "robots.txt" in result.stderr
+    assert server.at("/private/0.html") in requested
+    assert "/robots.txt" not in [r.path for r in server.requests]
+    assert result.exit_code == 1  # the trap answers 403
+
+
+def test_sitemaps_seed_the_crawl(workdir: Path) -> None:
+    async def sitemap(request: web.Request) -> web.Response:
+        locs = "".join(
+            f"<url><loc>http://127.0.0.1:{request.url.port}/p/{i}.html</loc></url>"
+            for i in (50, 60)
+        )
+        return web.Response(
+            text=f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{locs}</urlset>',
+            content_type="application/xml",
+        )
+
+    app, box = _serve(extra={"/sitemap.xml": sitemap})
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, "depth = 0\nsitemaps = true\n")
+        result = run_fetch("run", job, *FAST)
+        requested = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    pages = [url for url in requested if not url.endswith("sitemap.xml")]
+    assert sorted(pages) == sorted(server.at(f"/p/{i}.html") for i in (0, 50, 60))
+    assert not [r for r in _records(workdir) if "sitemap" in r["url"]]
+
+
+def test_a_killed_crawl_resumes_to_the_same_pages(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 3\nstrip_query = ["utm_*"]\n')
+        manifest = workdir / "output" / "seeds" / "manifest.jsonl"
+        command = [sys.executable, "-m", "fetcher", "run", str(job), "--per-host", "2",
+                   "--per-host-rate", "40", "-q"]
+        child = subprocess.Popen(command, cwd=workdir, env=dict(os.environ))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if manifest.exists() and len(manifest.read_bytes().splitlines()) >= 25:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        before = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
+        assert 0 < len(before)
+        server.requests.clear()
+        result = run_fetch("run", job, *FAST, "--resume")
+        again = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    want = expected([server.at("/p/0.html")], N, server.port, depth=3)
+    fetched = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
+    assert fetched == set(want)
+    assert not before & set(again), "a page recorded before the kill was requested again"

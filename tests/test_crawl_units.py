@@ -1,0 +1,212 @@
+"""Crawl mode's pure parts: normalisation, scope, link extraction, sitemaps, frontier."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fetcher.crawl import (
+    CrawlSettings,
+    extract_links,
+    in_scope,
+    is_html,
+    normalize_url,
+    parse_sitemap,
+    registrable_domain,
+)
+from fetcher.frontier import DONE, PENDING, Entry, Frontier
+
+PARSERS = ["html.parser", "lexbor"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("HTTP://Example.COM/a", "http://example.com/a"),
+        ("http://example.com:80/a", "http://example.com/a"),
+        ("https://example.com:443/a", "https://example.com/a"),
+        ("https://example.com:8443/a", "https://example.com:8443/a"),
+        ("http://example.com", "http://example.com/"),
+        ("http://example.com/a#frag", "http://example.com/a"),
+        ("http://example.com/%7euser/%2fx", "http://example.com/~user/%2Fx"),
+        ("http://example.com/a b", "http://example.com/a%20b"),
+        ("http://example.com/?b=1&a=2", "http://example.com/?b=1&a=2"),
+        ("http://127.0.0.1:8080/x?", "http://127.0.0.1:8080/x"),
+    ],
+)
+def test_normalize_url(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.com/", "mailto:a@b.c", "javascript:alert(1)", "/relative", "http://", "x"],
+)
+def test_normalize_rejects_what_is_not_http(url: str) -> None:
+    assert normalize_url(url) is None
+
+
+def test_strip_query_removes_matching_parameters_only() -> None:
+    url = "http://example.com/p?utm_source=x&id=3&sessionid=abc&utm_medium=y"
+    assert normalize_url(url, strip_query=["utm_*", "sessionid"]) == "http://example.com/p?id=3"
+    assert normalize_url("http://e.com/?utm_a=1", strip_query=["utm_*"]) == "http://e.com/"
+
+
+@given(st.text(max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_normalize_is_idempotent(tail: str) -> None:
+    first = normalize_url("http://Example.com/" + tail)
+    if first is not None:
+        assert normalize_url(first) == first
+
+
+def test_registrable_domain() -> None:
+    assert registrable_domain("www.example.com") == "example.com"
+    assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registrable_domain("127.0.0.1") == "127.0.0.1"
+    assert registrable_domain("localhost") == "localhost"
+
+
+def test_scope() -> None:
+    seed = "http://www.example.com/"
+    assert in_scope("http://www.example.com/x", seed, "host")
+    assert not in_scope("http://cdn.example.com/x", seed, "host")
+    assert in_scope("http://cdn.example.com/x", seed, "domain")
+    assert not in_scope("http://example.org/x", seed, "domain")
+    assert in_scope("http://example.org/x", seed, "any")
+    assert not in_scope("http://localhost:1/x", "http://127.0.0.1:1/", "host")
+
+
+def test_is_html() -> None:
+    assert is_html("text/html; charset=utf-8", b"")
+    assert is_html("application/xhtml+xml", b"")
+    assert not is_html("application/json", b"<html>")
+    assert is_html(None, b"  <!DOCTYPE html><html>")
+    assert is_html("application/octet-stream", b"<html><body>")
+    assert not is_html(None, b"%PDF-1.4")
+
+
+PAGE = b"""<!doctype html><html><head>
+<base href="/docs/">
+<link rel="stylesheet" href="style.css">
+<meta charset="utf-8">
+</head><body>
+<a href="page1.html">one</a>
+<a href="/abs.html#section">abs</a>
+<a href="http://other.example/x">other host</a>
+<a href="page2.html" rel="nofollow">skip me</a>
+<a href="#top">fragment only</a>
+<a href="javascript:void(0)">js</a>
+<a href="mailto:x@example.com">mail</a>
+<A HREF="UPPER.html">upper</A>
+<map><area href="area.html"></map>
+<iframe src="frame.html"></iframe>
+<img src="pic.png"><script src="app.js"></script>
+<a>no href</a>
+</body></html>"""
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_extract_links_resolves_against_base_and_skips_nofollow(parser: str) -> None:
+    links = extract_links(PAGE, "http://site.example/start/index.html", parser=parser)
+    assert links == [
+        "http://site.example/docs/style.css",
+        "http://site.example/docs/page1.html",
+        "http://site.example/abs.html#section",
+        "http://other.example/x",
+        "http://site.example/docs/UPPER.html",
+        "http://site.example/docs/area.html",
+        "http://site.example/docs/frame.html",
+    ]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_follow_list_replaces_the_default(parser: str) -> None:
+    links = extract_links(PAGE, "http://s.example/", follow=["img", "script"], parser=parser)
+    assert links == ["http://s.example/docs/pic.png", "http://s.example/docs/app.js"]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_meta_robots_nofollow_drops_every_link(parser: str, tmp_path: Path) -> None:
+    page = tmp_path / "p.html"
+    page.write_bytes(b'<meta name="robots" content="noindex, nofollow"><a href="/x">x</a>')
+    assert extract_links(page, "http://s.example/", parser=parser) == []
+    assert extract_links(page, "http://s.example/", parser=parser, nofollow=False) == [
+        "http://s.example/x"
+    ]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@given(data=st.binary(max_size=2000))
+@settings(max_examples=100, deadline=None)
+def test_extract_links_never_raises_on_garbage(parser: str, data: bytes) -> None:
+    for link in extract_links(data, "http://s.example/a/", parser=parser):
+        assert isinstance(link, str)
+
+
+def test_sitemap_and_index_and_gzip() -> None:
+    urlset = b"""<?xml version="1.0" encoding="UTF-8"?>
+<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+  <url><loc>http://s.example/a</loc><lastmod>2020-01-01</lastmod></url>
+  <url><loc> http://s.example/b </loc></url>
+</urlset>"""
+    assert parse_sitemap(urlset) == (["http://s.example/a", "http://s.example/b"], [])
+    index = b"""<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+  <sitemap><loc>http://s.example/sm1.xml</loc></sitemap>
+  <sitemap><loc>http://s.example/sm2.xml.gz</loc></sitemap>
+</sitemapindex>"""
+    assert parse_sitemap(index) == (
+        [],
+        ["http://s.example/sm1.xml", "http://s.example/sm2.xml.gz"],
+    )
+    assert parse_sitemap(gzip.compress(urlset))[0] == ["http://s.example/a", "http://s.example/b"]
+    assert parse_sitemap(b"<not xml") == ([], [])
+    assert parse_sitemap(b"\x1f\x8bnot gzip") == ([], [])
+
+
+def test_crawl_settings_check_their_values() -> None:
+    settings_ = CrawlSettings.parse(
+        {"depth": 2, "scope": "domain", "include": ["/docs/"], "exclude": r"\.pdf$"}
+    )
+    assert settings_.depth == 2
+    assert settings_.allows("http://s/docs/a")
+    assert not settings_.allows("http://s/docs/a.pdf")
+    assert not settings_.allows("http://s/blog/a")
+    for bad in (
+        {"depth": -1},
+        {"depth": "2"},
+        {"scope": "planet"},
+        {"include": ["("]},
+        {"follow": ["blink"]},
+        {"max_pages": 0},
+        {"sitemaps": "yes"},
+    ):
+        with pytest.raises(ValueError, match="crawl"):
+            CrawlSettings.parse(bad)
+
+
+def test_frontier_adds_each_url_once_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "frontier.sqlite"
+    frontier = Frontier(path, resume=False)
+    assert frontier.add([Entry("http://s/a", 0, None, 2), Entry("http://s/b", 0, None, 3)]) == 2
+    assert frontier.add([Entry("http://s/a", 1, "http://s/b", 3)]) == 0
+    taken = frontier.take(1)
+    assert [e.url for e in taken] == ["http://s/a"]
+    frontier.finish(["http://s/a"], [Entry("http://s/c", 1, "http://s/a", 2)])
+    assert frontier.count(DONE) == 1
+    frontier.take(10)  # b and c taken, then a crash
+    frontier.close()
+
+    resumed = Frontier(path, resume=True)
+    assert resumed.resumed
+    assert resumed.count(PENDING) == 2
+    assert [e.url for e in resumed.take(10)] == ["http://s/b", "http://s/c"]
+    resumed.close()
+
+    fresh = Frontier(path, resume=False)
+    assert fresh.count() == 0
+    fresh.close()
