@@ -21,11 +21,47 @@ __all__ = ["MAX_ROBOTS_BYTES", "RobotsCache"]
 MAX_ROBOTS_BYTES = 512 * 1024  # RFC 9309 asks crawlers to read at least 500 KiB
 
 
+def _crawl_delays(lines: list[str]) -> dict[str, float]:
+    """``Crawl-delay`` per user-agent group, fractions allowed (the standard library's
+    parser takes whole seconds only)."""
+    delays: dict[str, float] = {}
+    agents: list[str] = []
+    in_rules = False
+    for raw in lines:
+        line = raw.split("#", 1)[0].strip()
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        name, value = name.strip().lower(), value.strip()
+        if name == "user-agent":
+            if in_rules:
+                agents, in_rules = [], False
+            agents.append(value.lower())
+            continue
+        in_rules = True
+        if name == "crawl-delay":
+            try:
+                seconds = float(value)
+            except ValueError:
+                continue
+            if 0 < seconds < float("inf"):
+                for agent in agents:
+                    delays.setdefault(agent, seconds)
+    return delays
+
+
 class _Rules:
     """The parsed rules of one host, or a blanket answer."""
 
-    def __init__(self, parser: RobotFileParser | None, *, allow_all: bool) -> None:
+    def __init__(
+        self,
+        parser: RobotFileParser | None,
+        *,
+        allow_all: bool,
+        delays: dict[str, float] | None = None,
+    ) -> None:
         self.parser, self.allow_all = parser, allow_all
+        self.delays = delays or {}
 
     def allowed(self, agent: str, url: str) -> bool:
         if self.parser is None:
@@ -33,10 +69,11 @@ class _Rules:
         return self.parser.can_fetch(agent, url)
 
     def delay(self, agent: str) -> float | None:
-        if self.parser is None:
-            return None
-        value = self.parser.crawl_delay(agent)
-        return float(value) if value else None
+        token = agent.split("/", 1)[0].lower()
+        for name, seconds in self.delays.items():
+            if name != "*" and name in token:
+                return seconds
+        return self.delays.get("*")
 
     def sitemaps(self) -> list[str]:
         if self.parser is None:
@@ -113,6 +150,7 @@ class RobotsCache:
                 data = await resp.content.read(MAX_ROBOTS_BYTES)
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError):
             return _Rules(None, allow_all=False)
+        lines = data.decode("utf-8", "replace").splitlines()
         parser = RobotFileParser()
-        parser.parse(data.decode("utf-8", "replace").splitlines())
-        return _Rules(parser, allow_all=True)
+        parser.parse(lines)
+        return _Rules(parser, allow_all=True, delays=_crawl_delays(lines))

@@ -43,7 +43,7 @@ def serve_in_thread(app: web.Application) -> Iterator[Served]:
     seen: list[web.Request] = []
 
     @web.middleware
-    async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def count(request: web.Request, handler):
         seen.append(request)
         return await handler(request)
 

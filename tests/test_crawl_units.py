@@ -204,9 +204,36 @@ def test_frontier_adds_each_url_once_and_resumes(tmp_path: Path) -> None:
     resumed = Frontier(path, resume=True)
     assert resumed.resumed
     assert resumed.count(PENDING) == 2
-    assert [e.url for e in resumed.take(10)] == ["http://s/b", "http://s/c"]
+    assert resumed.lowest_pending() == 0
+    assert [e.url for e in resumed.take(10)] == ["http://s/b"], "one level at a time"
+    assert [e.url for e in resumed.take(10)] == ["http://s/c"]
+    assert resumed.take(10) == []
     resumed.close()
 
     fresh = Frontier(path, resume=False)
     assert fresh.count() == 0
     fresh.close()
+
+
+def test_crawl_delay_groups_and_fractions() -> None:
+    from fetcher.robots import _crawl_delays, _Rules
+
+    lines = [
+        "User-agent: BadBot",
+        "Crawl-delay: 30",
+        "",
+        "User-agent: fetcher",
+        "User-agent: other",
+        "Disallow: /x",
+        "Crawl-delay: 0.5  # half a second",
+        "",
+        "User-agent: *",
+        "Crawl-delay: nonsense",
+        "Crawl-delay: 2",
+    ]
+    delays = _crawl_delays(lines)
+    assert delays == {"badbot": 30.0, "fetcher": 0.5, "other": 0.5, "*": 2.0}
+    rules = _Rules(None, allow_all=True, delays=delays)
+    assert rules.delay("fetcher/0.1.0") == 0.5
+    assert rules.delay("curl/8") == 2.0
+    assert _Rules(None, allow_all=True).delay("x") is None
