@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import click
 
 from fetcher._version import __version__
 from fetcher.config import FetchConfig, parse_duration, parse_size
+from fetcher.crawl import CrawlSettings
 from fetcher.errors import FetcherError, JobError, UsageError
-from fetcher.jobs import load_job
+from fetcher.jobs import Job, load_job
 from fetcher.models import Problem
 
 __all__ = ["main"]
@@ -128,6 +130,15 @@ _RATE = click.FloatRange(min=0, min_open=True)
     default=None,
     help="Print the summary as one JSON object on stdout.",
 )
+@click.option("--depth", type=click.IntRange(min=0), help="Crawl: hops followed from a seed.")
+@click.option("--scope", type=click.Choice(["host", "domain", "any"]), help="Crawl: scope.")
+@click.option("--include", multiple=True, metavar="REGEX", help="Crawl: URLs must match one.")
+@click.option("--exclude", multiple=True, metavar="REGEX", help="Crawl: URLs must match none.")
+@click.option("--max-pages", type=_POSITIVE, help="Crawl: a cap on pages requested.")
+@click.option("--follow", multiple=True, metavar="ELEMENT", help="Crawl: elements followed.")
+@click.option("--sitemaps/--no-sitemaps", default=None, help="Crawl: read sitemaps as seeds.")
+@click.option("--strip-query", multiple=True, metavar="GLOB", help="Crawl: drop parameters.")
+@click.option("--ignore-robots", is_flag=True, default=None, help="Crawl: ignore robots.txt.")
 def run(
     job: Path,
     config_file: Path | None,
@@ -141,11 +152,17 @@ def run(
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose exclude each other")
-    headers = options.pop("headers")
+    headers = options["headers"]  # load_job renders them; the config records them
+    crawl_flags = {key: options.pop(key) for key in _CRAWL_FLAGS}
     try:
         loaded = load_job(job, config=config_file, headers=headers)
         config = _config(loaded.spec.fetch, loaded.spec.source, options)
         config = config.merge({"verbosity": 0 if quiet else 2 if verbose else 1, "json": as_json})
+        config = _crawl_config(config, loaded, crawl_flags, given={**loaded.spec.fetch, **options})
+        if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
+            click.echo(
+                "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
+            )
         if config.dry_run:
             dry_run(loaded, config, out=sys.stdout)
             return
@@ -156,6 +173,38 @@ def run(
     if config.json:
         click.echo(json.dumps(summary.as_dict()))
     sys.exit(summary.exit_code)
+
+
+_CRAWL_FLAGS = (
+    "depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query",
+    "ignore_robots",
+)  # fmt: skip
+
+
+def _crawl_config(
+    config: FetchConfig, job: Job, flags: dict[str, Any], *, given: dict[str, Any]
+) -> FetchConfig:
+    """Crawl settings from the ``[crawl]`` table and the flags (flags win); a crawl is
+    polite unless told otherwise: 2 requests in flight and 1 per second per host."""
+    flags = {key: value for key, value in flags.items() if value not in (None, ())}
+    if job.spec.crawl is None and not flags:
+        return config
+    table = dict(job.spec.crawl or {})
+    try:
+        settings = CrawlSettings.parse(table)
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0].rstrip(":")
+        raise JobError([Problem(str(job.spec.source), job.spec.line_of(key), str(exc))]) from None
+    try:
+        settings = CrawlSettings.parse({**table, **flags})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    polite: dict[str, object] = {"crawl": settings}
+    if given.get("per_host") is None:
+        polite["per_host"] = 2
+    if given.get("per_host_rate") is None:
+        polite["per_host_rate"] = 1.0
+    return config.merge(polite)
 
 
 def _config(
@@ -169,3 +218,134 @@ def _config(
         return config.merge(flags)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- looking at output
+
+_DIRECTORY = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Any]:
+    from fetcher.inspect_ import parse_status
+
+    try:
+        return [parse_status(value) for value in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _echo_lines(lines: Any) -> None:
+    """Print lines as they come; a closed pipe (``| head``) ends quietly."""
+    try:
+        for line in lines:
+            click.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        sys.exit(0)
+
+
+@main.command("ls")
+@click.argument("directory", type=_DIRECTORY)
+@click.option("--failed", is_flag=True, help="Only URLs whose latest outcome failed.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    callback=_statuses,
+    metavar="404|4xx",
+    help="Only these statuses or status classes (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def ls_command(directory: Path, failed: bool, statuses: list[Any], as_json: bool) -> None:
+    """The latest outcome of each URL: status, size, path, URL.
+
+    Read-only: safe while a run writes to DIRECTORY.
+    """
+    from fetcher.inspect_ import OutputDir, entry_lines
+
+    try:
+        with OutputDir(directory) as out:
+            entries = out.entries(failed=failed, statuses=statuses)
+            if as_json:
+                _echo_lines(json.dumps(entry.as_dict()) for entry in entries)
+            else:
+                widths = out.widths(failed=failed, statuses=statuses)
+                _echo_lines(entry_lines(entries, widths=widths))
+    except FetcherError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("directory", type=_DIRECTORY)
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="The record and sidecar as JSON.")
+def show(directory: Path, url: str, as_json: bool) -> None:
+    """One URL's latest record, sidecar and response headers.
+
+    URL may also be a body's path relative to DIRECTORY. Read-only.
+    """
+    from fetcher.inspect_ import OutputDir, show_lines
+
+    try:
+        with OutputDir(directory) as out:
+            found = out.find(url)
+    except FetcherError as exc:
+        _fail(exc)
+        return
+    if found is None:
+        click.echo(f"fetch: no record of {url} in {directory}", err=True)
+        sys.exit(1)
+    record, meta = found
+    if as_json:
+        click.echo(json.dumps({"record": record, "sidecar": meta}, indent=2))
+    else:
+        _echo_lines(show_lines(record, meta))
+
+
+@main.command()
+@click.argument("directory", type=_DIRECTORY)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def stats(directory: Path, as_json: bool) -> None:
+    """Counts, bytes, latency percentiles and the last run.
+
+    Counts per outcome, status class, error kind and host are of the latest outcome of
+    each URL; latency percentiles (p50, p90, p99) of those that made a request.
+    Read-only.
+    """
+    from fetcher.inspect_ import OutputDir, stats_lines
+
+    try:
+        with OutputDir(directory) as out:
+            result = out.stats()
+    except FetcherError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        _echo_lines(stats_lines(directory, result))
+
+
+@main.command()
+@click.argument("directory", type=_DIRECTORY)
+def reindex(directory: Path) -> None:
+    """Rebuild the index from the manifest and sidecars.
+
+    The index (.fetch/index.sqlite) is a cache; a run rebuilds a missing one itself.
+    Takes the directory's lock (exit 3 while a run holds it).
+    """
+    from fetcher.inspect_ import OutputDir
+    from fetcher.store import DiskStore
+
+    try:
+        OutputDir(directory)  # refuses a directory that holds no manifest
+        with DiskStore(directory) as store:
+            done = store.reindexed or store.reindex()  # opening rebuilds a missing index
+    except FetcherError as exc:
+        _fail(exc)
+        return
+    click.echo(
+        f"reindexed {directory}: {done.records} records, {done.urls} URLs, "
+        f"{done.copies} good copies, {done.runs} runs"
+    )

@@ -8,16 +8,22 @@ value once, so the rest of the code can trust a ``FetchConfig``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
+
+from fetcher.crawl import CrawlSettings
 
 __all__ = ["TUNABLE", "FetchConfig", "parse_duration", "parse_size"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_CONNECTIONS = 10_000
 
 
 def parse_size(value: str | int) -> int:
@@ -34,7 +40,7 @@ def parse_size(value: str | int) -> int:
     number, unit = match.group(1), (match.group(2) or "").lower()
     base = 1024 if "i" in unit else 1000
     power = "bkmgt".index(unit[0]) if unit else 0
-    size = int(float(number) * base**power)
+    size = int(Fraction(number) * base**power)
     if size <= 0:
         raise ValueError(f"a size must be positive, not {value!r}")
     return size
@@ -51,8 +57,8 @@ def parse_duration(value: str | float) -> float:
         if not match:
             raise ValueError(f"not a duration: {value!r} (try 90s, 15m or 2h)")
         seconds = float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, not {value!r}")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"a duration must be positive and finite, not {value!r}")
     return seconds
 
 
@@ -65,6 +71,13 @@ def _positive_int(value: object) -> int:
         raise ValueError(f"expected a whole number, not {value!r}") from None
     if number < 1:
         raise ValueError(f"must be at least 1, not {number}")
+    return number
+
+
+def _connections(value: object) -> int:
+    number = _positive_int(value)
+    if number > MAX_CONNECTIONS:  # each is a worker task and maybe a socket
+        raise ValueError(f"must be at most {MAX_CONNECTIONS}, not {number}")
     return number
 
 
@@ -118,8 +131,8 @@ def _path(value: object) -> Path:
 
 # The settings a job's [fetch] table may set, and how each one is checked.
 TUNABLE: dict[str, Callable[[object], object]] = {
-    "concurrency": _positive_int,
-    "per_host": _positive_int,
+    "concurrency": _connections,
+    "per_host": _connections,
     "rate": _positive_float,
     "per_host_rate": _positive_float,
     "retries": _non_negative_int,
@@ -163,6 +176,7 @@ class FetchConfig:
         json: print the summary as one JSON object on stdout.
         backoff: the longest wait before the first retry, in seconds; it doubles with
             each attempt (full jitter). Not a command-line option.
+        crawl: crawl settings; None fetches the rows only.
     """
 
     output: Path | None = None
@@ -187,6 +201,7 @@ class FetchConfig:
     progress: bool | None = None
     json: bool = False
     backoff: float = 0.5
+    crawl: CrawlSettings | None = None
 
     def merge(self, values: Mapping[str, object]) -> FetchConfig:
         """Return a copy with ``values`` applied (None means: not given).
@@ -208,6 +223,21 @@ class FetchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
-        """The options as JSON-ready data (paths as strings)."""
-        data = dataclasses.asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+        """The options as JSON-ready data (paths and patterns as strings)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not f.name.startswith("_")
+        }
+    return value

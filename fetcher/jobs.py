@@ -12,12 +12,14 @@ reported as ``FILE:LINE: message``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,8 +40,17 @@ DEFAULT_HEADERS = (("User-Agent", f"fetcher/{__version__}"),)
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (RFC 9110 5.5)
 _BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
+# An ASCII host name or IPv4 address, a port, printable ASCII after: valid as it stands.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE_URL = re.compile(
+    rf"https?://{_LABEL}(?:\.{_LABEL})*\.?(?::([0-9]{{1,5}}))?(?:[/?#][\x21-\x7e]*)?",
+    re.ASCII | re.IGNORECASE,
+)
+_COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOML_LINE = re.compile(r"at line (\d+)")
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _TOP_KEYS = frozenset({"url", "method", "out", "headers", "fetch", "setup", "crawl"})
 _SETUP_KEYS = frozenset({"method", "url", "headers", "form", "body"})
 _CRAWL_KEYS = frozenset(
@@ -74,8 +85,8 @@ class JobSpec:
     lines: Mapping[str, int] = field(default_factory=dict)  # "fetch.rate" -> TOML line
 
     def line_of(self, key: str) -> int:
-        """The TOML line that sets ``key`` (1 when unknown)."""
-        return self.lines.get(key, 1)
+        """The TOML line that sets ``key``, else its table's line, else 1."""
+        return _line_of(self.lines, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ class Validation:
     problems: tuple[Problem, ...]
 
 
+@lru_cache(maxsize=1024)  # header names and methods repeat on every row
 def is_token(name: str) -> bool:
     """True when ``name`` is a valid HTTP token (header name or method)."""
     return bool(_TOKEN.match(name))
@@ -94,6 +106,9 @@ def is_token(name: str) -> bool:
 
 def check_url(url: str) -> str | None:
     """Return why ``url`` is not an absolute http(s) URL, or None when it is one."""
+    simple = _SIMPLE_URL.fullmatch(url)
+    if simple and (simple.group(1) is None or int(simple.group(1)) <= 65535):
+        return None  # the common case, without the cost of parsing
     if not url:
         return "the URL is empty"
     if _BAD_URL_CHAR.search(url):
@@ -117,8 +132,10 @@ def check_header(name: str, value: str) -> str | None:
     """Return why a header is not acceptable, or None."""
     if not is_token(name):
         return f"header name {name!r} is not a valid token"
-    if _BAD_VALUE.search(value):
-        return f"header {name} has a CR, LF or NUL in its value"
+    if _CONTROL.search(value):
+        if _BAD_VALUE.search(value):
+            return f"header {name} has a CR, LF or NUL in its value"
+        return f"header {name} has a control character in its value"
     return None
 
 
@@ -146,26 +163,56 @@ def merge_headers(*layers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- TOML
 
 
+_TOML_TABLE = re.compile(r"^(\[\[?)\s*([^\[\]]*?)\s*\]\]?\s*(?:#.*)?$")
+_TOML_DOT = re.compile(r"\s*\.\s*")
+
+
+def _toml_key(text: str) -> str:
+    return ".".join(part.strip("\"'") for part in _TOML_DOT.split(text.strip()))
+
+
 def _toml_lines(text: str) -> dict[str, int]:
-    """Map ``section.key`` (and ``key``) to the line that sets it, best effort."""
+    """Map ``section.key`` (and ``key``) to the line that sets it, best effort.
+
+    The n-th ``[[setup]]`` table is ``setup.<n>`` (from 0); text inside multi-line
+    strings is not read as keys.
+    """
     lines: dict[str, int] = {}
     section = ""
     setup_index = -1
+    in_string: str | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if line.startswith("[[") and line.endswith("]]"):
-            section = line[2:-2].strip()
-            if section == "setup":
+        if in_string is not None:
+            if line.count(in_string) % 2:
+                in_string = None
+            continue
+        table = _TOML_TABLE.match(line)
+        if table:
+            section = _toml_key(table.group(2))
+            if table.group(1) == "[[" and section == "setup":
                 setup_index += 1
                 section = f"setup.{setup_index}"
-            lines.setdefault(section, number)
-        elif line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
+            elif section.startswith("setup.") and setup_index >= 0:
+                section = f"setup.{setup_index}.{section[len('setup.') :]}"
             lines.setdefault(section, number)
         elif "=" in line and not line.startswith("#"):
-            key = line.split("=", 1)[0].strip().strip("\"'")
+            key, value = line.split("=", 1)
+            key = _toml_key(key)
             lines.setdefault(f"{section}.{key}" if section else key, number)
+            for quotes in ('"""', "'''"):
+                if value.count(quotes) % 2:
+                    in_string = quotes
     return lines
+
+
+def _line_of(lines: Mapping[str, int], key: str) -> int:
+    """The line that sets ``key``, else its nearest enclosing table's line, else 1."""
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key.rpartition(".")[0]
+    return 1
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -174,7 +221,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except OSError as exc:
         raise JobError([Problem(str(path), 1, f"cannot read the config: {exc.strerror}")]) from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise JobError([Problem(str(path), line, "the config is not valid UTF-8")]) from None
@@ -210,11 +257,12 @@ def load_spec(path: Path) -> JobSpec:
     problems: list[Problem] = []
 
     def line_of(key: str) -> int:
-        return lines.get(key, 1)
+        return _line_of(lines, key)
 
     for key in data:
         if key not in _TOP_KEYS:
-            problems.append(Problem(file, line_of(key), f"unknown key {key!r}"))
+            hint = _close_match(key, _TOP_KEYS)
+            problems.append(Problem(file, line_of(key), f"unknown key {key!r}{hint}"))
     strings: dict[str, str | None] = {}
     for key in ("url", "method", "out"):
         value = data.get(key)
@@ -284,11 +332,11 @@ def _load_setup(
     entries: object, file: str, lines: Mapping[str, int], problems: list[Problem]
 ) -> tuple[SetupSpec, ...]:
     if not isinstance(entries, list):
-        problems.append(Problem(file, lines.get("setup", 1), "setup must be [[setup]] tables"))
+        problems.append(Problem(file, _line_of(lines, "setup"), "setup must be [[setup]] tables"))
         return ()
     specs = []
     for index, entry in enumerate(entries):
-        line = lines.get(f"setup.{index}", 1)
+        line = _line_of(lines, f"setup.{index}")
         if not isinstance(entry, dict):
             problems.append(Problem(file, line, "each [[setup]] must be a table"))
             continue
@@ -336,8 +384,8 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, str | None]]:
     number = 0
     for raw in stream:
         pieces = [raw]
-        if b"\r" in raw[:-2] or raw.endswith(b"\r"):
-            pieces = [p for p in re.split(rb"(?<=\r)(?!\n)", raw) if p]
+        if b"\r" in raw and (raw.count(b"\r") > 1 or not raw.endswith(b"\r\n")):
+            pieces = [p for p in _LONE_CR.split(raw) if p]
         for piece in pieces:
             number += 1
             try:
@@ -391,12 +439,22 @@ class Job:
             (name, compile_template(value))
             for name, value in merge_headers(DEFAULT_HEADERS, spec.headers, extra_headers)
         ]
+        # Headers that render the same for every row are rendered and checked once.
         self._constant_headers: list[tuple[str, str]] | None = None
         self._constant_secrets: frozenset[str] = frozenset()
+        self._constant_checked = False
+        self._constant_problem: str | None = None
 
     @property
     def name(self) -> str:
         return self.path.stem
+
+    def user_agent(self) -> str:
+        """The run's User-Agent when it is the same for every row, else the default."""
+        for name, template in reversed(self.header_templates):
+            if name.lower() == "user-agent" and template.is_literal:
+                return template.source.replace("{{", "{").replace("}}", "}")
+        return DEFAULT_HEADERS[0][1]
 
     # -- the stream ---------------------------------------------------------------
 
@@ -494,45 +552,19 @@ class Job:
             yield _json_row(number, data)
 
     def _csv_rows(self, stream: BinaryIO) -> Iterator[_Row]:
-        lines = _lines(stream)
-        current = 0
-        bad_line: list[int] = []
-
-        def texts() -> Iterator[str]:
-            nonlocal current
-            for number, text in lines:
-                current = number
-                if text is None:
-                    bad_line.append(number)
-                    yield "\n"
-                else:
-                    yield text
-
-        reader = csv.reader(texts(), strict=True)
-        header_seen = False
-        columns: list[str] = []
-        start = 1
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield _Row(start, {}, problem=f"malformed CSV: {exc}")
-                start = current + 1
+        columns: list[str] | None = None
+        header_columns: list[tuple[int, str]] = []  # (index, name) of each header:<Name>
+        for row_start, fields, problem in _csv_records(stream):
+            if fields is None:
+                yield _Row(row_start, {}, problem=problem)
                 continue
-            finally:
-                row_start, start = start, current + 1
-            if bad_line:
-                line, bad_line[:] = bad_line[0], []
-                if header_seen:
-                    yield _Row(line, {}, problem="the line is not valid UTF-8")
-                continue
-            if not fields or fields == [""]:
-                continue
-            if not header_seen:
-                header_seen = True
+            if columns is None:
                 columns = [name.strip() for name in fields]
+                header_columns = [
+                    (index, name[len(HEADER_PREFIX) :].strip())
+                    for index, name in enumerate(columns)
+                    if name.lower().startswith(HEADER_PREFIX)
+                ]
                 continue
             if len(fields) > len(columns):
                 yield _Row(
@@ -541,25 +573,21 @@ class Job:
                     problem=f"the row has {len(fields)} fields, the header {len(columns)}",
                 )
                 continue
-            values: dict[str, str] = {}
-            headers: list[tuple[str, str]] = []
-            for name, value in zip(columns, fields, strict=False):
-                if not name:
-                    continue
-                values[name] = value
-                if name.lower().startswith(HEADER_PREFIX) and value:
-                    headers.append((name[len(HEADER_PREFIX) :].strip(), value))
-            for name in columns[len(fields) :]:
-                values.setdefault(name, "")
+            if len(fields) < len(columns):
+                fields += [""] * (len(columns) - len(fields))
+            values = dict(zip(columns, fields, strict=True))
+            values.pop("", None)  # a column with no name is no variable
+            headers = [(name, fields[index]) for index, name in header_columns if fields[index]]
             yield _Row(row_start, values, headers)
 
     # -- rendering ------------------------------------------------------------------
 
     def _render(self, row: _Row) -> Request:
         values = row.values
+        method = (values.get("method") or self.spec.method or "GET").upper()
         if row.problem:
             return Request(
-                line=row.line, method="GET", url=values.get("url", ""), invalid=row.problem
+                line=row.line, method=method, url=values.get("url", ""), invalid=row.problem
             )
         secrets: set[str] = set()
         try:
@@ -569,24 +597,23 @@ class Job:
             else:
                 url = values.get("url", "")
             headers = self._headers(values, secrets)
-            headers = merge_headers(headers, row.headers)
+            if row.headers:
+                headers = merge_headers(headers, row.headers)
             out_source = values.get("out") or self.spec.out
             out = None
             if out_source:
                 rendered = compile_template(out_source).render(values, self.env)
                 out, secrets = rendered.text, secrets | rendered.secrets
         except TemplateError as exc:
-            return Request(line=row.line, method="GET", url=values.get("url", ""), invalid=str(exc))
-        method = (values.get("method") or self.spec.method or "GET").upper()
+            return Request(
+                line=row.line, method=method, url=values.get("url", ""), invalid=str(exc)
+            )
         problem = check_url(url)
-        if problem is None and not is_token(method):
+        if problem is None and method not in _COMMON_METHODS and not is_token(method):
             problem = f"method {method!r} is not valid"
         if problem is None:
-            for name, value in headers:
-                problem = check_header(name, value)
-                if problem:
-                    break
-        return Request(
+            problem = self._check_headers(headers)
+        request = Request(
             line=row.line,
             method=method,
             url=url,
@@ -594,8 +621,23 @@ class Job:
             body=values.get("body") or None,
             out=out,
             secrets=frozenset(secrets),
-            invalid=problem,
         )
+        if problem is not None:  # the message may quote a URL holding a secret
+            request = dataclasses.replace(request, invalid=request.redact(problem))
+        return request
+
+    def _check_headers(self, headers: list[tuple[str, str]]) -> str | None:
+        constant = headers is self._constant_headers
+        if constant and self._constant_checked:
+            return self._constant_problem
+        problem = None
+        for name, value in headers:
+            problem = check_header(name, value)
+            if problem:
+                break
+        if constant:
+            self._constant_checked, self._constant_problem = True, problem
+        return problem
 
     def _headers(self, values: Mapping[str, str], secrets: set[str]) -> list[tuple[str, str]]:
         if self._constant_headers is not None:
@@ -640,21 +682,50 @@ def _json_row(number: int, data: object) -> _Row:
 # --------------------------------------------------------------------------- loading
 
 
+def _csv_records(stream: BinaryIO) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield ``(first line, fields, None)`` for each CSV record, skipping blank lines, or
+    ``(line, None, problem)`` for a record that cannot be read."""
+    lines = _lines(stream)
+    current = 0
+    bad_lines: list[int] = []
+
+    def texts() -> Iterator[str]:
+        nonlocal current
+        for number, text in lines:
+            current = number
+            if text is None:
+                bad_lines.append(number)
+                yield "\n"
+            else:
+                yield text
+
+    reader = csv.reader(texts(), strict=True)
+    start = 1
+    while True:
+        problem = None
+        try:
+            fields: list[str] = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            fields, problem = [], f"malformed CSV: {exc}"
+        line, start = start, current + 1
+        if bad_lines:
+            line, problem = bad_lines[0], "the line is not valid UTF-8"
+            bad_lines.clear()
+        if problem is not None:
+            yield line, None, problem
+        elif len(fields) > 1 or (fields and fields[0].strip()):
+            yield line, fields, None
+
+
 def _csv_columns(path: Path) -> tuple[tuple[str, ...], int]:
     """Read the CSV header row; return its columns and its line."""
     with path.open("rb") as stream:
-        for number, text in _lines(stream):
-            if text is None:
-                raise JobError([Problem(str(path), number, "the line is not valid UTF-8")])
-            if not text.strip():
-                continue
-            try:
-                fields = next(csv.reader([text], strict=True))
-            except (csv.Error, StopIteration) as exc:
-                raise JobError(
-                    [Problem(str(path), number, f"malformed CSV header: {exc}")]
-                ) from None
-            return tuple(name.strip() for name in fields), number
+        for line, fields, problem in _csv_records(stream):
+            if fields is None:
+                raise JobError([Problem(str(path), line, f"the header row: {problem}")])
+            return tuple(name.strip() for name in fields), line
     return (), 1
 
 
@@ -670,7 +741,8 @@ def load_job(
     Args:
         path: the job file (``.csv``, ``.txt`` or ``.jsonl``).
         config: a TOML sidecar; by default ``<dir>/<stem>.toml`` when it exists.
-        headers: ``Name: value`` header templates given on the command line.
+        headers: ``Name: value`` header templates given on the command line; a
+            problem with the n-th one is reported as ``-H:n``.
         env: the environment for ``{env.*}`` (default ``os.environ``).
 
     Raises ``JobError`` with every problem found (the rows are checked by
@@ -683,19 +755,22 @@ def load_job(
     if not job_path.is_file():
         raise JobError([Problem(file, 1, "no such job file")])
     spec_path = Path(config) if config is not None else job_path.with_suffix(".toml")
-    if config is not None and not spec_path.is_file():
+    if config is not None and (not spec_path.exists() or spec_path.is_dir()):
         raise JobError([Problem(str(spec_path), 1, "no such config file")])
-    spec = load_spec(spec_path) if spec_path.is_file() else JobSpec()
+    # A named config may be any readable file, /dev/null or a pipe included.
+    spec = load_spec(spec_path) if config is not None or spec_path.is_file() else JobSpec()
     toml = str(spec_path)
     environment = os.environ if env is None else env
 
     problems: list[Problem] = []
     extra: list[tuple[str, str]] = []
-    for text in headers:
+    extra_at: list[int] = []  # which -H each came from, counted from 1
+    for number, text in enumerate(headers, start=1):
         try:
             extra.append(parse_header(text))
+            extra_at.append(number)
         except ValueError as exc:
-            problems.append(Problem("-H", 1, str(exc)))
+            problems.append(Problem("-H", number, str(exc)))
 
     templates: list[tuple[str, int, str]] = []  # (source, toml line, what)
     if spec.url:
@@ -710,11 +785,11 @@ def load_job(
             compiled.append((compile_template(source), toml, line, what))
         except TemplateError as exc:
             problems.append(Problem(toml, line, f"{what}: {exc}"))
-    for name, value in extra:
+    for (name, value), number in zip(extra, extra_at, strict=True):
         try:
-            compiled.append((compile_template(value), "-H", 1, f"header {name}"))
+            compiled.append((compile_template(value), "-H", number, f"header {name}"))
         except TemplateError as exc:
-            problems.append(Problem("-H", 1, f"header {name}: {exc}"))
+            problems.append(Problem("-H", number, f"header {name}: {exc}"))
     for template, where, line, what in compiled:
         for env_name in sorted(template.env_names - set(environment)):
             problems.append(

@@ -86,8 +86,8 @@ class Request:
     out: str | None = None
     secrets: frozenset[str] = frozenset()
     invalid: str | None = None  # set for a row kept by --skip-invalid: why it is invalid
-    depth: int = 0
-    parent: str | None = None
+    depth: int | None = None  # crawl mode: hops from the seed (0 for a seed); else None
+    parent: str | None = None  # crawl mode: the page whose link led here
 
     def redact(self, text: str) -> str:
         """Return ``text`` with every secret value replaced by ``<redacted>``."""
@@ -203,6 +203,7 @@ class Outcome:
     elapsed_ms: int = 0
     fetched_at: str = ""
     error: Failure | None = None
+    content_type: str | None = None  # the response's Content-Type (crawl mode reads it)
 
     @property
     def ok(self) -> bool:

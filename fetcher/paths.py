@@ -1,22 +1,29 @@
 """Where a body is stored: ``<host>/<path>`` from its URL, or the row's ``out`` template.
 
 Every path goes through ``safe_relpath``: whatever a URL or template holds (``..``,
-``%2e%2e``, absolute paths, backslashes, NUL, control characters, overlong or reserved
-names), the result is a relative path of plain segments that cannot leave the output
-directory and cannot hit the tool's own files.
+``%2e%2e``, absolute paths, backslashes, NUL, control characters, lone surrogates,
+overlong or reserved names), the result is a relative path of plain segments that
+cannot leave the output directory and cannot hit the tool's own files (the manifest,
+``runs/``, ``.fetch/``, a sidecar, a temp file).
+
+``PathCollisions`` finds two rows of a job that would store to the same path, in about
+eight bytes per row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 import re
-from urllib.parse import unquote, urlsplit
+from array import array
+from urllib.parse import unquote
 
 __all__ = [
     "META_SUFFIX",
     "RESERVED_TOP",
     "TEMP_PREFIX",
+    "PathCollisions",
     "body_path",
     "meta_path",
     "safe_relpath",
@@ -26,14 +33,36 @@ __all__ = [
 META_SUFFIX = ".meta.json"
 TEMP_PREFIX = ".~fetch-"
 RESERVED_TOP = frozenset({"manifest.jsonl", "runs", ".fetch"})
-MAX_NAME_BYTES = 200  # under NAME_MAX (255) with room for the sidecar suffix and temp names
+MAX_NAME_BYTES = 200  # under NAME_MAX (255) with room for the sidecar suffix
+MAX_PATH_BYTES = 1024  # the whole relative path; the output dir's own path is added to it
 MAX_DEPTH = 64
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\:*?\"<>|]")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\:*?\"<>|\ud800-\udfff]")
+_SEPARATORS = re.compile(r"[/\\]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]*(?:/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*")
+# Device names Windows reserves in any directory (with or without an extension).
+_DEVICE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")
+# In a plain path: a segment that is a device name or ends like a sidecar.
+_CAREFUL = re.compile(
+    r"(?i)(?:^|/)(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.[^/]*)?(?:/|$)|\.meta\.json(?:/|$)"
+)
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def _short_hash(text: str, length: int = 10) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+def _shorten(segment: str, limit: int = MAX_NAME_BYTES) -> str:
+    """Cut a name to ``limit`` UTF-8 bytes, keeping a short extension and adding a hash
+    of the whole name (so two long names stay apart)."""
+    encoded = segment.encode("utf-8")
+    if len(encoded) <= limit:
+        return segment
+    _, dot, ext = segment.rpartition(".")
+    suffix = f".{ext}" if dot and 0 < len(ext) <= 10 else ""
+    keep = encoded[: limit - 12 - len(suffix.encode())].decode("utf-8", "ignore")
+    return f"{keep}-{_short_hash(segment)}{suffix}"
 
 
 def _safe_segment(segment: str) -> str:
@@ -42,60 +71,94 @@ def _safe_segment(segment: str) -> str:
         return ""
     if segment.startswith(TEMP_PREFIX[:2]):
         segment = "_" + segment
-    if segment.endswith(META_SUFFIX):
-        segment += "_"
-    encoded = segment.encode("utf-8", "surrogatepass")
-    if len(encoded) > MAX_NAME_BYTES:
-        _, dot, ext = segment.rpartition(".")
-        suffix = f".{ext}" if dot and 0 < len(ext) <= 10 else ""
-        keep = encoded[: MAX_NAME_BYTES - 12 - len(suffix)].decode("utf-8", "ignore")
-        segment = f"{keep}-{_short_hash(segment)}{suffix}"
-    return segment
+    if segment.lower().endswith(META_SUFFIX):
+        segment += "_"  # a body never takes a sidecar's name
+    if _DEVICE.fullmatch(segment):
+        segment = "_" + segment
+    return _shorten(segment)
+
+
+def _fold(kept: list[str]) -> list[str]:
+    """Keep a path under ``MAX_DEPTH`` segments and ``MAX_PATH_BYTES``: the leading
+    segments that fit stay, the rest become one name with a hash of the whole path."""
+    whole = "/".join(kept)
+    budget = MAX_PATH_BYTES - MAX_NAME_BYTES - 1
+    head: list[str] = []
+    used = 0
+    for segment in kept[: MAX_DEPTH - 1]:
+        size = len(segment.encode("utf-8")) + 1
+        if used + size > budget:
+            break
+        head.append(segment)
+        used += size
+    last = _shorten(f"{_short_hash(whole, 16)}-{kept[-1]}")
+    return [*head, last]
 
 
 def safe_relpath(path: str) -> str:
     """Turn any string into a safe relative path (``/``-separated, never empty).
 
     ``..`` and ``.`` segments are dropped, ``\\`` splits segments too, unsafe characters
-    become ``_``, long names are shortened with a hash, and a first segment that names
-    the tool's own files gets a ``_`` prefix.
+    (controls, NUL, ``:*?"<>|``, lone surrogates) become ``_``, long names are shortened
+    with a hash, a name ending in ``.meta.json`` gets a ``_`` suffix, a name starting
+    with ``.~`` or a Windows device name gets a ``_`` prefix, and a first segment that
+    names the tool's own files (any case) gets a ``_`` prefix.
     """
-    segments = [_safe_segment(s) for s in re.split(r"[/\\]+", path)]
-    kept = [s for s in segments if s][:MAX_DEPTH]
+    if _PLAIN.fullmatch(path) and len(path) <= MAX_NAME_BYTES and not _CAREFUL.search(path):
+        kept = path.split("/")  # the common case: plain names, nothing to clean
+    else:
+        kept = [s for s in map(_safe_segment, _SEPARATORS.split(path)) if s]
     if not kept:
         return "index.html"
-    if kept[0] in RESERVED_TOP:
+    if len(kept) > MAX_DEPTH or sum(len(s.encode("utf-8")) + 1 for s in kept) > MAX_PATH_BYTES:
+        kept = _fold(kept)
+    if kept[0].lower() in RESERVED_TOP:
         kept[0] = "_" + kept[0]
     return "/".join(kept)
+
+
+def _host(scheme: str, authority: str) -> str:
+    host = authority.rpartition("@")[2].lower()  # never the userinfo
+    port = ""
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0:
+            host, port = host[1:end], host[end + 1 :].lstrip(":")
+    elif ":" in host:
+        host, _, port = host.rpartition(":")
+    host = host.rstrip(".") or "unknown-host"
+    if port and port != _DEFAULT_PORTS.get(scheme.lower()):
+        host = f"{host}_{port}"
+    return host
 
 
 def url_path(url: str) -> str:
     """The default relative path of a URL's body: ``<host>/<path>``.
 
     A path ending in ``/`` gets ``index.html``; a query adds a short hash of it before
-    the extension (``list.json?page=2`` -> ``list-<hash>.json``).
+    the extension (``list.json?page=2`` -> ``list-<hash>.json``); a port other than the
+    scheme's default is kept as ``<host>_<port>``. Percent-escapes are decoded and dot
+    segments resolved the way a server would (``/a/%2e%2e/b`` -> ``b``).
     """
-    parts = urlsplit(url)
-    host = (parts.hostname or "unknown-host").lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
-        host = f"{host}_{port}"
-    path = unquote(parts.path, errors="replace")
-    if not path or path.endswith("/"):
+    match = _URL.match(url)
+    if match is None:
+        return safe_relpath(url)
+    scheme, authority, path, query = match.groups()
+    host = _host(scheme, authority or "")
+    if "%" in path:
+        path = unquote(path, errors="replace")
+    if not path or path.endswith(("/", "\\")):
         path += "index.html"
-    # Resolve dot segments the way a server would before making the path safe.
-    path = posixpath.normpath("/" + path.replace("\\", "/")).lstrip("/") or "index.html"
-    if parts.query:
+    if "\\" in path or "/." in path or "//" in path or path.startswith("."):
+        path = posixpath.normpath("/" + path.replace("\\", "/")).lstrip("/") or "index.html"
+    if query:
         head, name = posixpath.split(path)
         stem, dot, ext = name.rpartition(".")
         if not dot or not stem:
             stem, ext = name, ""
-        name = f"{stem}-{_short_hash(parts.query, 8)}" + (f".{ext}" if ext else "")
+        name = f"{stem}-{_short_hash(query, 8)}" + (f".{ext}" if ext else "")
         path = posixpath.join(head, name)
-    return safe_relpath(f"{host}/{path}")
+    return safe_relpath(f"{host}/{path.lstrip('/')}")
 
 
 def body_path(url: str, out: str | None) -> str:
@@ -106,3 +169,46 @@ def body_path(url: str, out: str | None) -> str:
 def meta_path(body: str) -> str:
     """The sidecar's relative path for a body's relative path."""
     return body + META_SUFFIX
+
+
+_MASK = (1 << 64) - 1
+
+
+class PathCollisions:
+    """Finds paths given more than once among many, in about eight bytes per path.
+
+    Pass 1: ``add`` every path (a 64-bit hash goes into one of 256 arrays). Then
+    ``suspects()`` sorts each array in turn and returns the few hashes seen twice; a
+    second pass over the rows confirms them by the paths themselves (``confirm``).
+    """
+
+    def __init__(self) -> None:
+        self._buckets = [array("Q") for _ in range(256)]
+        self._suspects: set[int] = set()
+        self._first: dict[str, int] = {}
+
+    @staticmethod
+    def _key(path: str) -> int:
+        return hash(path) & _MASK
+
+    def add(self, path: str) -> None:
+        """Count one path (pass 1)."""
+        key = self._key(path)
+        self._buckets[key >> 56].append(key)
+
+    def suspects(self) -> int:
+        """End pass 1: keep the hashes seen more than once; return how many."""
+        for index, bucket in enumerate(self._buckets):
+            ordered = sorted(bucket)
+            self._buckets[index] = array("Q")
+            self._suspects.update(a for a, b in itertools.pairwise(ordered) if a == b)
+        return len(self._suspects)
+
+    def confirm(self, path: str, line: int) -> int | None:
+        """Pass 2: the line that already stores to ``path``, or None."""
+        if self._key(path) not in self._suspects:
+            return None
+        first = self._first.get(path)
+        if first is None:
+            self._first[path] = line
+        return first

@@ -45,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "classify",
     "fetch_one",
+    "host_key",
     "make_limiter",
     "parse_retry_after",
     "send_setup",
@@ -63,9 +64,11 @@ def now_iso() -> str:
 
 
 def make_limiter(rate: float) -> AsyncLimiter:
-    """A limiter of ``rate`` starts per second (aiolimiter counts per minute by default)."""
-    if rate >= 1:
-        return AsyncLimiter(rate, 1)
+    """A limiter of ``rate`` starts per second, one every ``1 / rate`` seconds.
+
+    A bucket of one: ``AsyncLimiter(rate, 1)`` would let ``rate`` through at once and
+    ``rate`` more as the bucket drains, nearly twice the rate in one second.
+    """
     return AsyncLimiter(1, 1 / rate)
 
 
@@ -83,13 +86,15 @@ class _Host:
 class Limits:
     """Per-host concurrency, per-host pauses and the rate limiters of one run.
 
-    The worker pool is the overall concurrency limit; these sit beside it.
+    The worker pool is the overall concurrency limit; these sit beside it. Pauses are
+    kept on ``clock``, by default the running loop's time, which ``asyncio.sleep`` and
+    aiolimiter use too (so a test can run them all on a fake clock).
     """
 
     per_host: int
     rate: float | None = None
     per_host_rate: float | None = None
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] | None = None
     _limiter: AsyncLimiter | None = None
     _hosts: dict[str, _Host] = field(default_factory=dict)
 
@@ -108,27 +113,35 @@ class Limits:
             state = self._hosts[host] = _Host(asyncio.Semaphore(self.per_host), limiter)
         return state
 
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
     def pause_host(self, host: str, seconds: float) -> None:
         """Start no request to ``host`` for ``seconds`` (a 429 or 503 said so)."""
         state = self._host(host)
-        state.resume_at = max(state.resume_at, self.clock() + seconds)
+        state.resume_at = max(state.resume_at, self._now() + seconds)
 
-    def set_host_rate(self, host: str, rate: float) -> None:
-        """Give ``host`` its own rate (robots.txt Crawl-delay)."""
-        self._host(host).limiter = make_limiter(rate)
+    def set_host_delay(self, host: str, seconds: float) -> None:
+        """Space the starts of ``host``'s requests by ``seconds`` (robots.txt Crawl-delay):
+        one request per period, with no burst."""
+        self._host(host).limiter = AsyncLimiter(1, seconds)
 
     @contextlib.asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:
         """Hold one of ``host``'s slots, after its pause and the rate limiters."""
         state = self._host(host)
         async with state.slots:
-            # A pause may grow while we sleep (another 429), so look again after each nap.
-            while (wait := state.resume_at - self.clock()) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(wait)
-            if state.limiter is not None:
-                await state.limiter.acquire()
-            if self._limiter is not None:
-                await self._limiter.acquire()
+            # A pause may begin or grow while we wait for it or for a limiter (another
+            # 429), so look again after each wait; a start the pause cut short is lost.
+            while True:
+                while (wait := state.resume_at - self._now()) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(wait)
+                if state.limiter is not None:
+                    await state.limiter.acquire()
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+                if state.resume_at <= self._now():
+                    break
             yield
 
 
@@ -142,10 +155,11 @@ class RetryPolicy:
     retries: int = 3
     base: float = 0.5
     cap: float = 30.0
+    rng: random.Random | None = field(default=None, compare=False)  # None: the module's
 
-    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+    def backoff(self, attempt: int) -> float:
         """Full jitter: a random wait in [0, min(cap, base * 2**(attempt-1))]."""
-        return (rng or random).uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        return (self.rng or random).uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -184,6 +198,7 @@ class _Attempt(Exception):
         super().__init__(message)
         self.kind, self.message, self.retry = kind, message, retry
         self.status, self.retry_after = status, retry_after
+        self.host: str | None = None  # the host that answered (a redirect may change it)
 
 
 def classify(exc: BaseException) -> tuple[ErrorKind, str, bool]:
@@ -244,6 +259,13 @@ async def fetch_one(
         try:
             fetched = await _attempt(session, request, limits, config, sink, prior, attempt)
         except _Attempt as failure:
+            delay = failure.retry_after
+            if delay is None:
+                delay = policy.backoff(attempt)
+            if failure.retry_after is not None or failure.status == 429:
+                # The server asked the whole host to slow down, not only this URL; the
+                # next requests to it wait too, even when this row retries no more.
+                limits.pause_host(failure.host or host_key(request.url), delay)
             if not failure.retry or attempt > policy.retries:
                 return Outcome(
                     request=request,
@@ -254,10 +276,6 @@ async def fetch_one(
                     fetched_at=fetched_at,
                     error=Failure(kind=failure.kind, message=failure.message),
                 )
-            delay = policy.backoff(attempt)
-            if failure.retry_after is not None:
-                delay = failure.retry_after
-                limits.pause_host(_host_key(request.url), delay)
             await asyncio.sleep(delay)
             continue
         response = fetched.response
@@ -275,6 +293,9 @@ async def fetch_one(
             attempts=attempt,
             elapsed_ms=_ms(started),
             fetched_at=fetched_at,
+            content_type=next(
+                (v for k, v in response.headers if k.lower() == "content-type"), None
+            ),
         )
 
 
@@ -282,7 +303,8 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _host_key(url: str | URL) -> str:
+def host_key(url: str | URL) -> str:
+    """The key of a URL's host in ``Limits``: host and port."""
     parsed = url if isinstance(url, URL) else URL(url)
     return f"{parsed.host}:{parsed.port}"
 
@@ -318,7 +340,7 @@ async def _attempt(
     hops: list[Hop] = []
     seen = {str(url)}
     while True:
-        async with limits.slot(_host_key(url)):
+        async with limits.slot(host_key(url)):
             try:
                 async with session.request(
                     method,
@@ -355,7 +377,8 @@ async def _attempt(
                             started_at,
                             ttfb,
                         )
-            except _Attempt:
+            except _Attempt as failure:
+                failure.host = host_key(url)
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
                 kind, message, retry = classify(exc)
@@ -446,11 +469,12 @@ async def _finish(
             status=status,
             retry_after=retry_after,
         )
-    if (
-        config.max_size is not None
-        and (resp.content_length or 0) > config.max_size
-        and not (resp.headers.get("Content-Encoding"))
-    ):
+    # The length the body must have: none for a HEAD or a 204 (the header describes a
+    # body not sent), none for an encoded body (it counts encoded bytes, we read decoded).
+    expected = resp.content_length
+    if resp.method == "HEAD" or status == 204 or resp.headers.get("Content-Encoding"):
+        expected = None
+    if config.max_size is not None and (expected or 0) > config.max_size:
         raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
     body = sink()
     try:
@@ -467,8 +491,7 @@ async def _finish(
                 await body.write(chunk)
             except OSError as exc:
                 raise StoreError(f"cannot write a body: {exc}") from exc
-        expected = resp.content_length
-        if expected is not None and not resp.headers.get("Content-Encoding") and size != expected:
+        if expected is not None and size != expected:
             raise _Attempt(
                 ErrorKind.CONNECTION,
                 f"body incomplete: got {size} of {expected} bytes",

@@ -16,7 +16,7 @@ import contextlib
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +24,9 @@ from typing import TextIO
 import aiohttp
 
 from fetcher.config import FetchConfig
+from fetcher.crawler import CrawlSource
 from fetcher.errors import JobError, SetupError
+from fetcher.frontier import Frontier
 from fetcher.jobs import Job
 from fetcher.models import (
     REDACTED,
@@ -37,10 +39,11 @@ from fetcher.models import (
     Request,
     RunSummary,
 )
-from fetcher.pool import Limits, RetryPolicy, fetch_one, now_iso, send_setup
+from fetcher.pool import Limits, RetryPolicy, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
+from fetcher.robots import RobotsCache
 from fetcher.session import open_session
-from fetcher.store import DiskStore
+from fetcher.store import DiskStore, path_collisions
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
 
@@ -55,14 +58,19 @@ def output_dir(job: Job, config: FetchConfig) -> Path:
 def check_job(job: Job, config: FetchConfig) -> int:
     """Validate every row before anything is sent; return the row count.
 
-    Raises ``JobError`` for an empty job, for invalid rows (unless ``skip_invalid``)
-    and for a ``[[setup]]`` request that does not render.
+    Raises ``JobError`` for an empty job, for invalid rows (unless ``skip_invalid``),
+    for two rows that would store to the same path, and for a ``[[setup]]`` request
+    that does not render.
     """
     validation = job.validate()
     if validation.rows == 0:
         raise JobError([Problem(str(job.path), 1, "the job is empty: no requests")])
     if validation.invalid and not config.skip_invalid:
         raise JobError(validation.problems, total=validation.invalid)
+    if config.crawl is None:  # a crawl fetches each URL once, so seeds may repeat
+        collisions, total = path_collisions(job.requests, file=str(job.path))
+        if collisions:
+            raise JobError(collisions, total=total)
     job.setup_requests()
     return validation.rows
 
@@ -178,13 +186,14 @@ async def _pipeline(
     done: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=config.concurrency * 4)
     workers_left = config.concurrency
 
+    source = _source(job, config, store, session, limits, stopper)
+
     async def produce() -> None:
-        for request in job.requests():
-            outcome = _settled(request, config, store, stopper)
-            if outcome is not None:
-                await done.put(outcome)
+        async for item in source.items():
+            if isinstance(item, Outcome):
+                await done.put(item)
             else:
-                await todo.put(request)
+                await todo.put(item)
         for _ in range(config.concurrency):
             await todo.put(None)
 
@@ -224,16 +233,77 @@ async def _pipeline(
             outcomes = [outcome for outcome in batch if outcome is not None]
             finished = len(outcomes) < len(batch)
             store.record(outcomes, summary.run)
+            source.recorded(outcomes)
             for outcome in outcomes:
                 summary.add(outcome)
                 progress.add(outcome)
 
-    with stopper.on_deadline():
-        async with asyncio.TaskGroup() as group:
-            group.create_task(record())
-            for _ in range(config.concurrency):
-                group.create_task(work())
-            group.create_task(produce())
+    try:
+        with stopper.on_deadline():
+            async with asyncio.TaskGroup() as group:
+                group.create_task(record())
+                for _ in range(config.concurrency):
+                    group.create_task(work())
+                group.create_task(produce())
+    finally:
+        source.close()
+
+
+class _Rows:
+    """The batch source: the job's rows, each to fetch or already settled."""
+
+    def __init__(self, job: Job, config: FetchConfig, store: DiskStore, stopper: _Stopper) -> None:
+        self.job, self.config, self.store, self.stopper = job, config, store, stopper
+
+    async def items(self) -> AsyncIterator[Request | Outcome]:
+        for request in self.job.requests():
+            yield _settled(request, self.config, self.store, self.stopper) or request
+
+    def recorded(self, outcomes: Sequence[Outcome]) -> None:
+        """Nothing to learn from outcomes in a batch."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _source(
+    job: Job,
+    config: FetchConfig,
+    store: DiskStore,
+    session: aiohttp.ClientSession,
+    limits: Limits,
+    stopper: _Stopper,
+) -> _Rows | CrawlSource:
+    if config.crawl is None:
+        return _Rows(job, config, store, stopper)
+    robots = None
+    if not config.crawl.ignore_robots:
+        agent = job.user_agent()
+
+        def on_delay(origin: str, seconds: float) -> None:
+            if config.per_host_rate is not None:
+                seconds = max(seconds, 1 / config.per_host_rate)
+            limits.set_host_delay(host_key(origin), seconds)
+
+        robots = RobotsCache(
+            session,
+            agent=agent,
+            timeout=config.timeout,
+            headers={"User-Agent": agent},
+            on_delay=on_delay,
+        )
+    frontier = Frontier(store.state / "frontier.sqlite", resume=store.resuming)
+    return CrawlSource(
+        job,
+        config.crawl,
+        frontier=frontier,
+        root=store.root,
+        robots=robots,
+        session=session,
+        stopped=lambda: stopper.stopped,
+        now=now_iso,
+        timeout=config.timeout,
+    )
 
 
 def _settled(

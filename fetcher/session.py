@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
-from http.cookies import Morsel, SimpleCookie
+from http.cookies import Morsel
 from pathlib import Path
 
 import aiohttp
@@ -28,9 +28,15 @@ _MAX_HEADERS = 256
 
 @contextlib.asynccontextmanager
 async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSession]:
-    """Open the run's one session, with its jar loaded from ``config.cookies``."""
-    jar = aiohttp.CookieJar(unsafe=True)
-    if config.cookies is not None:
+    """Open the run's one session, with its jar loaded from ``config.cookies``.
+
+    ``--cookies F --cookie-jar F`` keeps a session in F across runs, as with curl: the
+    first run, before F exists, starts with an empty jar.
+    """
+    # quote_cookie=False: a value goes back as the server set it (``sid=abc==``, not
+    # ``sid="abc=="``), as curl and browsers send it.
+    jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
+    if config.cookies is not None and not _first_of_a_session(config.cookies, config.cookie_jar):
         load_cookies(jar, config.cookies)
     connector = aiohttp.TCPConnector(
         limit=config.concurrency,
@@ -54,6 +60,12 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
         await session.close()
     if config.cookie_jar is not None:
         save_cookies(jar, config.cookie_jar)
+
+
+def _first_of_a_session(cookies: Path, cookie_jar: Path | None) -> bool:
+    if cookie_jar is None or cookies.exists():
+        return False
+    return cookies.absolute() == cookie_jar.absolute()
 
 
 def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
@@ -82,9 +94,10 @@ def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
         if expiry and expiry < now:
             continue
         host = domain.lstrip(".")
-        cookie: SimpleCookie = SimpleCookie()
-        cookie[name] = value
-        morsel = cookie[name]
+        morsel: Morsel[str] = Morsel()
+        # The value as the file has it, unquoted and unchecked (a cookie may be named
+        # ``path`` or ``secure``): aiohttp builds the morsels of Set-Cookie the same way.
+        morsel.__setstate__({"key": name, "value": value, "coded_value": value})  # type: ignore[attr-defined]
         morsel["path"] = cookie_path or "/"
         if subdomains.upper() == "TRUE" or domain.startswith("."):
             morsel["domain"] = host
@@ -94,7 +107,7 @@ def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
             morsel["httponly"] = True
         if expiry:
             morsel["max-age"] = str(max(1, int(expiry - now)))
-        jar.update_cookies(cookie, URL.build(scheme="https", host=host, path="/"))
+        jar.update_cookies({name: morsel}, URL.build(scheme="https", host=host, path="/"))
         count += 1
     return count
 

@@ -85,7 +85,7 @@ def _parse(source: str) -> Template:
             literal.append("{")
         elif token == "}}":
             literal.append("}")
-        elif token in "{}":
+        elif match.group(1) is None:  # a lone brace
             raise TemplateError(
                 f"unmatched {token!r} in template {source!r} (write {token * 2} for a literal)"
             )

@@ -1,0 +1,1 @@
+"""Benchmarks of fetch against a bare aiohttp loop; see benchmarks/README.md."""

@@ -1,0 +1,192 @@
+"""Cookies: one jar for the run, IP-address hosts included, each cookie sent only to its
+host; cookies.txt in and out, in curl's format."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import run_fetch, serve_in_thread
+from tests.test_engine_support import manifest, url_job
+
+
+def _cookie_app(seen: list[tuple[str, str, str]]) -> web.Application:
+    """``/set/NAME/VALUE`` sets a cookie; every request notes (host, path, Cookie)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.host.split(":")[0], request.path, request.headers.get("Cookie", "")))
+        response = web.Response(text="ok")
+        parts = request.path.split("/")
+        if parts[1] == "set":
+            attributes = request.query.get("attrs", "Path=/")
+            response.headers.add("Set-Cookie", f"{parts[2]}={parts[3]}; {attributes}")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+def test_a_cookie_set_by_one_row_goes_to_later_rows_of_its_host_only(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    with serve_in_thread(_cookie_app(seen)) as server:
+        urls = [
+            server.at("/before"),
+            server.at("/before", "localhost"),
+            server.at("/set/sid/abc=="),
+            server.at("/after/1"),
+            server.at("/after/2", "localhost"),
+            server.at("/after/3"),
+        ]
+        result = run_fetch("run", url_job(workdir, urls), "-o", "out", "-c", "1", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert seen == [
+        ("127.0.0.1", "/before", ""),
+        ("localhost", "/before", ""),
+        ("127.0.0.1", "/set/sid/abc==", ""),
+        ("127.0.0.1", "/after/1", "sid=abc=="),  # as the server set it, not quoted
+        ("localhost", "/after/2", ""),
+        ("127.0.0.1", "/after/3", "sid=abc=="),
+    ]
+
+
+def _cookies_txt(path: Path, lines: list[str]) -> Path:
+    path.write_text("# Netscape HTTP Cookie File\n# a comment\n\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_cookies_txt_is_loaded_before_the_run_and_scoped(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    later = int(time.time()) + 3600
+    cookies = _cookies_txt(
+        workdir / "cookies.txt",
+        [
+            "127.0.0.1\tFALSE\t/\tFALSE\t0\tsid\tabc==",
+            f"#HttpOnly_127.0.0.1\tFALSE\t/private\tFALSE\t{later}\tpriv\tp1",
+            f"127.0.0.1\tFALSE\t/\tFALSE\t{int(time.time()) - 60}\told\tgone",
+            "localhost\tFALSE\t/\tFALSE\t0\tlh\tonly-localhost",
+            "127.0.0.1\tFALSE\t/\tTRUE\t0\tsecure\tnot-over-http",
+            "127.0.0.1\tFALSE\t/\tFALSE\t0\tpath\ta name that is an attribute's",
+            ".example.com\tTRUE\t/\tFALSE\t0\tex\telsewhere",
+        ],
+    )
+    with serve_in_thread(_cookie_app(seen)) as server:
+        urls = [server.at("/public"), server.at("/private/x"), server.at("/public", "localhost")]
+        job = url_job(workdir, urls)
+        result = run_fetch("run", job, "-o", "out", "-c", "1", "--cookies", cookies, "-q")
+    assert result.exit_code == 0, result.stderr
+    got = {(host, path): sorted(header.split("; ")) for host, path, header in seen}
+    assert got == {
+        ("127.0.0.1", "/public"): ["path=a name that is an attribute's", "sid=abc=="],
+        ("127.0.0.1", "/private/x"): ["path=a name that is an attribute's", "priv=p1", "sid=abc=="],
+        ("localhost", "/public"): ["lh=only-localhost"],
+    }
+
+
+def test_a_broken_cookies_txt_is_a_usage_error_before_anything_is_sent(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    cookies = _cookies_txt(workdir / "cookies.txt", ["127.0.0.1\tFALSE\t/\tFALSE\t0\tsid"])
+    with serve_in_thread(_cookie_app(seen)) as server:
+        job = url_job(workdir, [server.at("/x")])
+        result = run_fetch("run", job, "-o", "out", "--cookies", cookies)
+        missing = run_fetch("run", job, "-o", "out", "--cookies", workdir / "nope.txt")
+    assert result.exit_code == 2
+    assert f"{cookies}:4:" in result.stderr
+    assert missing.exit_code == 2
+    assert "nope.txt" in missing.stderr
+    assert seen == []
+
+
+def _parse_cookies_txt(path: Path) -> dict[str, list[str]]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("# ")]
+    return {fields[5]: fields for fields in (line.split("\t") for line in lines)}
+
+
+def test_the_cookie_jar_is_saved_in_curls_format_with_mode_0600(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    jar = workdir / "jar.txt"
+    jar.write_text("old contents\n")
+    jar.chmod(0o644)
+    with serve_in_thread(_cookie_app(seen)) as server:
+        urls = [
+            server.at("/set/sid/s1"),
+            server.at("/set/keep/k1?attrs=Path=/app;%20Max-Age=3600;%20HttpOnly"),
+            server.at("/set/lh/l1", "localhost"),
+        ]
+        result = run_fetch("run", url_job(workdir, urls), "-o", "out", "--cookie-jar", jar, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert os.stat(jar).st_mode & 0o777 == 0o600
+    assert jar.read_text().startswith("# Netscape HTTP Cookie File\n")
+    saved = _parse_cookies_txt(jar)
+    assert saved["sid"] == ["127.0.0.1", "FALSE", "/", "FALSE", "0", "sid", "s1"]
+    assert saved["lh"] == ["localhost", "FALSE", "/", "FALSE", "0", "lh", "l1"]
+    keep = saved["keep"]
+    assert keep[:4] == ["#HttpOnly_127.0.0.1", "FALSE", "/app", "FALSE"]
+    assert abs(int(keep[4]) - (time.time() + 3600)) < 60
+    assert keep[5:] == ["keep", "k1"]
+    assert not list(workdir.glob(".jar.txt*"))  # no temp file left beside it
+
+
+def test_one_file_for_cookies_and_cookie_jar_keeps_a_session_across_runs(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    state = workdir / "session.txt"  # does not exist yet: the first run starts afresh
+    with serve_in_thread(_cookie_app(seen)) as server:
+        args: list[str | Path] = ["-o", "out", "-q", "--cookies", state, "--cookie-jar", state]
+        first = run_fetch("run", url_job(workdir, [server.at("/set/sid/one")], name="a"), *args)
+        second = run_fetch("run", url_job(workdir, [server.at("/whoami")], name="b"), *args)
+        third = run_fetch(
+            "run", url_job(workdir, [server.at("/set/sid/two")], name="c"), *args, "-o", "out3"
+        )
+        fourth = run_fetch("run", url_job(workdir, [server.at("/whoami")], name="d"), *args)
+    assert [r.exit_code for r in (first, second, third, fourth)] == [0, 0, 0, 0], first.stderr
+    assert [header for _, _, header in seen] == ["", "sid=one", "sid=one", "sid=two"]
+    assert os.stat(state).st_mode & 0o777 == 0o600
+
+
+curl = shutil.which("curl")
+
+
+@pytest.mark.skipif(curl is None, reason="curl is not installed")
+def test_cookie_files_round_trip_with_curl(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    def run_curl(*args: str) -> None:
+        assert curl is not None
+        subprocess.run(
+            [curl, "--noproxy", "*", "-s", "-o", os.devnull, *args], check=True, timeout=10
+        )
+
+    with serve_in_thread(_cookie_app(seen)) as server:
+        # curl writes, fetch reads
+        run_curl("-c", str(workdir / "from-curl.txt"), server.at("/set/c/from-curl"))
+        run_curl(
+            "-b",
+            str(workdir / "from-curl.txt"),
+            "-c",
+            str(workdir / "from-curl.txt"),
+            server.at("/set/h/http-only?attrs=Path=/;%20HttpOnly;%20Max-Age=600"),
+        )
+        result = run_fetch(
+            "run",
+            url_job(workdir, [server.at("/fetch-reads")]),
+            "-o",
+            "out",
+            "-q",
+            "--cookies",
+            workdir / "from-curl.txt",
+            "--cookie-jar",
+            workdir / "from-fetch.txt",
+        )
+        # fetch writes, curl reads
+        run_curl("-b", str(workdir / "from-fetch.txt"), server.at("/curl-reads"))
+    assert result.exit_code == 0, result.stderr
+    cookies = {path: sorted(header.split("; ")) for _, path, header in seen}
+    assert cookies["/fetch-reads"] == ["c=from-curl", "h=http-only"]
+    assert cookies["/curl-reads"] == ["c=from-curl", "h=http-only"]
+    assert manifest(workdir / "out")[0]["ok"]
