@@ -202,9 +202,14 @@ def verify_fetch(out: Path, expected: dict[str, tuple[int, str]]) -> None:
         with open(out / "manifest.jsonl", "rb") as handle:
             for line in handle:
                 record = json.loads(line)
+                if record["url"] in records:
+                    raise VerifyError(f"{record['url']}: more than one manifest record")
                 records[record["url"]] = record
-    except (OSError, ValueError) as exc:
-        raise VerifyError(f"cannot read {out / 'manifest.jsonl'}: {exc}") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise VerifyError(f"cannot read {out / 'manifest.jsonl'}: {exc!r}") from exc
+    extra = records.keys() - expected.keys()
+    if extra:
+        raise VerifyError(f"{len(extra)} manifest records for URLs not in the job: {min(extra)}")
     missing = expected.keys() - records.keys()
     if missing:
         raise VerifyError(f"{len(missing)} URLs have no manifest record, e.g. {min(missing)}")

@@ -163,6 +163,10 @@ def run(
             click.echo(
                 "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
             )
+        if config.insecure and config.verbosity:
+            click.echo(
+                "fetch: warning: --insecure: TLS certificates are not verified", err=True
+            )
         if config.dry_run:
             dry_run(loaded, config, out=sys.stdout)
             return
@@ -256,8 +260,11 @@ def _echo_lines(lines: Any) -> None:
     metavar="404|4xx",
     help="Only these statuses or status classes (repeatable).",
 )
+@click.option("--depth", type=click.IntRange(min=0), help="Crawl: only pages of this depth.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
-def ls_command(directory: Path, failed: bool, statuses: list[Any], as_json: bool) -> None:
+def ls_command(
+    directory: Path, failed: bool, statuses: list[Any], depth: int | None, as_json: bool
+) -> None:
     """The latest outcome of each URL: status, size, path, URL.
 
     Read-only: safe while a run writes to DIRECTORY.
@@ -266,11 +273,11 @@ def ls_command(directory: Path, failed: bool, statuses: list[Any], as_json: bool
 
     try:
         with OutputDir(directory) as out:
-            entries = out.entries(failed=failed, statuses=statuses)
+            entries = out.entries(failed=failed, statuses=statuses, depth=depth)
             if as_json:
                 _echo_lines(json.dumps(entry.as_dict()) for entry in entries)
             else:
-                widths = out.widths(failed=failed, statuses=statuses)
+                widths = out.widths(failed=failed, statuses=statuses, depth=depth)
                 _echo_lines(entry_lines(entries, widths=widths))
     except FetcherError as exc:
         _fail(exc)

@@ -63,6 +63,7 @@ class Entry:
     line: int | None
     run: str | None
     elapsed_ms: int | None
+    depth: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -75,6 +76,7 @@ class Entry:
             "line": self.line,
             "run": self.run,
             "elapsed_ms": self.elapsed_ms,
+            "depth": self.depth,
         }
 
 
@@ -87,6 +89,7 @@ class Stats:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     hosts: dict[str, int] = field(default_factory=dict)
+    depths: dict[str, int] = field(default_factory=dict)  # crawl mode: pages per depth
     bytes: int = 0
     latency_ms: dict[str, int | None] = field(default_factory=dict)
     timed: int = 0
@@ -99,6 +102,7 @@ class Stats:
             "statuses": self.statuses,
             "errors": self.errors,
             "hosts": self.hosts,
+            "depths": self.depths,
             "bytes": self.bytes,
             "latency_ms": self.latency_ms,
             "last_run": self.last_run,
@@ -206,13 +210,17 @@ class OutputDir:
     # -- queries ----------------------------------------------------------------------
 
     def entries(
-        self, *, failed: bool = False, statuses: Sequence[tuple[int, int]] = ()
+        self,
+        *,
+        failed: bool = False,
+        statuses: Sequence[tuple[int, int]] = (),
+        depth: int | None = None,
     ) -> Iterator[Entry]:
         """The latest outcome of each URL, ordered by URL; filters are and-ed, statuses
         or-ed."""
-        where, args = _filters(failed, statuses)
+        where, args = _filters(failed, statuses, depth)
         cursor = self.db.execute(
-            "SELECT url, outcome, status, error, size, path, line, run, elapsed_ms "
+            "SELECT url, outcome, status, error, size, path, line, run, elapsed_ms, depth "
             f"FROM entries{where} ORDER BY url",
             args,
         )
@@ -227,13 +235,18 @@ class OutputDir:
                 line=row[6],
                 run=row[7],
                 elapsed_ms=row[8],
+                depth=row[9],
             )
 
     def widths(
-        self, *, failed: bool = False, statuses: Sequence[tuple[int, int]] = ()
+        self,
+        *,
+        failed: bool = False,
+        statuses: Sequence[tuple[int, int]] = (),
+        depth: int | None = None,
     ) -> tuple[int, int]:
         """The widest path and outcome among the entries (for aligned columns)."""
-        where, args = _filters(failed, statuses)
+        where, args = _filters(failed, statuses, depth)
         row = self.db.execute(
             "SELECT max(length(path)), max(length(outcome) + coalesce(length(error) + 1, 0)) "
             f"FROM entries{where}",
@@ -279,6 +292,7 @@ class OutputDir:
         }
         stats.errors = _counts(db, "error", "error IS NOT NULL")
         stats.hosts = _counts(db, "host", "host IS NOT NULL", by_count=True)
+        stats.depths = _counts(db, "depth", "depth IS NOT NULL")
         stats.bytes = db.execute(
             "SELECT coalesce(sum(size), 0) FROM entries "
             "WHERE outcome != 'failed' AND path IS NOT NULL"
@@ -322,13 +336,18 @@ def _batched(items: Iterable[Any]) -> Iterator[list[Any]]:
         yield batch
 
 
-def _filters(failed: bool, statuses: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
+def _filters(
+    failed: bool, statuses: Sequence[tuple[int, int]], depth: int | None = None
+) -> tuple[str, list[int]]:
     clauses, args = [], []
     if failed:
         clauses.append("outcome = 'failed'")
     if statuses:
         clauses.append("(" + " OR ".join("status BETWEEN ? AND ?" for _ in statuses) + ")")
         args = [bound for pair in statuses for bound in pair]
+    if depth is not None:
+        clauses.append("depth = ?")
+        args.append(depth)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
@@ -410,6 +429,8 @@ def stats_lines(root: Path, stats: Stats) -> list[str]:
     if stats.errors:
         lines += [*table("error", stats.errors), ""]
     lines += [*table("host", stats.hosts, limit=10), ""]
+    if stats.depths:
+        lines += [*table("depth", stats.depths), ""]
     latency = "   ".join(
         f"{name} {'-' if value is None else f'{value} ms'}"
         for name, value in stats.latency_ms.items()

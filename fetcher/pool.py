@@ -274,7 +274,8 @@ async def fetch_one(
                     attempts=attempt,
                     elapsed_ms=_ms(started),
                     fetched_at=fetched_at,
-                    error=Failure(kind=failure.kind, message=failure.message),
+                    # aiohttp's messages may quote the URL: redact before anyone prints it.
+                    error=Failure(kind=failure.kind, message=request.redact(failure.message)),
                 )
             await asyncio.sleep(delay)
             continue
@@ -438,8 +439,8 @@ async def _finish(
         reason=resp.reason or "",
         final_url=request.redact(str(resp.url)),
         redirects=tuple(hops),
-        headers=tuple(
-            (k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
+        headers=tuple(  # a server may echo a secret back: store it redacted
+            (k.decode("utf-8", "replace"), request.redact(v.decode("utf-8", "replace")))
             for k, v in resp.raw_headers
         ),
         attempts=attempt,

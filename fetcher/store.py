@@ -94,7 +94,7 @@ MANIFEST = "manifest.jsonl"
 RUNS_DIR = "runs"
 SMALL_BODY = 256 * 1024  # bodies up to this size reach disk in one executor hop
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_MS = 10_000  # how long a statement waits for another connection's lock
 DURABLE = True  # fsync each body and sidecar before its rename (survives a power cut)
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
@@ -113,11 +113,13 @@ LATEST_COLUMNS = (
     "path",
     "elapsed_ms",
     "host",
+    "depth",
 )
 LATEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS latest (
     url TEXT PRIMARY KEY, offset INTEGER, run TEXT, line INTEGER, outcome TEXT,
-    status INTEGER, error TEXT, size INTEGER, path TEXT, elapsed_ms INTEGER, host TEXT
+    status INTEGER, error TEXT, size INTEGER, path TEXT, elapsed_ms INTEGER, host TEXT,
+    depth INTEGER
 ) WITHOUT ROWID;
 """
 _SCHEMA = (
@@ -665,16 +667,22 @@ class DiskStore:
         self.db.execute("DELETE FROM pending")
 
     def _catch_up(self, start: int) -> None:
-        """Index the manifest lines written after the index last was (a crash between)."""
-        latest, done = [], []
+        """Index the manifest lines written after the index last was (a crash between).
+
+        A copy whose line is among them is no longer pending: ``_recover`` must not
+        append its line a second time."""
+        latest, done, recorded = [], [], []
         for offset, record in read_manifest(self.root / MANIFEST, start=start):
             latest.append(latest_row(offset, record))
             if record.get("ok"):
                 done.append((record.get("line"), record.get("url")))
+            if record.get("outcome") == "fetched":
+                recorded.append((record.get("path"), record.get("sha256")))
         db = self.db
         db.execute("BEGIN")
         db.executemany(_LATEST_UPSERT, latest)
         db.executemany("INSERT OR REPLACE INTO done (line, url) VALUES (?, ?)", done)
+        db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", recorded)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)", (self._manifest_end,))
         db.execute("COMMIT")
 
@@ -882,6 +890,7 @@ def latest_row(offset: int, record: dict[str, Any]) -> tuple[object, ...]:
         record.get("path"),
         record.get("elapsed_ms"),
         _host_of(url),
+        record.get("depth"),
     )
 
 

@@ -137,6 +137,11 @@ def test_verify_fetch_accepts_a_real_run_and_catches_damage(workdir: Path) -> No
     with pytest.raises(VerifyError, match="no manifest record"):
         verify_fetch(out, {**expected, f"{server.url}/files/missing.bin": (1, "0" * 64)})
 
+    with open(out / "manifest.jsonl", "a") as manifest:
+        manifest.write(json.dumps(first) + "\n")
+    with pytest.raises(VerifyError, match="more than one manifest record"):
+        verify_fetch(out, expected)
+
 
 async def test_verify_bare_accepts_the_bare_loop_and_catches_damage(
     aiohttp_server, tmp_path: Path

@@ -237,3 +237,25 @@ def test_bad_crawl_settings_name_the_toml_line(workdir: Path) -> None:
     assert result.exit_code == 2
     assert "seeds.toml:3:" in result.stderr
     assert not (workdir / "output").exists()
+
+
+def test_stats_and_ls_show_pages_per_depth(workdir: Path) -> None:
+    app, box = _serve()
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 2\nstrip_query = ["utm_*"]\n')
+        assert run_fetch("run", job, *FAST).exit_code == 0
+        want = expected([server.at("/p/0.html")], N, server.port, depth=2)
+    out = workdir / "output" / "seeds"
+    stats = json.loads(run_fetch("stats", out, "--json").stdout)
+    latest = {r["url"]: r for r in _records(workdir)}  # robots-skipped links included
+    assert stats["depths"] == dict(Counter(str(r["depth"]) for r in latest.values()))
+    fetched_per_depth = Counter(r["depth"] for r in latest.values() if r["outcome"] == "fetched")
+    assert fetched_per_depth == Counter(want.values())
+    listed = run_fetch("ls", out, "--depth", "1", "--json").stdout.splitlines()
+    fetched = [json.loads(line) for line in listed if '"fetched"' in line]
+    assert sorted(entry["url"] for entry in fetched) == sorted(
+        url for url, depth in want.items() if depth == 1
+    )
+    assert all(json.loads(line)["depth"] == 1 for line in listed)
+    assert "depth" in run_fetch("stats", out).stdout

@@ -103,18 +103,20 @@ class ChaosJob:
 
     # -- as a process ----------------------------------------------------------------
 
-    def argv(self, *extra: str) -> list[str]:
+    def argv(self, *extra: str, launcher: Sequence[str] = ("-m", "fetcher")) -> list[str]:
         epoch = len(self.runs)
         return [
-            sys.executable, "-m", "fetcher", "run", str(self.path), "-o", str(self.out),
+            sys.executable, *launcher, "run", str(self.path), "-o", str(self.out),
             "-c", "16", "--per-host", "16", "--timeout", str(TIMEOUT),
             "--retries", str(RETRIES), "--max-size", str(MAX_SIZE), "--json",
             "-H", f"X-Chaos-Epoch: {epoch}", *extra,
         ]  # fmt: skip
 
-    def spawn(self, *extra: str) -> subprocess.Popen[str]:
+    def spawn(
+        self, *extra: str, launcher: Sequence[str] = ("-m", "fetcher")
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            self.argv(*extra),
+            self.argv(*extra, launcher=launcher),
             cwd=self.workdir,
             env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,
@@ -128,11 +130,12 @@ class ChaosJob:
         stop: Callable[[], bool] | None = None,
         signum: int = signal.SIGINT,
         timeout: float = 60,
+        launcher: Sequence[str] = ("-m", "fetcher"),
     ) -> RunInfo:
         """Run ``fetch`` as a process; when ``stop()`` turns true, send ``signum``."""
         before = self.run_ids()
         epoch = len(self.runs)
-        child = self.spawn(*extra)
+        child = self.spawn(*extra, launcher=launcher)
         stopped = None
         try:
             if stop is not None:
@@ -148,6 +151,8 @@ class ChaosJob:
         new = self.run_ids() - before
         assert len(new) <= 1, new
         exit_code = None if child.returncode == -signal.SIGKILL else child.returncode
+        if exit_code is None:
+            stopped = "sigkill"
         info = RunInfo(epoch, new.pop() if new else None, exit_code, stopped, stdout, stderr)
         self.runs.append(info)
         return info

@@ -382,7 +382,7 @@ def _head(status: str, headers: list[str]) -> bytes:
     return ("\r\n".join([status, *headers]) + "\r\n\r\n").encode("latin-1")
 
 
-async def _raw(request: web.Request, data: bytes, close: str) -> web.StreamResponse:
+async def raw_answer(request: web.Request, data: bytes, close: str) -> web.StreamResponse:
     """Write ``data`` straight to the socket, then close it (``fin``) or reset it
     (``rst``); the handler ends when aiohttp cancels it for the lost connection."""
     transport = request.transport
@@ -401,33 +401,33 @@ async def _raw(request: web.Request, data: bytes, close: str) -> web.StreamRespo
 
 
 async def _reset_before(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
-    return await _raw(request, b"", "rst")
+    return await raw_answer(request, b"", "rst")
 
 
 async def _reset_during(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
     body = server.body(row)
     head = _head("HTTP/1.1 200 OK", [f"Content-Length: {len(body) + 10}"])
-    return await _raw(request, head + body[: len(body) // 2], "rst")
+    return await raw_answer(request, head + body[: len(body) // 2], "rst")
 
 
 async def _short(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
     body = server.body(row)
     extra = _rng(server.seed, row, "short").randint(1, 5000)
     head = _head("HTTP/1.1 200 OK", [f"Content-Length: {len(body) + extra}"])
-    return await _raw(request, head + body, "fin")
+    return await raw_answer(request, head + body, "fin")
 
 
 async def _close_after_headers(
     server: ChaosServer, request: web.Request, row: int
 ) -> web.StreamResponse:
     head = _head("HTTP/1.1 200 OK", [f"Content-Length: {len(server.body(row)) + 1}"])
-    return await _raw(request, head, "fin")
+    return await raw_answer(request, head, "fin")
 
 
 async def _garbage(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
     rng = _rng(server.seed, row, "garbage")
     junk = rng.choice([b"\x00\xff\xfeNOT HTTP", b"SSH-2.0-OpenSSH_9.6\r\n", b"<html>hi</html>"])
-    return await _raw(request, junk + rng.randbytes(rng.randint(0, 300)) + b"\r\n\r\n", "fin")
+    return await raw_answer(request, junk + rng.randbytes(rng.randint(0, 300)) + b"\r\n\r\n", "fin")
 
 
 BAD_STATUS_LINES = [
@@ -445,30 +445,30 @@ BAD_STATUS_LINES = [
 
 async def _bad_status(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
     line = _rng(server.seed, row, "status").choice(BAD_STATUS_LINES)
-    return await _raw(request, _head(line, ["Content-Length: 0"]), "fin")
+    return await raw_answer(request, _head(line, ["Content-Length: 0"]), "fin")
 
 
 async def _empty(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
-    return await _raw(request, b"", "fin")
+    return await raw_answer(request, b"", "fin")
 
 
 async def _bad_chunks(server: ChaosServer, request: web.Request, row: int) -> web.StreamResponse:
     head = _head("HTTP/1.1 200 OK", ["Transfer-Encoding: chunked"])
-    return await _raw(request, head + b"5\r\nhello\r\nzz\r\nnot a chunk\r\n", "fin")
+    return await raw_answer(request, head + b"5\r\nhello\r\nzz\r\nnot a chunk\r\n", "fin")
 
 
 async def _huge_header_line(
     server: ChaosServer, request: web.Request, row: int
 ) -> web.StreamResponse:
     head = _head("HTTP/1.1 200 OK", ["Content-Length: 0", "X-Huge: " + "h" * 20_000])
-    return await _raw(request, head, "fin")
+    return await raw_answer(request, head, "fin")
 
 
 async def _too_many_headers(
     server: ChaosServer, request: web.Request, row: int
 ) -> web.StreamResponse:
     lines = ["Content-Length: 0", *(f"X-Many-{n}: {n}" for n in range(300))]
-    return await _raw(request, _head("HTTP/1.1 200 OK", lines), "fin")
+    return await raw_answer(request, _head("HTTP/1.1 200 OK", lines), "fin")
 
 
 async def _declared_large(
