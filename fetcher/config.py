@@ -62,16 +62,20 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
-def _positive_int(value: object) -> int:
+def _whole(value: object, *, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected a whole number, not {value!r}")
     try:
         number = int(value)
     except ValueError:
         raise ValueError(f"expected a whole number, not {value!r}") from None
-    if number < 1:
-        raise ValueError(f"must be at least 1, not {number}")
+    if number < least:
+        raise ValueError(f"must be at least {least}, not {number}")
     return number
+
+
+def _positive_int(value: object) -> int:
+    return _whole(value, least=1)
 
 
 def _connections(value: object) -> int:
@@ -82,15 +86,7 @@ def _connections(value: object) -> int:
 
 
 def _non_negative_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"expected a whole number, not {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"expected a whole number, not {value!r}") from None
-    if number < 0:
-        raise ValueError(f"must not be negative, not {number}")
-    return number
+    return _whole(value, least=0)
 
 
 def _positive_float(value: object) -> float:

@@ -232,6 +232,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         line = int(match.group(1)) if match else 1
         message = str(exc).split(" (at ")[0]
         raise JobError([Problem(str(path), line, f"invalid TOML: {message}")]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise JobError([Problem(str(path), 1, "invalid TOML: nested too deeply")]) from None
     return data, _toml_lines(text)
 
 
@@ -608,6 +610,9 @@ class Job:
             return Request(
                 line=row.line, method=method, url=values.get("url", ""), invalid=str(exc)
             )
+        password = _password(url)
+        if password:  # a password in the URL is a secret too
+            secrets.add(password)
         problem = check_url(url)
         if problem is None and method not in _COMMON_METHODS and not is_token(method):
             problem = f"method {method!r} is not valid"
@@ -653,6 +658,16 @@ class Job:
         if not any(template.columns for _, template in self.header_templates):
             self._constant_headers, self._constant_secrets = headers, frozenset(found)
         return headers
+
+
+def _password(url: str) -> str | None:
+    """The password of ``scheme://user:password@host/...``, if the URL has one."""
+    authority = url.partition("//")[2].split("/", 1)[0].split("?", 1)[0]
+    if "@" not in authority:
+        return None
+    userinfo = authority.rpartition("@")[0]
+    user, sep, password = userinfo.partition(":")
+    return password if sep and password else None
 
 
 def _json_row(number: int, data: object) -> _Row:

@@ -125,7 +125,7 @@ def test_merge_checks_and_converts_each_value() -> None:
         ({"per_host": True}, "per_host: expected a whole number"),
         ({"rate": -1}, "rate: must be a positive number"),
         ({"rate": float("inf")}, "rate: must be a positive number"),
-        ({"retries": -1}, "retries: must not be negative"),
+        ({"retries": -1}, "retries: must be at least 0"),
         ({"timeout": 0}, "timeout: must be a positive number"),
         ({"max_size": "lots"}, "max_size: not a size"),
         ({"skip_existing": "yes"}, "skip_existing: expected true or false"),

@@ -374,3 +374,12 @@ def _accepted_by_yarl(url: str) -> bool:
 @given(_url_text)
 def test_check_url_accepts_exactly_the_absolute_http_urls(url: str) -> None:
     assert (check_url(url) is None) == _accepted_by_yarl(url), check_url(url)
+
+
+def test_a_password_in_the_url_is_redacted(tmp_path: Path) -> None:
+    job_file = tmp_path / "pw.txt"
+    job_file.write_text("https://alice:s3cr3t-pw@example.com/private\n")
+    job = load_job(job_file)
+    (request,) = list(job.requests())
+    assert request.url == "https://alice:s3cr3t-pw@example.com/private"
+    assert request.safe_url == "https://alice:<redacted>@example.com/private"
