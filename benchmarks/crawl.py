@@ -26,6 +26,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from benchmarks.spawn import Spawner
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -96,11 +98,16 @@ def main(argv: list[str] | None = None) -> int:
                 "--per-host", str(args.concurrency), "--per-host-rate", "1000000", "-q",
             ]  # fmt: skip
             time.sleep(0.5)
-            started = time.monotonic()
-            child = subprocess.Popen(command, cwd=REPO)
-            _, status, usage = os.wait4(child.pid, 0)
-            elapsed = time.monotonic() - started
-            code = os.waitstatus_to_exitcode(status)
+            with Spawner() as spawner:
+                child = spawner.run(
+                    command,
+                    stdout=work / "stdout",
+                    stderr=work / "stderr",
+                    timeout=3600,
+                    cwd=REPO,
+                    env=dict(os.environ),
+                )
+            code, elapsed = child.exit_code, child.wall_s
             urls: dict[str, int] = {}
             private = 0
             with (work / "out" / "manifest.jsonl").open() as manifest:
@@ -120,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  disallowed asked  {private}")
     print(f"  wall time         {elapsed:.1f} s")
     print(f"  pages per second  {fetched / elapsed:,.0f}")
-    print(f"  client CPU        {usage.ru_utime + usage.ru_stime:.1f} s")
-    print(f"  peak RSS          {usage.ru_maxrss / 1024:.0f} MiB")
+    print(f"  client CPU        {child.cpu_s:.1f} s")
+    print(f"  peak RSS          {child.maxrss_mib:.0f} MiB")
     ok = code == 0 and fetched == args.pages and private == 0
     return 0 if ok else 1
 

@@ -6,9 +6,11 @@
 
 It starts a local static server (nginx when installed, else a multi-process aiohttp
 server), generates the workloads under a temp dir, and runs ``fetch run`` (the real CLI,
-as a subprocess) and ``benchmarks.bare_loop`` alternately, each on a fresh output
-directory. Every stored body is checked (size and sha256) before a figure is reported;
-a run that stored anything wrong stops the harness with exit code 1.
+as a subprocess, and each ``--also`` variant) and ``benchmarks.bare_loop`` in turn, the
+order rotating each repetition, each on a fresh output directory. Children are started
+by ``benchmarks/spawn.py`` so that their peak RSS is their own. Every stored body is
+checked (size and sha256) before a figure is reported; a run that stored anything wrong
+stops the harness with exit code 1.
 
 Workloads:
     W1  10,000 x 1 KiB at -c 32                      requests/s, CPU per request, RSS
@@ -309,6 +311,7 @@ class Harness:
     work: Path
     fetch_cmd: list[str]
     bare_cmd: list[str]
+    variants: dict[str, list[str]] = field(default_factory=dict)  # --also NAME=CMD
     measures: list[Measure] = field(default_factory=list)
     runs: int = 0
 
@@ -334,13 +337,13 @@ class Harness:
         return child
 
     def fetch(
-        self, workload: Workload, files: Files, extra: Sequence[str] = (), variant: str = ""
+        self, workload: Workload, files: Files, extra: Sequence[str] = (), tool: str = "fetch"
     ) -> Measure:
-        where = self.fresh(f"{workload.name}-fetch")
+        where = self.fresh(f"{workload.name}-{tool}")
         out = where / "out"
         mark = self.server.mark()
         cmd = [
-            *self.fetch_cmd,
+            *self.variants.get(tool, self.fetch_cmd),
             "run",
             str(files.job),
             "-o",
@@ -354,17 +357,17 @@ class Harness:
             "--json",
             *extra,
         ]
-        child = self.child(cmd, where, workload.timeout, f"{workload.name} fetch")
+        child = self.child(cmd, where, workload.timeout, f"{workload.name} {tool}")
         if child.exit_code != 0:
             raise VerifyError(
-                f"{workload.name} fetch exited {child.exit_code}: {_tail(where / 'stderr')}"
+                f"{workload.name} {tool} exited {child.exit_code}: {_tail(where / 'stderr')}"
             )
         verify_fetch(out, files.expected)
-        measure = self._measure(workload, "fetch", variant, child, files, mark)
+        measure = self._measure(workload, tool, "", child, files, mark)
         shutil.rmtree(where)
         return measure
 
-    def bare(self, workload: Workload, files: Files, variant: str = "") -> Measure:
+    def bare(self, workload: Workload, files: Files) -> Measure:
         where = self.fresh(f"{workload.name}-bare")
         out = where / "out"
         mark = self.server.mark()
@@ -377,7 +380,7 @@ class Harness:
                 f"{workload.name} bare loop exited {child.exit_code}: {_tail(where / 'stderr')}"
             )
         verify_bare(out, files.expected)
-        measure = self._measure(workload, "bare", variant, child, files, mark)
+        measure = self._measure(workload, "bare", "", child, files, mark)
         shutil.rmtree(where)
         return measure
 
@@ -421,7 +424,7 @@ def _say(text: str) -> None:
 
 def _line(m: Measure) -> str:
     text = (
-        f"  {m.workload} {m.tool:<5} {m.variant:<14} {m.wall_s:7.2f} s  "
+        f"  {m.workload} {m.tool:<12} {m.variant:<14} {m.wall_s:7.2f} s  "
         f"cpu {m.cpu_s:6.2f} s  rss {m.maxrss_mib:6.1f} MiB"
     )
     if m.extra:
@@ -433,19 +436,21 @@ def _line(m: Measure) -> str:
 
 
 def run_transfer(h: Harness, workload: Workload, repeat: int) -> None:
-    """W1, W2, W4: fetch and the bare loop, alternating which goes first."""
+    """W1, W2, W4: fetch (and each --also variant) and the bare loop, in turn; the order
+    rotates each repetition, so none always runs first."""
     www = h.work / "www"
     jobs = h.work / "jobs"
     _say(f"{workload.name}: generating {workload.count} x {workload.size} bytes")
     files = generate_files(www, jobs, h.server.url, workload)
     extra = ["--rate", str(workload.rate)] if workload.rate else []
+    tools = ["fetch", *h.variants, "bare"]
     for rep in range(repeat):
-        order = ("fetch", "bare") if rep % 2 == 0 else ("bare", "fetch")
-        for tool in order:
-            if tool == "fetch":
-                h.fetch(workload, files, extra)
-            else:
+        shift = rep % len(tools)
+        for tool in tools[shift:] + tools[:shift]:
+            if tool == "bare":
                 h.bare(workload, files)
+            else:
+                h.fetch(workload, files, extra, tool)
     shutil.rmtree(www / workload.name.lower())
 
 
@@ -550,7 +555,7 @@ def report(measures: Sequence[Measure]) -> str:
     for m in measures:
         groups.setdefault((m.workload, m.variant, m.tool), []).append(m)
     header = (
-        f"{'workload':<22} {'tool':<6} {'n':>2}  {'wall s':>8}  {'req/s (rows/s)':>22}  "
+        f"{'workload':<22} {'tool':<12} {'n':>2}  {'wall s':>8}  {'req/s (rows/s)':>22}  "
         f"{'MiB/s':>20}  {'CPU ms/req':>10}  {'peak RSS MiB':>12}"
     )
     lines.append(header)
@@ -559,7 +564,7 @@ def report(measures: Sequence[Measure]) -> str:
         label = f"{workload} {variant}".strip()
         rss = _median(m.maxrss_mib for m in ms)
         lines.append(
-            f"{label:<22} {tool:<6} {len(ms):>2}  {_median(m.wall_s for m in ms):8.2f}  "
+            f"{label:<22} {tool:<12} {len(ms):>2}  {_median(m.wall_s for m in ms):8.2f}  "
             f"{_spread([m.rps for m in ms], '.0f'):>22}  "
             f"{_spread([m.mibps for m in ms], '.1f') if ms[0].bytes else '-':>20}  "
             f"{_median(m.cpu_ms_per_request for m in ms):10.3f}  {rss:12.1f}"
@@ -567,20 +572,20 @@ def report(measures: Sequence[Measure]) -> str:
         if ms[0].extra:
             achieved = [m.extra["achieved"] for m in ms]
             lines.append(
-                f"{'':<22} {'':<6}     server-side rate {_spread(achieved, '.1f')}/s; "
+                f"{'':<22} {'':<12}     server-side rate {_spread(achieved, '.1f')}/s; "
                 f"busiest 1 s window {max(m.extra['busiest'] for m in ms)}, "
                 f"quietest {min(m.extra['quietest'] for m in ms)}"
             )
     ratios = []
     for (workload, variant, tool), ms in groups.items():
         bare = groups.get((workload, variant, "bare"))
-        if tool != "fetch" or not bare:
+        if tool == "bare" or not bare:
             continue
         rps = _median(m.rps for m in ms) / _median(m.rps for m in bare)
         cpu = _median(m.cpu_s for m in ms) / _median(m.cpu_s for m in bare)
         rss = _median(m.maxrss_mib for m in ms) / _median(m.maxrss_mib for m in bare)
         ratios.append(
-            f"{workload}: fetch / bare loop = {rps:.2f}x throughput (req/s and MiB/s), "
+            f"{workload}: {tool} / bare loop = {rps:.2f}x throughput (req/s and MiB/s), "
             f"{cpu:.2f}x CPU per request, {rss:.2f}x peak RSS"
         )
     if ratios:
@@ -607,6 +612,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=f"{shlex.quote(sys.executable)} -m fetcher",
         help="how to start fetch (e.g. a wrapper that installs uvloop, or py-spy record --)",
     )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="another way to start fetch, run in turn with the others (W1, W2, W4)",
+    )
     parser.add_argument("--bare-uvloop", action="store_true", help="run the bare loop on uvloop")
     parser.add_argument("--w3-rows", type=int, default=None, help="rows of W3's job")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
@@ -617,9 +629,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.only) - {"W1", "W2", "W3", "W4"}
     if unknown or not args.only:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown)) or '(none)'}")
+    try:
+        args.also = dict(_variant(text) for text in args.also)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+def _variant(text: str) -> tuple[str, list[str]]:
+    name, sep, cmd = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not cmd.strip() or name in ("fetch", "bare"):
+        raise ValueError(f"--also wants NAME=CMD with a new NAME, not {text!r}")
+    return f"fetch-{name}", shlex.split(cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -639,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             note = " (nginx not found: the aiohttp fallback)" if fallback else ""
             print(f"server: {server.kind}{note}, {server.workers} processes, {server.url}")
             print(f"fetch: {args.fetch_cmd}")
+            for name, cmd in args.also.items():
+                print(f"{name}: {shlex.join(cmd)}")
             print(f"bare loop: {shlex.join(bare_cmd)}")
             print(f"peak RSS floor of a spawned child: {floor:.1f} MiB", flush=True)
             harness = Harness(
@@ -647,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work=work,
                 fetch_cmd=shlex.split(args.fetch_cmd),
                 bare_cmd=bare_cmd,
+                variants=args.also,
             )
             for name in args.only:
                 if name == "W3":
@@ -668,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "server": server.kind,
             "server_workers": server.workers,
             "fetch_cmd": args.fetch_cmd,
+            "also": {name: shlex.join(cmd) for name, cmd in args.also.items()},
             "bare_cmd": shlex.join(bare_cmd),
             "quick": args.quick,
             "rss_floor_mib": floor,

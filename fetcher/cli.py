@@ -116,6 +116,12 @@ _RATE = click.FloatRange(min=0, min_open=True)
     help="Record invalid rows as failed and fetch the rest.",
 )
 @click.option("--insecure", is_flag=True, default=None, help="Do not verify TLS certificates.")
+@click.option(
+    "--durable",
+    is_flag=True,
+    default=None,
+    help="Fsync each body and sidecar before its rename (survives a power cut; slower).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each outcome on stderr.")
 @click.option(
@@ -164,9 +170,7 @@ def run(
                 "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
             )
         if config.insecure and config.verbosity:
-            click.echo(
-                "fetch: warning: --insecure: TLS certificates are not verified", err=True
-            )
+            click.echo("fetch: warning: --insecure: TLS certificates are not verified", err=True)
         if config.dry_run:
             dry_run(loaded, config, out=sys.stdout)
             return

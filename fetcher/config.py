@@ -139,6 +139,7 @@ TUNABLE: dict[str, Callable[[object], object]] = {
     "force": _flag,
     "skip_invalid": _flag,
     "insecure": _flag,
+    "durable": _flag,
     "cookies": _path,
     "cookie_jar": _path,
 }
@@ -167,6 +168,9 @@ class FetchConfig:
         dry_run: print the rendered requests; send and write nothing.
         skip_invalid: record invalid rows as failed and fetch the rest.
         insecure: do not verify TLS certificates.
+        durable: fsync each body and sidecar before its rename, so stored copies
+            survive a power cut (a killed process loses nothing without it; costs
+            about a millisecond a file).
         verbosity: 0 quiet, 1 normal, 2 verbose.
         progress: a live progress line (None: when stderr is a terminal).
         json: print the summary as one JSON object on stdout.
@@ -193,6 +197,7 @@ class FetchConfig:
     dry_run: bool = False
     skip_invalid: bool = False
     insecure: bool = False
+    durable: bool = False
     verbosity: int = 1
     progress: bool | None = None
     json: bool = False

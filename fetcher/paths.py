@@ -95,6 +95,19 @@ def _fold(kept: list[str]) -> list[str]:
     return [*head, last]
 
 
+_CAREFUL_HINTS = ("/con", "/prn", "/aux", "/nul", "/com", "/lpt", ".meta.json")
+
+
+def _careful(path: str) -> bool:
+    """``_CAREFUL.search(path)``, after a cheaper look for what it needs (most paths
+    have none of it)."""
+    lower = "/" + path.lower()
+    for hint in _CAREFUL_HINTS:
+        if hint in lower:
+            return _CAREFUL.search(path) is not None
+    return False
+
+
 def safe_relpath(path: str) -> str:
     """Turn any string into a safe relative path (``/``-separated, never empty).
 
@@ -104,8 +117,11 @@ def safe_relpath(path: str) -> str:
     with ``.~`` or a Windows device name gets a ``_`` prefix, and a first segment that
     names the tool's own files (any case) gets a ``_`` prefix.
     """
-    if _PLAIN.fullmatch(path) and len(path) <= MAX_NAME_BYTES and not _CAREFUL.search(path):
-        kept = path.split("/")  # the common case: plain names, nothing to clean
+    if len(path) <= MAX_NAME_BYTES and _PLAIN.fullmatch(path) and not _careful(path):
+        # The common case: plain ASCII names, short, nothing to clean or shorten.
+        if path.count("/") < MAX_DEPTH and path.partition("/")[0].lower() not in RESERVED_TOP:
+            return path
+        kept = path.split("/")
     else:
         kept = [s for s in map(_safe_segment, _SEPARATORS.split(path)) if s]
     if not kept:

@@ -10,17 +10,17 @@ translated in one place, ``classify``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
-import hashlib
+import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 
 import aiohttp
+from aiohttp.typedefs import RawHeaders
 from aiolimiter import AsyncLimiter
 from multidict import CIMultiDict
 from yarl import URL
@@ -58,9 +58,21 @@ RETRY_AFTER_CAP = 300.0
 CHUNK = 256 * 1024
 
 
+_SECOND: list[object] = [None, ""]  # the last whole second formatted, and its text
+
+
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = time.time()
+    second = int(now)
+    if _SECOND[0] != second:  # format the date and time once a second, not once a row
+        _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_SECOND[1]}.{int((now - second) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def make_limiter(rate: float) -> AsyncLimiter:
@@ -126,23 +138,43 @@ class Limits:
         one request per period, with no burst."""
         self._host(host).limiter = AsyncLimiter(1, seconds)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        """Hold one of ``host``'s slots, after its pause and the rate limiters."""
-        state = self._host(host)
-        async with state.slots:
-            # A pause may begin or grow while we wait for it or for a limiter (another
-            # 429), so look again after each wait; a start the pause cut short is lost.
-            while True:
-                while (wait := state.resume_at - self._now()) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(wait)
-                if state.limiter is not None:
-                    await state.limiter.acquire()
-                if self._limiter is not None:
-                    await self._limiter.acquire()
-                if state.resume_at <= self._now():
-                    break
-            yield
+    def slot(self, host: str) -> _Slot:
+        """Hold one of ``host``'s slots, after its pause and the rate limiters
+        (``async with limits.slot(host):``)."""
+        return _Slot(self, self._host(host))
+
+    async def _wait(self, state: _Host) -> None:
+        # A pause may begin or grow while we wait for it or for a limiter (another
+        # 429), so look again after each wait; a start the pause cut short is lost.
+        while True:
+            while (wait := state.resume_at - self._now()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            if state.limiter is not None:
+                await state.limiter.acquire()
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            if state.resume_at <= self._now():
+                return
+
+
+class _Slot:
+    """``Limits.slot``: a plain class, as it is entered once per request."""
+
+    __slots__ = ("_limits", "_state")
+
+    def __init__(self, limits: Limits, state: _Host) -> None:
+        self._limits, self._state = limits, state
+
+    async def __aenter__(self) -> None:
+        await self._state.slots.acquire()
+        try:
+            await self._limits._wait(self._state)
+        except BaseException:
+            self._state.slots.release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._state.slots.release()
 
 
 # --------------------------------------------------------------------------- retries
@@ -336,10 +368,9 @@ async def _attempt(
     method, url, body = request.method, URL(request.url, encoded=False), request.body
     headers = CIMultiDict(request.headers)
     headers.extend(_conditional(prior, config))
-    secret_names = request.secret_header_names()
-    origin = url.origin()
+    first = url
     hops: list[Hop] = []
-    seen = {str(url)}
+    seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
     while True:
         async with limits.slot(host_key(url)):
             try:
@@ -349,11 +380,14 @@ async def _attempt(
                     headers=headers,
                     data=_payload(request, body),
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=config.timeout),
+                    timeout=_client_timeout(config.timeout),
                 ) as resp:
                     ttfb = _ms(started)
-                    location = resp.headers.get("Location")
-                    if resp.status in REDIRECT_STATUSES and location:
+                    location = None
+                    if resp.status in REDIRECT_STATUSES:
+                        location = resp.headers.get("Location")
+                    if location:
+                        seen = seen or {str(first)}
                         target = _redirect_target(url, location, hops, seen, resp.status)
                         hops.append(
                             Hop(
@@ -384,8 +418,8 @@ async def _attempt(
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
                 kind, message, retry = classify(exc)
                 raise _Attempt(kind, message, retry=retry) from exc
-        if url.origin() != origin:
-            for name in secret_names:
+        if url.origin() != first.origin():
+            for name in request.secret_header_names():
                 headers.popall(name, None)
             headers.popall("If-None-Match", None)
             headers.popall("If-Modified-Since", None)
@@ -434,22 +468,9 @@ async def _finish(
 ) -> _Fetched:
     """The final response: a failure, a 304, or a body streamed into the store."""
     status = resp.status
-    response = Response(
-        status=status,
-        reason=resp.reason or "",
-        final_url=request.redact(str(resp.url)),
-        redirects=tuple(hops),
-        headers=tuple(  # a server may echo a secret back: store it redacted
-            (k.decode("utf-8", "replace"), request.redact(v.decode("utf-8", "replace")))
-            for k, v in resp.raw_headers
-        ),
-        attempts=attempt,
-        started_at=started_at,
-        ttfb_ms=ttfb,
-    )
     if status == 304 and prior is not None:
         return _Fetched(
-            response=response,
+            response=_response(resp, request, hops, attempt, started_at, ttfb),
             path=prior.path,
             size=prior.size,
             sha256=prior.sha256,
@@ -479,7 +500,6 @@ async def _finish(
         raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
     body = sink()
     try:
-        digest = hashlib.sha256()
         size = 0
         async for chunk in resp.content.iter_chunked(CHUNK):
             size += len(chunk)
@@ -487,7 +507,6 @@ async def _finish(
                 raise _Attempt(
                     ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status
                 )
-            digest.update(chunk)
             try:
                 await body.write(chunk)
             except OSError as exc:
@@ -499,17 +518,7 @@ async def _finish(
                 retry=True,
                 status=status,
             )
-        final = Response(
-            status=response.status,
-            reason=response.reason,
-            final_url=response.final_url,
-            redirects=response.redirects,
-            headers=response.headers,
-            attempts=attempt,
-            started_at=started_at,
-            ttfb_ms=ttfb,
-            elapsed_ms=_ms(started),
-        )
+        final = _response(resp, request, hops, attempt, started_at, ttfb, _ms(started))
         try:
             stored = await body.commit(final)
         except OSError as exc:
@@ -520,11 +529,44 @@ async def _finish(
     except BaseException:
         body.discard()
         raise
-    if stored.sha256 != digest.hexdigest() or stored.size != size:
+    if stored.size != size:
         raise RuntimeError(f"the store wrote {stored.size} bytes, the engine read {size}")
     return _Fetched(
         response=final, path=stored.path, meta=stored.meta, size=size, sha256=stored.sha256
     )
+
+
+def _response(
+    resp: aiohttp.ClientResponse,
+    request: Request,
+    hops: list[Hop],
+    attempt: int,
+    started_at: str,
+    ttfb: int,
+    elapsed: int = 0,
+) -> Response:
+    return Response(
+        status=resp.status,
+        reason=resp.reason or "",
+        final_url=request.redact(str(resp.url)),
+        redirects=tuple(hops),
+        headers=_headers(request, resp.raw_headers),
+        attempts=attempt,
+        started_at=started_at,
+        ttfb_ms=ttfb,
+        elapsed_ms=elapsed,
+    )
+
+
+def _headers(request: Request, raw: RawHeaders) -> tuple[tuple[str, str], ...]:
+    """The response's headers, all, in order; a server may echo a secret back, so they
+    are stored redacted."""
+    if request.secrets:
+        return tuple(
+            (k.decode("utf-8", "replace"), request.redact(v.decode("utf-8", "replace")))
+            for k, v in raw
+        )
+    return tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in raw)
 
 
 def _too_large(limit: int) -> str:

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import TextIO
 
 import aiohttp
 
 from fetcher.config import FetchConfig
 from fetcher.crawler import CrawlSource
-from fetcher.errors import JobError, SetupError
+from fetcher.errors import FetcherError, JobError, SetupError, StoreError
 from fetcher.frontier import Frontier
 from fetcher.jobs import Job
 from fetcher.models import (
@@ -39,15 +42,17 @@ from fetcher.models import (
     Request,
     RunSummary,
 )
+from fetcher.paths import PathCollisions
 from fetcher.pool import Limits, RetryPolicy, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
 from fetcher.robots import RobotsCache
 from fetcher.session import open_session
-from fetcher.store import DiskStore, path_collisions
+from fetcher.store import DiskStore, add_request, path_collisions
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
 
 GRACE_SECONDS = 5.0
+_LOOK_AHEAD = 256  # rows whose good copies are looked up in one query (--skip-existing)
 
 
 def output_dir(job: Job, config: FetchConfig) -> Path:
@@ -62,13 +67,16 @@ def check_job(job: Job, config: FetchConfig) -> int:
     for two rows that would store to the same path, and for a ``[[setup]]`` request
     that does not render.
     """
-    validation = job.validate()
+    # One walk renders every row: validation and the first pass of the path check.
+    # A crawl fetches each URL once, so its seeds may repeat.
+    seen = PathCollisions() if config.crawl is None else None
+    validation = job.validate(each=functools.partial(add_request, seen) if seen else None)
     if validation.rows == 0:
         raise JobError([Problem(str(job.path), 1, "the job is empty: no requests")])
     if validation.invalid and not config.skip_invalid:
         raise JobError(validation.problems, total=validation.invalid)
-    if config.crawl is None:  # a crawl fetches each URL once, so seeds may repeat
-        collisions, total = path_collisions(job.requests, file=str(job.path))
+    if seen is not None:
+        collisions, total = path_collisions(job.requests, file=str(job.path), seen=seen)
         if collisions:
             raise JobError(collisions, total=total)
     job.setup_requests()
@@ -133,10 +141,11 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
     options = _options(config)
-    with DiskStore(output_dir(job, config), resume=config.resume) as store:
+    with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         store.start_run(summary.run, summary.started_at, options)
         stopper = _Stopper(config.deadline)
         progress = Progress(total=total, config=config)
+        aborted = False
         try:
             with stopper.on_signals():
                 async with open_session(config) as session:
@@ -144,6 +153,10 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
                     await _pipeline(job, config, store, session, summary, stopper, progress)
         except SetupError:
             summary.exit_code = SetupError.exit_code
+            raise
+        except BaseException:  # a disk failure (or a bug) ended the run: --resume goes on
+            aborted = True
+            summary.exit_code = 1
             raise
         finally:
             progress.close()
@@ -154,7 +167,11 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
                 summary.exit_code = 128 + stopper.signum
             elif summary.failed:
                 summary.exit_code = 1
-            store.finish_run(summary, options)
+            try:
+                store.finish_run(summary, options, aborted=aborted)
+            except StoreError:
+                if not aborted:  # else the error that ended the run says more
+                    raise
         progress.summary(summary)
     return summary
 
@@ -212,7 +229,7 @@ async def _pipeline(
                             request,
                             limits=limits,
                             config=config,
-                            sink=lambda r=request: store.sink(r, summary.run),  # type: ignore[misc]
+                            sink=functools.partial(store.sink, request, summary.run),
                             prior=prior,
                             policy=policy,
                         )
@@ -232,7 +249,7 @@ async def _pipeline(
                 batch.append(done.get_nowait())
             outcomes = [outcome for outcome in batch if outcome is not None]
             finished = len(outcomes) < len(batch)
-            store.record(outcomes, summary.run)
+            outcomes = store.record(outcomes, summary.run)
             source.recorded(outcomes)
             for outcome in outcomes:
                 summary.add(outcome)
@@ -245,8 +262,19 @@ async def _pipeline(
                 for _ in range(config.concurrency):
                     group.create_task(work())
                 group.create_task(produce())
+    except BaseExceptionGroup as errors:
+        ours, others = errors.split(FetcherError)
+        if ours is None or others is not None:  # a bug: show it whole
+            raise
+        raise _first(ours) from errors  # a disk failure: the CLI says what it was
     finally:
         source.close()
+
+
+def _first(errors: BaseException) -> BaseException:
+    while isinstance(errors, BaseExceptionGroup):
+        errors = errors.exceptions[0]
+    return errors
 
 
 class _Rows:
@@ -256,8 +284,12 @@ class _Rows:
         self.job, self.config, self.store, self.stopper = job, config, store, stopper
 
     async def items(self) -> AsyncIterator[Request | Outcome]:
-        for request in self.job.requests():
-            yield _settled(request, self.config, self.store, self.stopper) or request
+        rows = iter(self.job.requests())
+        while chunk := list(itertools.islice(rows, _LOOK_AHEAD)):
+            if self.config.skip_existing:
+                self.store.look_ahead(chunk)
+            for request in chunk:
+                yield _settled(request, self.config, self.store, self.stopper) or request
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         """Nothing to learn from outcomes in a batch."""
@@ -381,14 +413,10 @@ class _Stopper:
         for guard in self._guards:
             guard.reschedule(when)
 
-    @contextlib.asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        async with asyncio.timeout(None) as timeout:
-            self._guards.add(timeout)
-            try:
-                yield
-            finally:
-                self._guards.discard(timeout)
+    def guard(self) -> _Guard:
+        """``async with stopper.guard():`` a request in flight, cancelled once its grace
+        runs out after a stop."""
+        return _Guard(self._guards)
 
     @contextlib.contextmanager
     def on_deadline(self) -> Iterator[None]:
@@ -416,3 +444,23 @@ class _Stopper:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+
+
+class _Guard:
+    """``_Stopper.guard``: a plain class, as it is entered once per request."""
+
+    __slots__ = ("_guards", "_timeout")
+
+    def __init__(self, guards: set[asyncio.Timeout]) -> None:
+        self._guards = guards
+        self._timeout = asyncio.timeout(None)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._guards.add(self._timeout)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._guards.discard(self._timeout)
+        await self._timeout.__aexit__(kind, exc, tb)  # a TimeoutError once cancelled

@@ -15,19 +15,28 @@ crash's leftovers are found without walking a million files.
 
 How a body lands, and what a crash at any point leaves:
 
-1. body and sidecar are written to temp files and fsynced (in a worker thread);
-2. one index transaction notes the copy as *pending* (with its manifest line and its
-   sidecar) and as the path's good copy (its ETag, Last-Modified, sha256);
-3. body, then sidecar, are renamed into place;
-4. the recorder appends the row's manifest line and clears the pending note.
+1. the engine's worker streams the body into a *sink*, which writes body and sidecar to
+   temp files (a small body and its sidecar in one go) and *stages* the copy;
+2. the recorder takes a batch of outcomes. For the staged copies among them, one index
+   transaction notes each as *pending* (with its manifest line and its sidecar) and as
+   its path's good copy (its ETag, Last-Modified, sha256);
+3. each body, then its sidecar, is renamed into place;
+4. the batch's manifest lines are appended (flushed), and one index transaction records
+   them and clears the pending notes.
 
-Steps 2-3 run on the event loop without an ``await``, so a cancelled task never stops
-half way (a row cancelled after them is recorded as the fetch it was). A crash (SIGKILL,
-power loss) between 2 and 4 leaves a pending note: the next open checks whether the body
-at the final path is the pending one (by its sha256); if so it rewrites the sidecar and
-appends the manifest line, if not it drops the note and the copy's row (the old body is
-still there, so the next run fetches it without conditional headers). So every body at
-a final path ends up matching its latest manifest record.
+Steps 2-4 run in the recorder without an ``await``, so nothing cancels them half way,
+and a row cancelled after its copy was staged is recorded as the fetch it was. A crash
+(SIGKILL, power loss) between 2 and 4 leaves pending notes: the next open checks whether
+the body at each final path is the pending one (by its sha256); if so it rewrites the
+sidecar and appends the manifest line, if not it drops the note and the copy's row (the
+old body is still there, so the next run fetches it without conditional headers). So
+every body at a final path ends up matching its latest manifest record.
+
+Durability: a process crash (SIGKILL, an OOM kill) loses nothing written, since the page
+cache outlives the process. Surviving a power cut too needs each temp file fsynced before
+its rename, which costs about a millisecond a file on a local disk: ``DiskStore(...,
+durable=True)`` (``fetch run --durable``) does that; by default, as curl and wget, no file
+is fsynced. The index is a cache either way: a lost or stale one is rebuilt.
 
 ``Store`` is the protocol the runner needs; ``DiskStore`` is the local-disk backend.
 """
@@ -36,8 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -49,12 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
-import aiofiles
-import aiofiles.threadpool
-
+from fetcher import _json
 from fetcher.errors import LockedError, PathConflict, StoreError
 from fetcher.models import (
+    REDACTED,
     BodySink,
+    ErrorKind,
+    Failure,
     Outcome,
     OutcomeKind,
     PriorCopy,
@@ -64,7 +76,7 @@ from fetcher.models import (
     RunSummary,
     Stored,
 )
-from fetcher.paths import TEMP_PREFIX, PathCollisions, body_path, meta_path
+from fetcher.paths import META_SUFFIX, TEMP_PREFIX, PathCollisions, body_path, meta_path
 
 __all__ = [
     "BUSY_MS",
@@ -78,6 +90,7 @@ __all__ = [
     "DiskStore",
     "Reindexed",
     "Store",
+    "add_request",
     "latest_row",
     "manifest_record",
     "path_collisions",
@@ -92,11 +105,10 @@ STATE_DIR = ".fetch"
 INDEX = "index.sqlite"
 MANIFEST = "manifest.jsonl"
 RUNS_DIR = "runs"
-SMALL_BODY = 256 * 1024  # bodies up to this size reach disk in one executor hop
+SMALL_BODY = 256 * 1024  # bodies up to this size are written in one go, with the sidecar
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
 SCHEMA_VERSION = 3
 BUSY_MS = 10_000  # how long a statement waits for another connection's lock
-DURABLE = True  # fsync each body and sidecar before its rename (survives a power cut)
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
 _BATCH = 2_000
 _T = TypeVar("_T")
@@ -161,10 +173,12 @@ class Store(Protocol):
         """True when the interrupted run being resumed finished ``request`` well."""
 
     def sink(self, request: Request, run: str) -> BodySink:
-        """A sink that streams ``request``'s body to its final path."""
+        """A sink that streams ``request``'s body to disk and stages it for ``record``."""
 
-    def record(self, outcomes: Sequence[Outcome], run: str) -> None:
-        """Append outcomes to the manifest, flushed."""
+    def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
+        """Place the outcomes' staged copies and append the outcomes to the manifest,
+        flushed. Returns the outcomes as recorded (a copy that could not be placed is
+        a failed row)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +196,23 @@ class Reindexed:
 _TEMP_NUMBERS = itertools.count()
 
 
-def _temp_name(folder: Path) -> Path:
-    return folder / f"{TEMP_PREFIX}{os.getpid()}-{next(_TEMP_NUMBERS)}"
+def _temp_name(folder: Path | str) -> str:
+    return f"{folder}/{TEMP_PREFIX}{os.getpid()}-{next(_TEMP_NUMBERS)}"
 
 
-def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def _write_file(path: Path | str, data: bytes, *, durable: bool) -> None:
+    fd = os.open(path, _CREATE, 0o666)  # no buffered file object: one write call
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(
@@ -219,32 +240,41 @@ def _sha256_of(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # ASCII: even a lone surrogate is safe
-_SIDECAR_ENCODER = json.JSONEncoder()  # one line: json's C encoder has no indent
-
-
 def _json_line(data: dict[str, Any]) -> bytes:
-    return (_ENCODER.encode(data) + "\n").encode("ascii")
+    return _json.dumps(data) + b"\n"
+
+
+# A row's path is asked for a few times while it is in flight (prior copy, sink).
+_body_path = functools.lru_cache(maxsize=4096)(body_path)
 
 
 def request_path(request: Request) -> str:
     """Where ``request``'s body is stored, relative to the output directory."""
-    return body_path(request.safe_url, request.redact(request.out) if request.out else None)
+    if request.secrets:
+        return body_path(request.safe_url, request.redact(request.out) if request.out else None)
+    return _body_path(request.url, request.out)
 
 
 def path_collisions(
-    rows: Callable[[], Iterable[Request]], *, file: str, keep: int = 20
+    rows: Callable[[], Iterable[Request]],
+    *,
+    file: str,
+    keep: int = 20,
+    seen: PathCollisions | None = None,
 ) -> tuple[list[Problem], int]:
     """Find rows that would store to the same path as an earlier row.
 
     ``rows`` is called once, and a second time only when two hashes repeat; memory is
-    about eight bytes a row. Returns the first ``keep`` problems (``FILE:LINE`` of the
-    later row, naming the earlier) and the count of all of them.
+    about eight bytes a row. ``seen``, when given, already holds every valid row's path
+    (``add_request`` while validating), and ``rows`` is then called only to confirm.
+    Returns the first ``keep`` problems (``FILE:LINE`` of the later row, naming the
+    earlier) and the count of all of them.
     """
-    collisions = PathCollisions()
-    for request in rows():
-        if request.invalid is None:
-            collisions.add(request_path(request))
+    collisions = seen
+    if collisions is None:
+        collisions = PathCollisions()
+        for request in rows():
+            add_request(collisions, request)
     if not collisions.suspects():
         return [], 0
     problems: list[Problem] = []
@@ -268,6 +298,12 @@ def path_collisions(
     return problems, total
 
 
+def add_request(collisions: PathCollisions, request: Request) -> None:
+    """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
+    if request.invalid is None:
+        collisions.add(request_path(request))
+
+
 def _validators(headers: Iterable[Sequence[str]]) -> tuple[str | None, str | None]:
     etag = last_modified = None
     for name, value in headers:
@@ -288,21 +324,26 @@ class DiskStore:
     Args:
         root: the output directory (made when missing).
         resume: continue the last run if it did not finish (``--resume``).
+        durable: fsync each body and sidecar before its rename, so a copy survives a
+            power cut too (a process crash loses nothing either way).
     """
 
-    def __init__(self, root: Path, *, resume: bool = False) -> None:
+    def __init__(self, root: Path, *, resume: bool = False, durable: bool = False) -> None:
         self.root = root
         self._root = str(root)
         self.state = root / STATE_DIR
         self.temp_dir = self.state / "tmp"
+        self._temp_dir = str(self.temp_dir)
         self.resume = resume
+        self.durable = durable
         self.resuming = False  # set by start_run: resume asked for and a run to resume
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         self._manifest: IO[bytes] | None = None
         self._manifest_end = 0
         self._made_dirs: set[str] = set()
-        self._pending: dict[str, tuple[int, str]] = {}  # path -> (line, manifest line)
+        self._staged: dict[int, _Staged] = {}  # id(request) -> its copy, ready to place
+        self._ahead: dict[str, tuple[Any, ...] | None] = {}  # path -> copies row (look_ahead)
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
     # -- opening and closing --------------------------------------------------------
@@ -454,10 +495,13 @@ class DiskStore:
             }
         )
 
-    def finish_run(self, summary: RunSummary, options: dict[str, object]) -> None:
-        """Write the run's record and mark it finished, or interrupted (a signal, or the
-        deadline left rows unstarted: ``--resume`` continues it)."""
-        stopped = summary.interrupted_by or summary.errors.get("interrupted")
+    def finish_run(
+        self, summary: RunSummary, options: dict[str, object], *, aborted: bool = False
+    ) -> None:
+        """Write the run's record and mark it finished, or interrupted (a signal, the
+        deadline left rows unstarted, or an error ``aborted`` it: ``--resume`` continues
+        it)."""
+        stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
         state = "interrupted" if stopped else "finished"
         self.db.execute(
             "UPDATE runs SET ended_at = ?, state = ?, exit_code = ? WHERE run = ?",
@@ -483,7 +527,10 @@ class DiskStore:
 
     def _write_run(self, record: dict[str, object]) -> None:
         path = self.root / RUNS_DIR / f"{record['run']}.json"
-        write_atomic(path, json.dumps(record, indent=2).encode() + b"\n", self.temp_dir)
+        try:
+            write_atomic(path, json.dumps(record, indent=2).encode() + b"\n", self.temp_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -492,12 +539,23 @@ class DiskStore:
 
     def prior(self, request: Request) -> PriorCopy | None:
         path = request_path(request)
-        row = self.db.execute(
-            "SELECT etag, last_modified, size, sha256 FROM copies WHERE path = ?", (path,)
-        ).fetchone()
+        if path in self._ahead:
+            row = self._ahead.pop(path)
+        else:
+            row = self.db.execute(
+                "SELECT etag, last_modified, size, sha256 FROM copies WHERE path = ?", (path,)
+            ).fetchone()
         if row is None or not os.path.isfile(f"{self._root}/{path}"):
             return None
         return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
+
+    def look_ahead(self, requests: Sequence[Request]) -> None:
+        """Find the good copies of the next rows in one query (a million lookups one by
+        one cost more than the rest of a ``--skip-existing`` run); ``prior`` takes them
+        from here. Only for rows whose paths no other row stores to."""
+        paths = [request_path(request) for request in requests if request.invalid is None]
+        found = {row[0]: row[1:] for row in self.db.execute(_copies_of(len(paths)), paths)}
+        self._ahead = {path: found.get(path) for path in paths}
 
     def finished(self, request: Request) -> bool:
         if not self.resuming:
@@ -512,43 +570,107 @@ class DiskStore:
     def sink(self, request: Request, run: str) -> BodySink:
         return _DiskSink(self, request, request_path(request), run)
 
-    def temp_path(self) -> Path:
-        return _temp_name(self.temp_dir)
+    def temp_path(self) -> str:
+        return _temp_name(self._temp_dir)
 
-    def record(self, outcomes: Sequence[Outcome], run: str) -> None:
-        """Append the outcomes' manifest lines (flushed), then index them.
+    def stage(self, staged: _Staged) -> None:
+        """Hold a sink's complete copy until ``record`` places it."""
+        self._staged[id(staged.request)] = staged
 
-        An outcome that failed (interrupted) after its body was already placed is
-        recorded as the fetch it was, so a file never differs from its record.
+    def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
+        """Place the outcomes' staged copies, append their manifest lines (flushed), then
+        index them (steps 2-4 of the module docstring).
+
+        A row cancelled after its copy was staged is recorded as the fetch it was; a
+        copy that cannot reach its path (a file or directory in the way) makes its row
+        fail as ``invalid``. Returns the outcomes as recorded.
         """
-        records = []
-        for outcome in outcomes:
-            record = None
-            if not outcome.ok and self._pending:
-                placed = self._pending.get(request_path(outcome.request))
-                if placed is not None and placed[0] == outcome.request.line:
-                    record = json.loads(placed[1])
-            records.append(record or manifest_record(outcome, run))
-        self._append(records)
+        final = list(outcomes)
+        staged: list[tuple[int, _Staged]] = []
+        if self._staged:
+            for index, outcome in enumerate(final):
+                copy = self._staged.pop(id(outcome.request), None)
+                if copy is not None:
+                    if outcome.kind is not OutcomeKind.FETCHED:
+                        final[index] = copy.outcome()
+                    staged.append((index, copy))
+        records = [manifest_record(outcome, run) for outcome in final]
+        lines = [_json_line(record) for record in records]
+        placed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        if staged:
+            placed, failures = self._place(staged, lines)
+            for index, copy, failure in failures:
+                refused.append((copy.stored.path, copy.stored.sha256))
+                final[index] = copy.refused(final[index], failure)
+                records[index] = manifest_record(final[index], run)
+                lines[index] = _json_line(records[index])
+        self._append(records, lines, placed=placed, refused=refused)
+        return final
 
-    def _append(self, records: Sequence[dict[str, Any]]) -> None:
+    def _place(
+        self, staged: Sequence[tuple[int, _Staged]], lines: Sequence[bytes]
+    ) -> tuple[list[tuple[str, str]], list[tuple[int, _Staged, str]]]:
+        """Note the copies as pending, then rename each body and sidecar into place.
+
+        Returns the ``(path, sha256)`` of the placed copies and the ``(index, copy,
+        why)`` of those refused by a file or directory in the way.
+        """
+        db = self.db
+        db.execute("BEGIN")  # one transaction: the pending notes and the copies' rows
+        db.executemany(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
+            [
+                (c.stored.path, c.request.line, c.stored.sha256, lines[i][:-1].decode(), c.meta)
+                for i, c in staged
+            ],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [copy.copy_row() for _, copy in staged],
+        )
+        db.execute("COMMIT")
+        placed, failures = [], []
+        for index, copy in staged:
+            path = copy.stored.path
+            try:
+                os.replace(copy.body_temp, self.ensure_dir(path))
+            except (PathConflict, IsADirectoryError, NotADirectoryError) as exc:
+                copy.discard()
+                why = str(exc) if isinstance(exc, PathConflict) else None
+                failures.append((index, copy, why or f"a directory is in the way of {path}"))
+                continue
+            except OSError as exc:
+                copy.discard()
+                raise StoreError(f"cannot store a body: {exc}") from exc
+            os.replace(copy.meta_temp, f"{self._root}/{copy.stored.meta}")
+            placed.append((path, copy.stored.sha256))
+        return placed, failures
+
+    def _append(
+        self,
+        records: Sequence[dict[str, Any]],
+        lines: Sequence[bytes] | None = None,
+        *,
+        placed: Sequence[tuple[str, str]] = (),
+        refused: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Append manifest lines (flushed), then index them in one transaction: the
+        latest record of each URL, the rows done, the copies no longer pending."""
         if self._manifest is None:
             raise StoreError("the store is not open")
         if not records:
             return
-        chunks, latest, done, placed = [], [], [], []
+        if lines is None:
+            lines = [_json_line(record) for record in records]
+        latest, done = [], []
         offset = self._manifest_end
-        for record in records:
-            line = _json_line(record)
-            chunks.append(line)
+        for record, line in zip(records, lines, strict=True):
             latest.append(latest_row(offset, record))
             offset += len(line)
             if record.get("ok"):
                 done.append((record.get("line"), record.get("url")))
-            path = record.get("path")
-            if record.get("outcome") == "fetched" and path in self._pending:
-                placed.append((path,))
-        self._manifest.write(b"".join(chunks))
+        self._manifest.write(b"".join(lines))
         self._manifest.flush()
         self._manifest_end = offset
         db = self.db
@@ -557,83 +679,24 @@ class DiskStore:
         if done:
             db.executemany("INSERT OR REPLACE INTO done (line, url) VALUES (?, ?)", done)
         if placed:
-            db.executemany("DELETE FROM pending WHERE path = ?", placed)
-            for (path,) in placed:
-                del self._pending[path]
+            db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", placed)
+        if refused:  # the old copy's row is lost: the next run fetches it unconditionally
+            db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", refused)
+            db.executemany("DELETE FROM copies WHERE path = ? AND sha256 = ?", refused)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)", (offset,))
         db.execute("COMMIT")
 
-    def place(
-        self,
-        request: Request,
-        response: Response,
-        stored: Stored,
-        run: str,
-        temps: tuple[Path, Path],
-        meta: bytes,
-    ) -> None:
-        """Rename a body and its sidecar (complete temp files; ``meta`` is the sidecar's
-        content) into place. Synchronous on purpose: nothing can cancel it half way.
-        """
-        body_temp, meta_temp = temps
-        target = self.ensure_dir(stored.path)
-        record = manifest_record(_fetched(request, response, stored), run)
-        line = _ENCODER.encode(record)
-        db = self.db
-        db.execute("BEGIN")  # one transaction: the pending note and the new copy's row
-        db.execute(
-            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
-            (stored.path, request.line, stored.sha256, line, meta),
-        )
-        self.note_copy(request, stored, response, run)
-        db.execute("COMMIT")
-        try:
-            os.replace(body_temp, target)
-        except BaseException as exc:
-            self._forget(stored)
-            if isinstance(exc, IsADirectoryError | NotADirectoryError):
-                raise PathConflict(f"a directory is in the way of the file {stored.path}") from None
-            raise
-        self._pending[stored.path] = (request.line, line)
-        os.replace(meta_temp, self.root / stored.meta)
-
-    def _forget(self, stored: Stored) -> None:
-        """Undo the notes of a copy that did not reach its path (the old copy's row is
-        lost: the next run fetches it without conditional headers)."""
-        db = self.db
-        db.execute("BEGIN")
-        db.execute("DELETE FROM pending WHERE path = ?", (stored.path,))
-        db.execute("DELETE FROM copies WHERE path = ? AND sha256 = ?", (stored.path, stored.sha256))
-        db.execute("COMMIT")
-
-    def note_copy(self, request: Request, stored: Stored, response: Response, run: str) -> None:
-        """Remember a good copy (its body is, or is about to be, at its final path)."""
-        etag, last_modified = _validators(response.headers)
-        self.db.execute(
-            "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                stored.path,
-                request.safe_url,
-                etag,
-                last_modified,
-                stored.size,
-                stored.sha256,
-                run,
-                response.started_at,
-            ),
-        )
-
-    def ensure_dir(self, relative: str) -> Path:
+    def ensure_dir(self, relative: str) -> str:
         """Make the parent directories of a body; raise ``PathConflict`` if a file is in
-        the way."""
+        the way. Returns the body's path."""
         parent = os.path.dirname(relative)
         if parent and parent not in self._made_dirs:
             try:
-                os.makedirs(self.root / parent, exist_ok=True)
+                os.makedirs(f"{self._root}/{parent}", exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise PathConflict(f"a file is in the way of the directory {parent}") from None
             self._made_dirs.add(parent)
-        return self.root / relative
+        return f"{self._root}/{relative}"
 
     # -- recovering -------------------------------------------------------------------
 
@@ -754,8 +817,9 @@ class DiskStore:
                 return kept
             gone, validators = [], []
             for path, size, sha256 in rows:
+                body = f"{self._root}/{path}"
                 try:
-                    actual = os.stat(self.root / path).st_size
+                    actual = os.stat(body).st_size
                 except OSError:
                     actual = None
                 if actual != size:
@@ -763,7 +827,8 @@ class DiskStore:
                     continue
                 kept += 1
                 try:
-                    meta = json.loads((self.root / meta_path(path)).read_bytes())
+                    with open(body + META_SUFFIX, "rb") as handle:
+                        meta = _json.loads(handle.read())
                 except (OSError, ValueError):
                     continue
                 if isinstance(meta, dict) and meta.get("sha256") == sha256:
@@ -775,6 +840,12 @@ class DiskStore:
             )
             db.execute("COMMIT")
             after = rows[-1][0]
+
+
+@functools.lru_cache(maxsize=4)
+def _copies_of(count: int) -> str:
+    marks = ", ".join("?" * count)
+    return f"SELECT path, etag, last_modified, size, sha256 FROM copies WHERE path IN ({marks})"
 
 
 def _batched(items: Iterable[_T], size: int) -> Iterator[tuple[_T, ...]]:
@@ -912,7 +983,7 @@ def read_manifest(path: Path, *, start: int = 0) -> Iterator[tuple[int, dict[str
             if not raw.endswith(b"\n"):
                 return
             try:
-                record = json.loads(raw)
+                record = _json.loads(raw)
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("url"), str):
@@ -933,6 +1004,17 @@ def read_runs(folder: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def _safe_response_value(name: str, value: str) -> str:
+    """A response header as a sidecar keeps it: a ``Set-Cookie`` value is a credential
+    (sidecars follow the umask; the cookie jar file is 0600), so only its name and
+    attributes are kept."""
+    if name.lower() != "set-cookie":
+        return value
+    cookie, sep, attributes = value.partition(";")
+    cookie_name = cookie.partition("=")[0].strip()
+    return f"{cookie_name}={REDACTED}{sep}{attributes}"
+
+
 def sidecar(request: Request, response: Response, stored: Stored, run: str) -> dict[str, Any]:
     """The sidecar of one stored body."""
     return {
@@ -949,7 +1031,7 @@ def sidecar(request: Request, response: Response, stored: Stored, run: str) -> d
         ],
         "status": response.status,
         "reason": response.reason,
-        "headers": [list(pair) for pair in response.headers],
+        "headers": [[name, _safe_response_value(name, value)] for name, value in response.headers],
         "timings": {
             "started_at": response.started_at,
             "ttfb_ms": response.ttfb_ms,
@@ -965,10 +1047,68 @@ def sidecar(request: Request, response: Response, stored: Stored, run: str) -> d
 # --------------------------------------------------------------------------- the sink
 
 
+class _Staged:
+    """A complete copy in temp files, waiting for ``DiskStore.record`` to place it."""
+
+    __slots__ = ("body_temp", "meta", "meta_temp", "request", "response", "run", "stored")
+
+    def __init__(
+        self,
+        request: Request,
+        response: Response,
+        stored: Stored,
+        run: str,
+        temps: tuple[str, str],
+        meta: bytes,
+    ) -> None:
+        self.request, self.response, self.stored, self.run = request, response, stored, run
+        self.body_temp, self.meta_temp = temps
+        self.meta = meta
+
+    def outcome(self) -> Outcome:
+        """The fetch this copy is, for a row cancelled after its copy was staged."""
+        return _fetched(self.request, self.response, self.stored)
+
+    def refused(self, outcome: Outcome, why: str) -> Outcome:
+        """The row failed: its copy could not reach its path."""
+        return dataclasses.replace(
+            outcome,
+            kind=OutcomeKind.FAILED,
+            path=None,
+            meta=None,
+            size=None,
+            sha256=None,
+            error=Failure(kind=ErrorKind.INVALID, message=self.request.redact(why)),
+        )
+
+    def copy_row(self) -> tuple[object, ...]:
+        """The copy's row in the ``copies`` table."""
+        etag, last_modified = _validators(self.response.headers)
+        stored = self.stored
+        return (
+            stored.path,
+            self.request.safe_url,
+            etag,
+            last_modified,
+            stored.size,
+            stored.sha256,
+            self.run,
+            self.response.started_at,
+        )
+
+    def discard(self) -> None:
+        for temp in (self.body_temp, self.meta_temp):
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
 class _DiskSink:
-    """Streams one body: a small one is kept in memory and written with its sidecar in
-    one executor hop; a larger one goes to a temp file chunk by chunk (aiofiles). Both
-    are fsynced there, then ``DiskStore.place`` renames them into place."""
+    """Streams one body to temp files and stages it for ``DiskStore.record``.
+
+    A small body is kept in memory and written with its sidecar in one go at ``commit``
+    (in a worker thread when durable, else at once); a larger one goes to a temp file a
+    piece at a time in a worker thread, which also hashes it. Nothing is renamed here.
+    """
 
     def __init__(self, store: DiskStore, request: Request, path: str, run: str) -> None:
         self.store, self.request, self.path, self.run = store, request, path, run
@@ -977,64 +1117,72 @@ class _DiskSink:
         self._size = 0
         self._digest = hashlib.sha256()
         self._raw: IO[bytes] | None = None
-        self._file: Any = None
-        self._temps: list[Path] = []
+        self._temps: list[str] = []
 
     async def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        self._digest.update(chunk)
         self._chunks.append(chunk)
         self._pending += len(chunk)
-        if self._file is None and self._size <= SMALL_BODY:
+        if self._raw is None and self._size <= SMALL_BODY:
             return
-        if self._file is None:
+        if self._raw is None:
             temp = self.store.temp_path()
             self._temps.append(temp)
             self._raw = await asyncio.to_thread(open, temp, "wb")
-            self._file = aiofiles.threadpool.wrap(self._raw)
         if self._pending >= WRITE_CHUNK:
-            await self._flush()
+            await asyncio.to_thread(self._write_piece, self._take())
 
-    async def _flush(self) -> None:
-        data = b"".join(self._chunks)
+    def _take(self) -> bytes:
+        data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         self._chunks, self._pending = [], 0
-        await self._file.write(data)
+        return data
+
+    def _write_piece(self, data: bytes) -> None:
+        assert self._raw is not None
+        self._digest.update(data)
+        self._raw.write(data)
 
     async def commit(self, response: Response) -> Stored:
+        durable = self.store.durable
+        body = b""
+        if self._raw is None:  # small: body and sidecar in one go
+            body = self._take() if self._chunks else b""
+            self._digest.update(body)
+            self._temps.append(self.store.temp_path())
+        elif self._chunks:
+            await asyncio.to_thread(self._write_piece, self._take())
         stored = Stored(
             path=self.path,
             meta=meta_path(self.path),
             size=self._size,
             sha256=self._digest.hexdigest(),
         )
-        meta = _SIDECAR_ENCODER.encode(sidecar(self.request, response, stored, self.run)).encode()
-        body = None
-        if self._file is None:
-            body = b"".join(self._chunks)
-            self._chunks = []
-            self._temps.append(self.store.temp_path())
-        else:
-            await self._flush()
-            await self._file.flush()
+        meta = _json.dumps(sidecar(self.request, response, stored, self.run))
         self._temps.append(self.store.temp_path())
-        await asyncio.to_thread(self._prepare, body, meta)
+        if self._raw is None and not durable:
+            self._write_small(body, meta)
+        elif self._raw is None:
+            await asyncio.to_thread(self._write_small, body, meta)
+        else:
+            await asyncio.to_thread(self._close_large, meta, durable)
         temps = (self._temps[0], self._temps[1])
-        self.store.place(self.request, response, stored, self.run, temps, meta)
-        self._temps = []
+        self.store.stage(_Staged(self.request, response, stored, self.run, temps, meta))
+        self._temps = []  # the store owns them now
         return stored
 
-    def _prepare(self, body: bytes | None, meta: bytes) -> None:
-        """Make both temp files complete and durable (in a worker thread)."""
-        body_temp, meta_temp = self._temps
-        if body is not None:
-            _write_file(body_temp, body, durable=DURABLE)
-        else:
-            assert self._raw is not None
-            if DURABLE:
-                os.fsync(self._raw.fileno())
-            self._raw.close()
-            self._raw = None
-        _write_file(meta_temp, meta, durable=DURABLE)
+    def _write_small(self, body: bytes, meta: bytes) -> None:
+        durable = self.store.durable
+        _write_file(self._temps[0], body, durable=durable)
+        _write_file(self._temps[1], meta, durable=durable)
+
+    def _close_large(self, meta: bytes, durable: bool) -> None:
+        assert self._raw is not None
+        if durable:
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+        self._raw.close()
+        self._raw = None
+        _write_file(self._temps[1], meta, durable=durable)
 
     def discard(self) -> None:
         self._chunks = []

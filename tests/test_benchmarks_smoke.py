@@ -77,14 +77,17 @@ def test_quick_run_reports_verified_figures_for_both_tools(tmp_path: Path) -> No
 
 
 def test_a_fetch_that_stores_nothing_fails_the_harness(tmp_path: Path) -> None:
-    # `true run JOB ...` exits 0 and writes nothing: no figure may be reported.
+    # The real fetch passes; a variant started as `true run JOB ...` exits 0 and writes
+    # nothing: the harness must stop, and report no figure.
     result = _harness(
-        "--quick", "--repeat", "1", "--only", "W1", "--fetch-cmd", "true", tmp_path=tmp_path
+        "--quick", "--repeat", "1", "--only", "W4", "--also", "broken=true", tmp_path=tmp_path
     )
     assert result.returncode == 1
+    assert "W4 fetch " in result.stderr
     assert "benchmark failed" in result.stderr
     assert "manifest.jsonl" in result.stderr
     assert "req/s" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_workload_is_a_usage_error(tmp_path: Path) -> None:

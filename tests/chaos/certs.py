@@ -37,7 +37,7 @@ def _with_cryptography(cert: Path, key: Path) -> None:
     hashes = importlib.import_module("cryptography.hazmat.primitives.hashes")
     serialization = importlib.import_module("cryptography.hazmat.primitives.serialization")
     ec = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ec")
-    NameOID = x509.oid.NameOID  # noqa: N806
+    NameOID = x509.oid.NameOID
 
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])

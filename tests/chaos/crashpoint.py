@@ -9,11 +9,13 @@ POINT is where the N-th event kills the process:
 - ``body-before``: just before the N-th body is renamed into place (its pending note is
   committed);
 - ``body-after``: just after the N-th body rename, before its sidecar's;
-- ``sidecar-after``: just after the N-th sidecar rename, before the manifest line.
+- ``sidecar-after``: just after the N-th sidecar rename, before the manifest line;
+- ``enospc``: not a kill: from the N-th file the store writes on, the disk is full.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -22,7 +24,7 @@ from typing import Any
 import fetcher.store
 from fetcher.cli import main as fetch_main
 
-POINTS = ("manifest", "body-before", "body-after", "sidecar-after")
+POINTS = ("manifest", "body-before", "body-after", "sidecar-after", "enospc")
 
 
 def _die() -> None:
@@ -63,6 +65,16 @@ class _KillingFile:
 def install(point: str, at: int) -> None:
     """Patch the store so the process dies at ``point`` the ``at``-th time."""
     counter = _Counter(at)
+    if point == "enospc":
+        real_write = fetcher.store._write_file
+
+        def write_file(*args: Any, **kwargs: Any) -> None:
+            if counter.hit() or counter.count > at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_write(*args, **kwargs)
+
+        fetcher.store._write_file = write_file
+        return
     if point == "manifest":
         original_open = fetcher.store.DiskStore.open
 
@@ -86,7 +98,7 @@ def install(point: str, at: int) -> None:
         if hit:
             _die()
 
-    os.replace = replace  # type: ignore[assignment]
+    os.replace = replace
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fetcher import FetchConfig, load_job, run_batch
 from fetcher.store import read_manifest
@@ -37,7 +39,7 @@ class RunInfo:
     epoch: int
     run: str | None
     exit_code: int | None
-    stopped: str | None = None  # "sigint", "deadline", "sigkill" or None
+    stopped: str | None = None  # "sigint", "deadline", "sigkill", "aborted" or None
     stdout: str = ""
     stderr: str = ""
 
@@ -142,7 +144,7 @@ class ChaosJob:
                 wait_until(lambda: stop() or child.poll() is not None, timeout)
                 if child.poll() is None:
                     child.send_signal(signum)
-                    stopped = {signal.SIGKILL: "sigkill"}.get(signum, "sigint")
+                    stopped = "sigkill" if signum == signal.SIGKILL else "sigint"
             stdout, stderr = child.communicate(timeout=timeout)
         finally:
             if child.poll() is None:
@@ -163,6 +165,44 @@ class ChaosJob:
 
     def records(self) -> list[dict[str, object]]:
         return [record for _, record in read_manifest(self.out / "manifest.jsonl")]
+
+
+def finished_rows(job: ChaosJob) -> set[int]:
+    """The rows with a good record in the manifest."""
+    return {int(str(r["line"])) - 2 for r in job.records() if r["ok"]}
+
+
+def kill_then_resume(job: ChaosJob, *, kills: int) -> set[int]:
+    """Run ``fetch`` as a process and SIGKILL it ``kills`` times at points drawn from
+    the server's seed (after some more records, or some more requests), each run but
+    the first with ``--resume``; then resume to the end. Return the rows that had a good
+    record before the last resume and were requested again by it (there must be none).
+    """
+    rng = random.Random(f"kills:{job.server.seed}")
+    for kill in range(kills):
+        if rng.random() < 0.5:
+            target = manifest_lines(job.out) + rng.randint(0, job.rows // 3)
+            stop = lambda target=target: manifest_lines(job.out) >= target  # noqa: E731
+        else:
+            target = len(job.server.seen) + rng.randint(1, job.rows)
+            stop = lambda target=target: len(job.server.seen) >= target  # noqa: E731
+        extra = ("--resume",) if kill else ()
+        killed = job.run_process(*extra, stop=stop, signum=signal.SIGKILL, timeout=600)
+        if killed.exit_code is not None:  # it ended before the kill
+            assert killed.exit_code == 1, killed.stderr
+    done = finished_rows(job)
+    before = len(job.server.seen)
+    resumed = job.run(resume=True)
+    assert resumed.exit_code == 1
+    return {s.row for s in job.server.seen[before:] if s.row is not None} & done
+
+
+def manifest_records(out: Path) -> list[dict[str, Any]]:
+    """Every line of the manifest, parsed (split on newlines only: a JSON string may
+    hold U+2028 or U+0085, which ``str.splitlines`` would split on)."""
+    data = (out / "manifest.jsonl").read_bytes()
+    assert not data or data.endswith(b"\n"), "a torn last line"
+    return [json.loads(line) for line in data.split(b"\n")[:-1]]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:

@@ -45,6 +45,7 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     lost: int = 0
     corrupted: int = 0
+    slow: int = 0  # rows that timed out on an answer that was not a stall (a busy machine)
     problems: list[str] = field(default_factory=list)
 
     def add(self, other: Report) -> None:
@@ -55,6 +56,7 @@ class Report:
         self.outcomes.update(other.outcomes)
         self.lost += other.lost
         self.corrupted += other.corrupted
+        self.slow += other.slow
         self.problems.extend(other.problems)
 
 
@@ -88,9 +90,11 @@ def check(
         mine = [r for r in records if r.get("run") == info.run]
         if not resumed.get(info.run, False):
             finished_before = set()
-        report.lost += _check_run(info, mine, server, line_to_row, finished_before, problems)
+        _check_run(info, mine, server, line_to_row, finished_before, report)
         _check_run_file(info, mine, run_files.get(info.run), problems)
         finished_before |= {line_to_row[int(r["line"])] for r in mine if r.get("ok")}
+    if report.slow > max(2, report.rows * len(runs) // 50):
+        problems.append(f"{report.slow} rows timed out on answers that were not stalls")
     expected_files = _check_copies(server, out, records, line_to_row, report)
     _check_tree(out, workdir, expected_files, set(run_files), set(allowed), problems)
     _check_secrets(out, outputs, problems)
@@ -135,9 +139,10 @@ def _check_run(
     server: ChaosServer,
     line_to_row: dict[int, int],
     finished_before: set[int],
-    problems: list[str],
-) -> int:
-    """Check one run's records; return how many rows it lost."""
+    report: Report,
+) -> None:
+    """Check one run's records; count the rows it lost."""
+    problems = report.problems
     where = f"run {info.epoch} ({info.stopped or 'whole'})"
     lines = Counter(int(r["line"]) for r in mine)
     twice = sorted(line for line, count in lines.items() if count > 1)
@@ -146,10 +151,12 @@ def _check_run(
     unknown = sorted(set(lines) - set(line_to_row))
     if unknown:
         problems.append(f"{where}: records of lines that are no row: {unknown[:10]}")
-    lost = 0
-    if info.exit_code is not None:  # the run ended: every row has its outcome
+    if info.stopped == "aborted":  # a disk failure: the rows in flight have no outcome
+        if info.exit_code != 1:
+            problems.append(f"{where}: exit {info.exit_code}, expected 1")
+    elif info.exit_code is not None:  # the run ended: every row has its outcome
         missing = sorted(set(line_to_row) - set(lines))
-        lost = len(missing)
+        report.lost += len(missing)
         if missing:
             problems.append(f"{where}: {len(missing)} rows have no outcome: {missing[:10]}")
         all_ok = all(r.get("ok") for r in mine)
@@ -164,11 +171,14 @@ def _check_run(
     seen = server.by_row(info.epoch)
     for record in mine:
         row = line_to_row.get(int(record["line"]))
-        if row is not None:
-            problems.extend(
-                _check_record(where, info, record, row, seen.get(row, []), server, finished_before)
-            )
-    return lost
+        if row is None:
+            continue
+        found = _check_record(where, info, record, row, seen.get(row, []), server, finished_before)
+        report.slow += found.count(SLOW)
+        problems.extend(problem for problem in found if problem != SLOW)
+
+
+SLOW = "slow"  # the one "problem" tolerated now and then: a timeout on a busy machine
 
 
 def _check_record(
@@ -211,7 +221,9 @@ def _check_record(
         if info.stopped is None:
             _fail(f"{where}: interrupted in a run nobody stopped")
         return problems
-    if not attempts <= len(starts) <= 2 * attempts:  # aiohttp resends a GET once on a reset
+    # aiohttp resends a GET once on a reset; an attempt that timed out on a busy machine
+    # may never have reached the server.
+    if len(starts) > 2 * attempts:
         _fail(f"{where}: {attempts} attempts, but the server saw {len(starts)}")
     if outcome in ("fetched", "not_modified"):
         if last.kind is not None:
@@ -227,6 +239,11 @@ def _check_record(
         _fail(f"{where}: outcome {outcome!r}, error {error!r}")
         return problems
     kind = error.get("kind")
+    if kind == "timeout" and last.kind != "timeout":
+        # Any request can outlast --timeout (0.5 s) on a loaded machine, and then its
+        # answer may not even be logged yet: tolerated, counted, capped (see _check_run).
+        _fail(SLOW)
+        return problems
     if last.kind is None:
         _fail(f"{where}: failed as {kind} ({error.get('message')}), last answer {last.name}")
     elif kind != last.kind:
@@ -245,9 +262,11 @@ def _check_run_file(
     if record is None:
         problems.append(f"{where}: no runs/{info.run}.json")
         return
-    if info.exit_code is None:
+    if info.exit_code is None or info.stopped == "aborted":
         if record.get("state") not in ("running", "interrupted"):
             problems.append(f"{where}: killed, but its record says {record.get('state')}")
+        if record.get("exit_code") not in (None, 1):
+            problems.append(f"{where}: aborted, but its record says exit {record['exit_code']}")
         return
     if record.get("exit_code") != info.exit_code:
         problems.append(f"{where}: runs/ says exit {record.get('exit_code')}, not {info.exit_code}")

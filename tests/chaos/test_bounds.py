@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.chaos.harness import manifest_records
 from tests.chaos.server import raw_answer
 from tests.conftest import Served, run_fetch, serve_in_thread
 
@@ -99,8 +100,7 @@ def job_of(folder: Path, served: Served, paths: list[str]) -> Path:
 
 
 def by_path(out: Path, run: str | None = None) -> dict[str, dict[str, object]]:
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = manifest_records(out)
     return {r["url"].split("/", 3)[3]: r for r in records if run is None or r["run"] == run}
 
 
@@ -140,7 +140,9 @@ def test_header_limits(workdir: Path, server: tuple[Served, dict[str, int]]) -> 
     assert_clean(workdir / "out")
 
 
-def test_max_size_counts_decoded_bytes(workdir: Path, server: tuple[Served, dict[str, int]]) -> None:
+def test_max_size_counts_decoded_bytes(
+    workdir: Path, server: tuple[Served, dict[str, int]]
+) -> None:
     served, state = server
     sizes = {"gzip": 1000, "chunked": 1000, "declared": 1000}
     paths = [f"{kind}/{size}" for kind, size in sizes.items()]
@@ -172,7 +174,7 @@ def test_max_size_counts_decoded_bytes(workdir: Path, server: tuple[Served, dict
     result = run_fetch("run", bomb, "-o", "out", "-q", "--max-size", "10MB")
     assert result.exit_code == 1
     (record,) = by_path(out, _last_run(out)).values()
-    assert record["error"] == {  # type: ignore[comparison-overlap]
+    assert record["error"] == {
         "kind": "too_large",
         "message": "body larger than --max-size (10000000 bytes)",
     }
@@ -183,7 +185,7 @@ def test_max_size_counts_decoded_bytes(workdir: Path, server: tuple[Served, dict
 
 
 def _last_run(out: Path) -> str:
-    return str(json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])["run"])
+    return str(manifest_records(out)[-1]["run"])
 
 
 def test_deadline_stops_new_rows_and_resume_finishes(
@@ -202,11 +204,12 @@ def test_deadline_stops_new_rows_and_resume_finishes(
     assert len(requested) == len(set(requested))
     fetched = {p for p, r in records.items() if r["outcome"] == "fetched"}
     interrupted = {p for p, r in records.items() if r["error"]}
-    assert fetched and interrupted  # some were in flight and finished, the rest waited
+    assert fetched  # some were in flight and finished ...
+    assert interrupted  # ... and the rest waited
     assert fetched | interrupted == set(rows)
     assert {f"/{p}" for p in fetched} == set(requested)  # no row was started and dropped
     for path in interrupted:
-        assert records[path]["error"] == {  # type: ignore[comparison-overlap]
+        assert records[path]["error"] == {
             "kind": "interrupted",
             "message": "not started: the run was stopped",
         }

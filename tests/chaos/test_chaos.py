@@ -8,20 +8,31 @@ faults injected per kind, rows run, rows lost and files corrupted.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import RETRIES, ChaosJob, manifest_lines, summary_of
+from tests.chaos.harness import (
+    RETRIES,
+    SECRETS,
+    ChaosJob,
+    kill_then_resume,
+    manifest_lines,
+    summary_of,
+)
 from tests.chaos.invariant import Report, check
 from tests.chaos.server import FAULTS, chaos_server
 
 CI_SEEDS = (1, 2, 3)
 CI_ROWS = 150
-SOAK_SEEDS = range(100, 120)
+SOAK_SEEDS = list(range(100, 120))
 SOAK_ROWS = 1000
+SOAK_KILL_ROWS = 500
 
 
 @pytest.fixture
@@ -80,19 +91,94 @@ def test_sigint_then_resume_keeps_the_invariant(chaos: ChaosJob) -> None:
     check_job(chaos, stopped.stdout, stopped.stderr)
 
 
+def _flip_a_byte(job: ChaosJob) -> None:
+    record = next(r for r in job.records() if r["outcome"] == "fetched" and r["size"])
+    path = job.out / str(record["path"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(job: ChaosJob, edit: Callable[[list[str]], list[str]]) -> None:
+    manifest = job.out / "manifest.jsonl"
+    lines = manifest.read_text().split("\n")[:-1]
+    manifest.write_text("".join(line + "\n" for line in edit(lines)))
+
+
+def _other_kind(lines: list[str]) -> list[str]:
+    records = [json.loads(line) for line in lines]
+    failed = next(r for r in records if r["error"] and r["error"]["kind"] != "too_large")
+    failed["error"]["kind"] = "too_large"
+    return [json.dumps(r) for r in records]
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[ChaosJob], object], str]] = {
+    "a body changed": (_flip_a_byte, "not the"),
+    "a record lost": (lambda job: _edit_manifest(job, lambda ls: ls[:-1]), "have no outcome"),
+    "a record twice": (lambda job: _edit_manifest(job, lambda ls: [*ls, ls[0]]), "twice"),
+    "a wrong kind": (lambda job: _edit_manifest(job, _other_kind), "calls for"),
+    "a temp file left": (
+        lambda job: (job.out / "runs" / ".~fetch-1-1").write_bytes(b""),
+        "a temp file",
+    ),
+    "a file outside": (lambda job: (job.workdir / "stray").write_bytes(b""), "outside"),
+    "a secret stored": (
+        lambda job: (job.out / ".fetch" / "lock").write_text(f"x{SECRETS[0]}"),
+        "a secret in plain in .fetch/lock",
+    ),
+    "a wrong exit code": (lambda job: setattr(job.runs[0], "exit_code", 0), "exit 0, expected 1"),
+}
+
+
+@pytest.mark.parametrize("chaos", [(5, 60)], indirect=True)
+def test_the_invariant_catches_each_kind_of_damage(chaos: ChaosJob, tmp_path: Path) -> None:
+    chaos.run()
+    report = check_job(chaos)
+    assert report.lost == report.corrupted == 0
+    pristine = tmp_path.parent / f"{tmp_path.name}-pristine"
+    shutil.copytree(chaos.workdir, pristine)
+    for name, (damage, message) in CORRUPTIONS.items():
+        shutil.rmtree(chaos.workdir)
+        shutil.copytree(pristine, chaos.workdir)
+        chaos.runs[0].exit_code = 1
+        damage(chaos)
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            check_job(chaos)
+        print(f"caught: {name}")
+
+
+def kill_scenario(job: ChaosJob) -> Report:
+    """Three SIGKILLs of a ``fetch`` process at seeded points, each rerun with --resume."""
+    again = kill_then_resume(job, kills=3)
+    assert not again, f"rows finished before a kill were requested again: {sorted(again)}"
+    return check_job(job, *(text for info in job.runs for text in (info.stdout, info.stderr)))
+
+
 @pytest.mark.soak
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(4 * 3600)
 def test_soak(tmp_path: Path) -> None:
+    seeds = [int(s) for s in os.environ.get("CHAOS_SEEDS", "").split(",") if s] or SOAK_SEEDS
     total = Report()
-    for seed in SOAK_SEEDS:
-        folder = tmp_path / f"seed{seed}"
-        folder.mkdir()
-        with chaos_server(seed, retries=RETRIES) as server:
-            job = ChaosJob(server, folder, SOAK_ROWS)
-            report = scenario(job)
-        total.add(report)
-        print(f"seed {seed}: {report.rows} rows, {report.records} records, lost {report.lost}")
-    print_report(total, seeds=len(SOAK_SEEDS))
+    failures: list[str] = []
+    scenarios = [("runs", SOAK_ROWS, scenario), ("kills", SOAK_KILL_ROWS, kill_scenario)]
+    for seed in seeds:
+        for name, rows, play in scenarios:
+            folder = tmp_path / f"{seed}-{name}"
+            folder.mkdir()
+            with chaos_server(seed, retries=RETRIES) as server:
+                try:
+                    report = play(ChaosJob(server, folder, rows))
+                except AssertionError as exc:  # go on with the other seeds; fail at the end
+                    failures.append(f"seed {seed} {name}: {exc}")
+                    print(failures[-1], flush=True)
+                    continue
+            total.add(report)
+            print(f"seed {seed} {name}: {report.rows} rows, {report.runs} runs, "
+                  f"{report.records} records, lost {report.lost}, corrupted {report.corrupted}, "
+                  f"slow {report.slow}",
+                  flush=True)  # fmt: skip
+    print_report(total, seeds=len(seeds))
+    assert not failures, "\n".join(failures)
     assert total.lost == total.corrupted == 0
 
 
@@ -100,7 +186,7 @@ def print_report(report: Report, *, seeds: int) -> None:
     width = max(map(len, report.injected))
     print(f"\nsoak: {seeds} seeds, {report.rows} rows, {report.runs} runs, "
           f"{report.records} records; rows lost {report.lost}, files corrupted "
-          f"{report.corrupted}")  # fmt: skip
+          f"{report.corrupted}, timeouts on a busy machine {report.slow}")  # fmt: skip
     print(f"outcomes: {dict(sorted(report.outcomes.items()))}")
     for name, count in sorted(report.injected.items(), key=lambda kv: -kv[1]):
         kind = FAULTS[name].kind or "ok"

@@ -8,15 +8,13 @@ request, and a row fetched again after its chain of runs finished it).
 
 from __future__ import annotations
 
-import random
-import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import RETRIES, ChaosJob, manifest_lines
+from tests.chaos.harness import RETRIES, ChaosJob, finished_rows, kill_then_resume
 from tests.chaos.invariant import check
 from tests.chaos.server import chaos_server
 
@@ -52,31 +50,10 @@ def pending_notes(out: Path) -> dict[str, str]:
         db.close()
 
 
-def finished_rows(job: ChaosJob) -> set[int]:
-    return {int(str(r["line"])) - 2 for r in job.records() if r["ok"]}
-
-
-@pytest.mark.parametrize("chaos", [(21, 120), (22, 120)], indirect=True)
+@pytest.mark.parametrize("chaos", [(21, 100)], indirect=True)
 def test_sigkill_at_random_points_then_resume(chaos: ChaosJob) -> None:
-    rng = random.Random(chaos.server.seed)
-    for kill in range(3):
-        lines = manifest_lines(chaos.out)
-        if rng.random() < 0.5:  # after some more records ...
-            target = lines + rng.randint(0, 40)
-            stop = lambda target=target: manifest_lines(chaos.out) >= target  # noqa: E731
-        else:  # ... or after some requests reached the server
-            target = len(chaos.server.seen) + rng.randint(1, 120)
-            stop = lambda target=target: len(chaos.server.seen) >= target  # noqa: E731
-        extra = ("--resume",) if kill else ()
-        killed = chaos.run_process(*extra, stop=stop, signum=signal.SIGKILL)
-        if killed.exit_code is not None:  # it finished first: start the chain again
-            assert killed.exit_code == 1, killed.stderr
-    done = finished_rows(chaos)
-    before = len(chaos.server.seen)
-    resumed = chaos.run(resume=True)
-    assert resumed.exit_code == 1
-    again = {s.row for s in chaos.server.seen[before:]} & done
-    assert not again, f"rows finished before the kill were requested again: {sorted(again)}"
+    again = kill_then_resume(chaos, kills=3)
+    assert not again, f"rows finished before a kill were requested again: {sorted(again)}"
     check_job(chaos)
 
 
@@ -96,6 +73,26 @@ def test_sigkill_at_each_step_of_a_write(chaos: ChaosJob, point: str) -> None:
     before = len(chaos.server.seen)
     resumed = chaos.run(resume=True)
     assert resumed.exit_code == 1
-    again = {s.row for s in chaos.server.seen[before:]} & done
+    again = {s.row for s in chaos.server.seen[before:] if s.row is not None} & done
     assert not again, f"rows finished before the kill were requested again: {sorted(again)}"
+    check_job(chaos)
+
+
+@pytest.mark.parametrize("chaos", [(41, 60)], indirect=True)
+def test_a_full_disk_aborts_the_run_cleanly_and_resume_goes_on(chaos: ChaosJob) -> None:
+    """A disk failure is one of the two things that end a run early: the run stops with
+    one plain line and exit 1, leaves no temp file, and ``--resume`` continues it once
+    there is room again."""
+    full = chaos.run_process(launcher=(*CRASHPOINT, "enospc", "8"))
+    assert full.exit_code == 1
+    assert full.stderr == "fetch: cannot store a body: [Errno 28] No space left on device\n"
+    full.stopped = "aborted"
+    assert not [p for p in chaos.out.rglob("*") if ".~fetch-" in p.name]
+    done = finished_rows(chaos)
+    assert done  # some rows were stored before the disk filled up
+    before = len(chaos.server.seen)
+    resumed = chaos.run(resume=True)
+    assert resumed.exit_code == 1
+    again = {s.row for s in chaos.server.seen[before:] if s.row is not None} & done
+    assert not again, f"rows finished before the disk filled were requested again: {again}"
     check_job(chaos)

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from fetcher.models import REDACTED
+from tests.chaos.harness import manifest_records
 from tests.conftest import Served, run_fetch, serve_in_thread
 
 TOKEN = "tok-Zq81bX0rYw5"  # Authorization: Bearer {env.FX_TOKEN}
@@ -52,7 +53,9 @@ def _app(origins: dict[str, Served]) -> web.Application:
 
     async def bad_location(request: web.Request) -> web.Response:
         # A Location that cannot be parsed, echoing the secret query back.
-        return web.Response(status=302, headers={"Location": f"http://[::1:x/?{request.query_string}"})
+        return web.Response(
+            status=302, headers={"Location": f"http://[::1:x/?{request.query_string}"}
+        )
 
     async def hop(request: web.Request) -> web.Response:
         """/hop/<chain>/<a>/<b>/...: redirect to the next step; h = home, o = the other
@@ -145,8 +148,7 @@ def test_secrets_never_appear_in_plain(workdir: Path, origins: Origins) -> None:
     for path in files:
         assert_no_secret(path.read_bytes(), str(path.relative_to(out)))
 
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    records = {r["url"].split("/", 3)[3]: r for r in map(json.loads, lines)}
+    records = {r["url"].split("/", 3)[3]: r for r in manifest_records(out)}
     assert set(records) == {f"{p}?key={REDACTED}" for p in PATHS}
     errors = {p.split("?")[0]: r["error"] for p, r in records.items() if r["error"]}
     assert errors["garbage"]["kind"] == "connection"

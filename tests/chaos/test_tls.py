@@ -4,7 +4,6 @@ stderr. A trusted certificate is accepted only for the name it was issued to."""
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.chaos.certs import make_certificate
+from tests.chaos.harness import manifest_records
 from tests.chaos.server import serve
 from tests.conftest import run_fetch
 
@@ -52,7 +52,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
 
 
 def records(out: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return manifest_records(out)
 
 
 def test_a_self_signed_certificate_fails_as_tls(workdir: Path, secure: Secure) -> None:
