@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the ``speed`` extra), else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _fail(exc: FetcherError) -> None:
@@ -174,7 +185,8 @@ def run(
         if config.dry_run:
             dry_run(loaded, config, out=sys.stdout)
             return
-        summary = asyncio.run(run_batch(loaded, config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            summary = runner.run(run_batch(loaded, config))
     except FetcherError as exc:
         _fail(exc)
         return

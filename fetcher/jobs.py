@@ -465,8 +465,7 @@ class Job:
 
     def requests(self) -> Iterator[Request]:
         """Stream the job's rows as rendered requests, in file order."""
-        for row in self._rows():
-            yield self._render(row)
+        yield from map(self._render, self._rows())
 
     def validate(
         self, *, keep: int = 20, each: Callable[[Request], object] | None = None

@@ -12,6 +12,7 @@ eight bytes per row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import posixpath
@@ -133,6 +134,7 @@ def safe_relpath(path: str) -> str:
     return "/".join(kept)
 
 
+@functools.lru_cache(maxsize=1024)  # a job's URLs share a few hosts
 def _host(scheme: str, authority: str) -> str:
     host = authority.rpartition("@")[2].lower()  # never the userinfo
     port = ""

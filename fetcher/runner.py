@@ -200,17 +200,19 @@ async def _pipeline(
     limits = Limits.from_config(config)
     policy = RetryPolicy(retries=config.retries, base=config.backoff)
     todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=config.concurrency * 2)
-    done: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=config.concurrency * 4)
+    done: asyncio.Queue[Outcome | list[Outcome] | None] = asyncio.Queue(
+        maxsize=config.concurrency * 4
+    )
     workers_left = config.concurrency
 
     source = _source(job, config, store, session, limits, stopper)
 
     async def produce() -> None:
         async for item in source.items():
-            if isinstance(item, Outcome):
-                await done.put(item)
-            else:
+            if isinstance(item, Request):
                 await todo.put(item)
+            else:  # settled without a request: one outcome, or a list of them
+                await done.put(item)
         for _ in range(config.concurrency):
             await todo.put(None)
 
@@ -244,11 +246,18 @@ async def _pipeline(
     async def record() -> None:
         finished = False
         while not finished:
-            batch = [await done.get()]
-            while not done.empty() and len(batch) < 1000:
-                batch.append(done.get_nowait())
-            outcomes = [outcome for outcome in batch if outcome is not None]
-            finished = len(outcomes) < len(batch)
+            outcomes: list[Outcome] = []
+            item = await done.get()
+            while True:
+                if item is None:
+                    finished = True
+                elif isinstance(item, list):
+                    outcomes.extend(item)
+                else:
+                    outcomes.append(item)
+                if done.empty() or len(outcomes) >= 1000:
+                    break
+                item = done.get_nowait()
             outcomes = store.record(outcomes, summary.run)
             source.recorded(outcomes)
             for outcome in outcomes:
@@ -283,13 +292,25 @@ class _Rows:
     def __init__(self, job: Job, config: FetchConfig, store: DiskStore, stopper: _Stopper) -> None:
         self.job, self.config, self.store, self.stopper = job, config, store, stopper
 
-    async def items(self) -> AsyncIterator[Request | Outcome]:
+    async def items(self) -> AsyncIterator[Request | list[Outcome]]:
+        """The rows to fetch, and those settled without a request (--skip-existing,
+        --resume) in lists: a million skipped rows are a few thousand queue items."""
         rows = iter(self.job.requests())
         while chunk := list(itertools.islice(rows, _LOOK_AHEAD)):
             if self.config.skip_existing:
                 self.store.look_ahead(chunk)
+            settled: list[Outcome] = []
             for request in chunk:
-                yield _settled(request, self.config, self.store, self.stopper) or request
+                outcome = _settled(request, self.config, self.store, self.stopper)
+                if outcome is not None:
+                    settled.append(outcome)
+                    continue
+                if settled:
+                    yield settled
+                    settled = []
+                yield request
+            if settled:
+                yield settled
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         """Nothing to learn from outcomes in a batch."""

@@ -344,6 +344,7 @@ class DiskStore:
         self._made_dirs: set[str] = set()
         self._staged: dict[int, _Staged] = {}  # id(request) -> its copy, ready to place
         self._ahead: dict[str, tuple[Any, ...] | None] = {}  # path -> copies row (look_ahead)
+        self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
     # -- opening and closing --------------------------------------------------------
@@ -539,14 +540,16 @@ class DiskStore:
 
     def prior(self, request: Request) -> PriorCopy | None:
         path = request_path(request)
-        if path in self._ahead:
+        if path in self._ahead:  # looked up, its file seen, by look_ahead
             row = self._ahead.pop(path)
+            if row is None:
+                return None
         else:
             row = self.db.execute(
                 "SELECT etag, last_modified, size, sha256 FROM copies WHERE path = ?", (path,)
             ).fetchone()
-        if row is None or not os.path.isfile(f"{self._root}/{path}"):
-            return None
+            if row is None or not os.path.isfile(f"{self._root}/{path}"):
+                return None
         return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
 
     def look_ahead(self, requests: Sequence[Request]) -> None:
@@ -555,7 +558,21 @@ class DiskStore:
         from here. Only for rows whose paths no other row stores to."""
         paths = [request_path(request) for request in requests if request.invalid is None]
         found = {row[0]: row[1:] for row in self.db.execute(_copies_of(len(paths)), paths)}
-        self._ahead = {path: found.get(path) for path in paths}
+        ahead: dict[str, tuple[Any, ...] | None] = {}
+        for path in paths:
+            row = found.get(path)
+            ahead[path] = row if row is not None and self._is_file(path) else None
+        self._ahead = ahead
+
+    def _is_file(self, path: str) -> bool:
+        """``os.path.isfile`` from one listing of the folder for the many rows in it."""
+        folder, _, name = path.rpartition("/")
+        if folder != self._listed[0]:
+            self._listed = (folder, _files_in(f"{self._root}/{folder}"))
+        names = self._listed[1]
+        if names is None:  # a folder too big to hold its listing
+            return os.path.isfile(f"{self._root}/{path}")
+        return name in names
 
     def finished(self, request: Request) -> bool:
         if not self.resuming:
@@ -616,19 +633,16 @@ class DiskStore:
         Returns the ``(path, sha256)`` of the placed copies and the ``(index, copy,
         why)`` of those refused by a file or directory in the way.
         """
+        notes = [
+            (c.stored.path, c.request.line, c.stored.sha256, lines[i][:-1].decode(), c.meta)
+            for i, c in staged
+        ]
+        copies = [copy.copy_row() for _, copy in staged]
+
         db = self.db
         db.execute("BEGIN")  # one transaction: the pending notes and the copies' rows
-        db.executemany(
-            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
-            [
-                (c.stored.path, c.request.line, c.stored.sha256, lines[i][:-1].decode(), c.meta)
-                for i, c in staged
-            ],
-        )
-        db.executemany(
-            "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [copy.copy_row() for _, copy in staged],
-        )
+        db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)", notes)
+        db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", copies)
         db.execute("COMMIT")
         placed, failures = [], []
         for index, copy in staged:
@@ -673,6 +687,7 @@ class DiskStore:
         self._manifest.write(b"".join(lines))
         self._manifest.flush()
         self._manifest_end = offset
+
         db = self.db
         db.execute("BEGIN")
         db.executemany(_LATEST_UPSERT, latest)
@@ -808,6 +823,8 @@ class DiskStore:
         db = self.db
         kept = 0
         after = ""
+        listed: str | None = None
+        names: set[str] = set()
         while True:
             rows = db.execute(
                 "SELECT path, size, sha256 FROM copies WHERE path > ? ORDER BY path LIMIT ?",
@@ -817,15 +834,20 @@ class DiskStore:
                 return kept
             gone, validators = [], []
             for path, size, sha256 in rows:
+                folder, _, name = path.rpartition("/")
+                if folder != listed:  # rows come in path order: one listing a folder
+                    listed, names = folder, _names_in(f"{self._root}/{folder}")
                 body = f"{self._root}/{path}"
-                try:
-                    actual = os.stat(body).st_size
-                except OSError:
-                    actual = None
+                actual = None
+                if name in names:
+                    with contextlib.suppress(OSError):
+                        actual = os.stat(body).st_size
                 if actual != size:
                     gone.append((path,))
                     continue
                 kept += 1
+                if name + META_SUFFIX not in names:
+                    continue
                 try:
                     with open(body + META_SUFFIX, "rb") as handle:
                         meta = _json.loads(handle.read())
@@ -848,6 +870,34 @@ def _copies_of(count: int) -> str:
     return f"SELECT path, etag, last_modified, size, sha256 FROM copies WHERE path IN ({marks})"
 
 
+_LISTING_MAX = 20_000  # a folder with more entries is not listed: its files are looked up
+
+
+def _files_in(folder: str) -> set[str] | None:
+    """The names of the regular files in ``folder`` (none if it is missing), or None
+    when it holds more than ``_LISTING_MAX`` entries."""
+    names = set()
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= _LISTING_MAX:
+                    return None
+                if entry.is_file():
+                    names.add(entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError:
+        return None
+    return names
+
+
+def _names_in(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
 def _batched(items: Iterable[_T], size: int) -> Iterator[tuple[_T, ...]]:
     iterator = iter(items)
     while batch := tuple(itertools.islice(iterator, size)):
@@ -855,8 +905,8 @@ def _batched(items: Iterable[_T], size: int) -> Iterator[tuple[_T, ...]]:
 
 
 def _copy_row(record: dict[str, Any]) -> tuple[object, ...]:
-    keys = ("path", "url", "size", "sha256", "run", "fetched_at")
-    return tuple(record.get(key) for key in keys)
+    get = record.get
+    return (get("path"), get("url"), get("size"), get("sha256"), get("run"), get("fetched_at"))
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -941,27 +991,33 @@ def manifest_record(outcome: Outcome, run: str) -> dict[str, Any]:
 
 
 def _host_of(url: str) -> str:
-    authority = url.split("/", 3)[2] if url.count("/") >= 2 else ""
+    parts = url.split("/", 3)
+    return _host_of_authority(parts[2]) if len(parts) > 2 else ""
+
+
+@functools.lru_cache(maxsize=1024)  # a job's URLs share a few hosts
+def _host_of_authority(authority: str) -> str:
     return authority.rpartition("@")[2].lower()
 
 
 def latest_row(offset: int, record: dict[str, Any]) -> tuple[object, ...]:
     """A manifest record as a row of the ``latest`` table (see ``LATEST_COLUMNS``)."""
-    error = record.get("error")
-    url = str(record.get("url"))
+    get = record.get
+    error = get("error")
+    url = str(get("url"))
     return (
         url,
         offset,
-        record.get("run"),
-        record.get("line"),
-        record.get("outcome"),
-        record.get("status"),
+        get("run"),
+        get("line"),
+        get("outcome"),
+        get("status"),
         error.get("kind") if isinstance(error, dict) else None,
-        record.get("size"),
-        record.get("path"),
-        record.get("elapsed_ms"),
+        get("size"),
+        get("path"),
+        get("elapsed_ms"),
         _host_of(url),
-        record.get("depth"),
+        get("depth"),
     )
 
 
@@ -1117,6 +1173,7 @@ class _DiskSink:
         self._size = 0
         self._digest = hashlib.sha256()
         self._raw: IO[bytes] | None = None
+        self._writing: asyncio.Future[None] | None = None  # the piece being written
         self._temps: list[str] = []
 
     async def write(self, chunk: bytes) -> None:
@@ -1130,27 +1187,38 @@ class _DiskSink:
             self._temps.append(temp)
             self._raw = await asyncio.to_thread(open, temp, "wb")
         if self._pending >= WRITE_CHUNK:
-            await asyncio.to_thread(self._write_piece, self._take())
+            # One piece in flight while the next is read: the network and the disk (and
+            # the hashing) overlap. Wait for the last piece before starting this one.
+            if self._writing is not None:
+                await self._writing
+            loop = asyncio.get_running_loop()
+            self._writing = loop.run_in_executor(None, self._write_piece, self._take())
 
-    def _take(self) -> bytes:
-        data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+    def _take(self) -> list[bytes]:
+        chunks = self._chunks
         self._chunks, self._pending = [], 0
-        return data
+        return chunks
 
-    def _write_piece(self, data: bytes) -> None:
+    def _write_piece(self, chunks: list[bytes]) -> None:
+        """Hash and write chunks (in a worker thread: both let go of the GIL)."""
         assert self._raw is not None
-        self._digest.update(data)
-        self._raw.write(data)
+        for chunk in chunks:  # no joining: a copy of every byte saved
+            self._digest.update(chunk)
+            self._raw.write(chunk)
 
     async def commit(self, response: Response) -> Stored:
         durable = self.store.durable
         body = b""
         if self._raw is None:  # small: body and sidecar in one go
-            body = self._take() if self._chunks else b""
+            body = b"".join(self._take())
             self._digest.update(body)
             self._temps.append(self.store.temp_path())
-        elif self._chunks:
-            await asyncio.to_thread(self._write_piece, self._take())
+        else:
+            if self._writing is not None:
+                await self._writing
+                self._writing = None
+            if self._chunks:
+                await asyncio.to_thread(self._write_piece, self._take())
         stored = Stored(
             path=self.path,
             meta=meta_path(self.path),
@@ -1186,6 +1254,9 @@ class _DiskSink:
 
     def discard(self) -> None:
         self._chunks = []
+        if self._writing is not None:
+            self._writing.cancel()  # the thread may go on: close() waits for its write
+            self._writing = None
         if self._raw is not None:
             self._raw.close()
             self._raw = None
