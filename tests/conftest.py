@@ -85,6 +85,26 @@ def run_fetch(*args: str | os.PathLike[str], env: dict[str, str] | None = None) 
     return runner.invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[Served]:
+    """One server per test module that answers every request ``ok <path>``."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text=f"ok {request.path}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    with serve_in_thread(app) as served:
+        yield served
+
+
+@pytest.fixture
+def server(shared_server: Served) -> Served:
+    """The module's server, with no request seen yet."""
+    shared_server.requests.clear()
+    return shared_server
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory (so the default ``output/`` lands in it)."""

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from fetcher._version import __version__
 from fetcher.config import TUNABLE, FetchConfig, parse_duration, parse_size
-from tests.conftest import Served, run_fetch, serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[Served]:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    with serve_in_thread(app) as served:
-        yield served
-
-
-@pytest.fixture
-def server(shared_server: Served) -> Served:
-    """The module's server, with no request seen yet."""
-    shared_server.requests.clear()
-    return shared_server
-
+from tests.conftest import Served, run_fetch
 
 # --------------------------------------------------------------------------- sizes, durations
 

@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from click.testing import Result
 
-from tests.conftest import Served, files_under, run_fetch, serve_in_thread
+from tests.conftest import Served, files_under, run_fetch
 
 PROBLEM_LINE = re.compile(r"^(\S+):(\d+): \S")
 COUNT_LINE = re.compile(r"\.\.\. and \d+ more problems?")
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[Served]:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text=f"ok {request.path}")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    with serve_in_thread(app) as served:
-        yield served
-
-
-@pytest.fixture
-def server(shared_server: Served) -> Served:
-    """The module's server, with no request seen yet."""
-    shared_server.requests.clear()
-    return shared_server
 
 
 def rejected(result: Result, server: Served, workdir: Path, *expected: str) -> list[str]:
