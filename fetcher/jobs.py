@@ -44,11 +44,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (RFC 9110 5.
 _BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
 # An ASCII host name or IPv4 address, a port, printable ASCII after: valid as it stands.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_SIMPLE_URL = re.compile(  # no IGNORECASE: it makes every match slower
-    rf"[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*\.?(?::([0-9]{{1,5}}))?"
-    r"(?:[/?#][\x21-\x7e]*)?",
-    re.ASCII,
+_SIMPLE_ORIGIN = re.compile(  # no IGNORECASE: it makes every match slower
+    rf"[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*\.?(?::([0-9]{{1,5}}))?", re.ASCII
 )
+_ORIGIN = re.compile(r"[^/?#]*//[^/?#]*")  # what may be an origin: up to the path
+_SIMPLE_REST = re.compile(r"(?:[/?#][\x21-\x7e]*)?")
 _NO_SECRETS: frozenset[str] = frozenset()
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOML_LINE = re.compile(r"at line (\d+)")
@@ -106,10 +106,18 @@ def is_token(name: str) -> bool:
     return bool(_TOKEN.match(name))
 
 
+@lru_cache(maxsize=256)  # a job's URLs share a few origins
+def _simple_origin(origin: str) -> bool:
+    """True for an http(s) origin with an ASCII host name or IPv4 address and a valid
+    port: valid as it stands."""
+    simple = _SIMPLE_ORIGIN.fullmatch(origin)
+    return simple is not None and (simple.group(1) is None or int(simple.group(1)) <= 65535)
+
+
 def check_url(url: str) -> str | None:
     """Return why ``url`` is not an absolute http(s) URL, or None when it is one."""
-    simple = _SIMPLE_URL.fullmatch(url)
-    if simple and (simple.group(1) is None or int(simple.group(1)) <= 65535):
+    origin = _ORIGIN.match(url)
+    if origin and _simple_origin(origin.group()) and _SIMPLE_REST.fullmatch(url, origin.end()):
         return None  # the common case, without the cost of parsing
     if not url:
         return "the URL is empty"

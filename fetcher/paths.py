@@ -158,6 +158,37 @@ def url_path(url: str) -> str:
     scheme's default is kept as ``<host>_<port>``. Percent-escapes are decoded and dot
     segments resolved the way a server would (``/a/%2e%2e/b`` -> ``b``).
     """
+    # The common case: a plain name in a folder many URLs share. The folder is worked
+    # out once, and only the name is checked (the same result, at a third of the cost).
+    folder_url, slash, name = url.rpartition("/")
+    if slash and _NAME.fullmatch(name):
+        folder = _folder(folder_url)
+        if folder is not None and len(folder) + len(name) <= MAX_NAME_BYTES:
+            return folder + name
+    return _url_path(url)
+
+
+# A plain name, not a device name and not ending like a sidecar (see ``_CAREFUL``).
+_NAME = re.compile(
+    r"(?!(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.|$))[A-Za-z0-9_\-][A-Za-z0-9._\-]*"
+    r"(?<!\.meta\.json)",
+    re.IGNORECASE,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(folder_url: str) -> str | None:
+    """``url_path`` of the folder part of a URL (up to its last ``/``), ending in ``/``;
+    None when a name in it would not simply be appended."""
+    if "://" not in folder_url or any(c in folder_url for c in "?#%\\"):
+        return None
+    probe = _url_path(folder_url + "/x")
+    if not probe.endswith("/x") or probe.count("/") >= MAX_DEPTH:
+        return None
+    return probe[:-1]
+
+
+def _url_path(url: str) -> str:
     match = _URL.match(url)
     if match is None:
         return safe_relpath(url)

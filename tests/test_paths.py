@@ -111,6 +111,28 @@ def test_any_url_stays_inside(scheme: str, host: str, port: str, path: str, quer
     assert_contained(url_path(f"{scheme}://{host}{port}/{path}{query}"))
 
 
+_plain_names = st.sampled_from(["a", "b.json", "0001.bin", "con", "x.meta.json", "aux.txt", "-_"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    scheme=st.sampled_from(["http", "HTTPS"]),
+    host=st.sampled_from(["h", "H.example", "127.0.0.1:8080", "[::1]:443", "runs", "u:p@h", ""]),
+    folders=st.lists(st.one_of(_pieces, _plain_names), max_size=5),
+    name=st.one_of(_plain_names, _pieces, st.integers(1, 260).map(lambda n: "n" * n)),
+)
+def test_url_path_fast_path_is_the_slow_path(
+    scheme: str, host: str, folders: list[str], name: str
+) -> None:
+    """A plain name in a folder seen before is appended to the folder's path; that must
+    give exactly what working out the whole URL gives."""
+    from fetcher import paths
+
+    url = f"{scheme}://{host}/" + "".join(f"{folder}/" for folder in folders) + name
+    assert url_path(url) == paths._url_path(url)
+    assert url_path(url) == paths._url_path(url)  # the second time, from the folder cache
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
