@@ -218,30 +218,30 @@ async def _pipeline(
 
     async def work() -> None:
         nonlocal workers_left
-        try:
-            while (request := await todo.get()) is not None:
-                if stopper.stopped:
-                    await done.put(_interrupted(request))
-                    continue
-                prior = None if config.force else store.prior(request)
-                try:
-                    async with stopper.guard():
-                        outcome = await fetch_one(
-                            session,
-                            request,
-                            limits=limits,
-                            config=config,
-                            sink=functools.partial(store.sink, request, summary.run),
-                            prior=prior,
-                            policy=policy,
-                        )
-                except TimeoutError:
-                    outcome = _interrupted(request, started=True)
-                await done.put(outcome)
-        finally:
-            workers_left -= 1
-            if workers_left == 0:
-                await done.put(None)
+        while (request := await todo.get()) is not None:
+            if stopper.stopped:
+                await done.put(_interrupted(request))
+                continue
+            prior = None if config.force else store.prior(request)
+            try:
+                async with stopper.guard():
+                    outcome = await fetch_one(
+                        session,
+                        request,
+                        limits=limits,
+                        config=config,
+                        sink=functools.partial(store.sink, request, summary.run),
+                        prior=prior,
+                        policy=policy,
+                    )
+            except TimeoutError:
+                outcome = _interrupted(request, started=True)
+            await done.put(outcome)
+        # Not in a ``finally``: once the group is cancelled (the recorder failed) nothing
+        # reads ``done`` any more, and waiting for room there would hang the run.
+        workers_left -= 1
+        if workers_left == 0:
+            await done.put(None)
 
     async def record() -> None:
         finished = False

@@ -684,8 +684,11 @@ class DiskStore:
             offset += len(line)
             if record.get("ok"):
                 done.append((record.get("line"), record.get("url")))
-        self._manifest.write(b"".join(lines))
-        self._manifest.flush()
+        try:
+            self._manifest.write(b"".join(lines))
+            self._manifest.flush()
+        except OSError as exc:
+            raise StoreError(f"cannot write the manifest: {exc.strerror or exc}") from exc
         self._manifest_end = offset
 
         db = self.db

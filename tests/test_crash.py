@@ -183,3 +183,19 @@ def test_sigkill_mid_body_leaves_a_temp_file_that_the_next_run_removes(
     assert not temp.exists()
     assert final.read_bytes() == b"s" * 500_000 + b"e" * 100_000
     assert [r["outcome"] for r in records(out)] == ["fetched"]
+
+
+def test_a_manifest_write_failure_ends_the_run_and_does_not_hang(tmp_path: Path) -> None:
+    """When the recorder fails (the disk is full), the workers must not wait for room in
+    the queue it no longer reads: the run ends at once with one plain line and exit 1.
+    Invalid rows kept by --skip-invalid settle without a request, so at -c 1 the queue
+    to the recorder is full long before the job ends."""
+    job = tmp_path / "job.txt"
+    job.write_text("".join(f"ftp://example.invalid/{n}\n" for n in range(3000)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "tests.chaos.crashpoint", "manifest-full", "1"]
+    command += ["run", str(job), "-o", str(out), "--skip-invalid", "-c", "1", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "fetch: cannot write the manifest: No space left on device\n"
+    assert not [p for p in out.rglob("*") if ".~fetch-" in p.name]

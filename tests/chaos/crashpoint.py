@@ -10,7 +10,8 @@ POINT is where the N-th event kills the process:
   committed);
 - ``body-after``: just after the N-th body rename, before its sidecar's;
 - ``sidecar-after``: just after the N-th sidecar rename, before the manifest line;
-- ``enospc``: not a kill: from the N-th file the store writes on, the disk is full.
+- ``enospc``: not a kill: from the N-th file the store writes on, the disk is full;
+- ``manifest-full``: not a kill: from the N-th manifest write on, the disk is full.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import fetcher.store
 from fetcher.cli import main as fetch_main
 
-POINTS = ("manifest", "body-before", "body-after", "sidecar-after", "enospc")
+POINTS = ("manifest", "body-before", "body-after", "sidecar-after", "enospc", "manifest-full")
 
 
 def _die() -> None:
@@ -62,6 +63,18 @@ class _KillingFile:
         return getattr(self._handle, name)
 
 
+class _FullFile(_KillingFile):
+    """The manifest's file object on a disk that is full from the N-th write on."""
+
+    def write(self, data: bytes) -> int:
+        if self._counter.hit() or self._counter.count > self._counter.at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return int(self._handle.write(data))
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
 def install(point: str, at: int) -> None:
     """Patch the store so the process dies at ``point`` the ``at``-th time."""
     counter = _Counter(at)
@@ -75,12 +88,13 @@ def install(point: str, at: int) -> None:
 
         fetcher.store._write_file = write_file
         return
-    if point == "manifest":
+    if point in ("manifest", "manifest-full"):
         original_open = fetcher.store.DiskStore.open
+        wrapper = _KillingFile if point == "manifest" else _FullFile
 
         def open_(self: fetcher.store.DiskStore) -> None:
             original_open(self)
-            self._manifest = _KillingFile(self._manifest, counter)  # type: ignore[assignment]
+            self._manifest = wrapper(self._manifest, counter)  # type: ignore[assignment]
 
         fetcher.store.DiskStore.open = open_  # type: ignore[method-assign]
         return
