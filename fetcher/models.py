@@ -212,7 +212,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.kind.ok
+        return self.kind is not OutcomeKind.FAILED
 
 
 @dataclass(slots=True, kw_only=True)

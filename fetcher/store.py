@@ -154,9 +154,10 @@ CREATE TABLE IF NOT EXISTS pending (
 """
     + LATEST_SCHEMA
 )
-_LATEST_UPSERT = (
-    f"INSERT OR REPLACE INTO latest ({', '.join(LATEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))})"
+_LATEST_UPSERT = (  # an update in place where the URL has a row: cheaper than a REPLACE
+    f"INSERT INTO latest ({', '.join(LATEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) ON CONFLICT (url) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in LATEST_COLUMNS[1:])
 )
 
 
@@ -251,8 +252,12 @@ _body_path = functools.lru_cache(maxsize=4096)(body_path)
 def request_path(request: Request) -> str:
     """Where ``request``'s body is stored, relative to the output directory."""
     if request.secrets:
-        return body_path(request.safe_url, request.redact(request.out) if request.out else None)
+        return _redacted_path(request)
     return _body_path(request.url, request.out)
+
+
+def _redacted_path(request: Request) -> str:
+    return body_path(request.safe_url, request.redact(request.out) if request.out else None)
 
 
 def path_collisions(
@@ -300,8 +305,9 @@ def path_collisions(
 
 def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
-    if request.invalid is None:
-        collisions.add(request_path(request))
+    if request.invalid is None:  # each row once: request_path's cache would only churn
+        secret = request.secrets
+        collisions.add(_redacted_path(request) if secret else body_path(request.url, request.out))
 
 
 def _validators(headers: Iterable[Sequence[str]]) -> tuple[str | None, str | None]:
