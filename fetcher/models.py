@@ -57,10 +57,6 @@ class OutcomeKind(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
 
-    @property
-    def ok(self) -> bool:
-        return self is not OutcomeKind.FAILED
-
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -212,6 +208,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Fetched, not modified or skipped: every kind but ``failed``."""
         return self.kind is not OutcomeKind.FAILED
 
 

@@ -306,8 +306,8 @@ def path_collisions(
 def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
     if request.invalid is None:  # each row once: request_path's cache would only churn
-        secret = request.secrets
-        collisions.add(_redacted_path(request) if secret else body_path(request.url, request.out))
+        path = _redacted_path(request) if request.secrets else body_path(request.url, request.out)
+        collisions.add(path)
 
 
 def _validators(headers: Iterable[Sequence[str]]) -> tuple[str | None, str | None]:
