@@ -7,7 +7,8 @@ Layout of an output directory::
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
     .fetch/lock             held (flock) by the run writing here; holds its pid
     .fetch/index.sqlite     a cache of the above: good copies, the latest record of each
-                            URL, runs, resume state; rebuilt from them when lost
+                            URL, the runs (where each starts in the manifest, for
+                            --resume); rebuilt from them when lost
     .fetch/tmp/             temp files; a body reaches its final path only by rename
 
 Temp files live in ``.fetch/tmp`` (same filesystem, so ``os.replace`` is atomic) so a
@@ -55,6 +56,8 @@ import json
 import os
 import shutil
 import sqlite3
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +110,7 @@ MANIFEST = "manifest.jsonl"
 RUNS_DIR = "runs"
 SMALL_BODY = 256 * 1024  # bodies up to this size are written in one go, with the sidecar
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_MS = 10_000  # how long a statement waits for another connection's lock
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
 _BATCH = 2_000
@@ -143,11 +146,8 @@ CREATE TABLE IF NOT EXISTS copies (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run TEXT PRIMARY KEY, started_at TEXT, ended_at TEXT, state TEXT, exit_code INTEGER,
-    resumed INTEGER NOT NULL DEFAULT 0
+    resumed INTEGER NOT NULL DEFAULT 0, manifest_start INTEGER
 );
-CREATE TABLE IF NOT EXISTS done (
-    line INTEGER NOT NULL, url TEXT NOT NULL, PRIMARY KEY (line, url)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (
     path TEXT PRIMARY KEY, line INTEGER, sha256 TEXT, record TEXT, meta BLOB
 ) WITHOUT ROWID;
@@ -348,6 +348,7 @@ class DiskStore:
         self._manifest: IO[bytes] | None = None
         self._manifest_end = 0
         self._made_dirs: set[str] = set()
+        self._finished: array[int] = array("q")  # see _finished_rows
         self._staged: dict[int, _Staged] = {}  # id(request) -> its copy, ready to place
         self._ahead: dict[str, tuple[Any, ...] | None] = {}  # path -> copies row (look_ahead)
         self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
@@ -483,14 +484,15 @@ class DiskStore:
             "SELECT state FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
         ).fetchone()
         self.resuming = self.resume and last is not None and last[0] != "finished"
-        if not self.resuming:
-            self.db.execute("DELETE FROM done")
+        if self.resuming:
+            self._finished = self._finished_rows()
         for (crashed,) in self.db.execute("SELECT run FROM runs WHERE state = 'running'"):
             self._mark_crashed(crashed)
         self.db.execute("UPDATE runs SET state = 'interrupted' WHERE state = 'running'")
         self.db.execute(
-            "INSERT INTO runs (run, started_at, state, resumed) VALUES (?, ?, 'running', ?)",
-            (run, started_at, int(self.resuming)),
+            "INSERT INTO runs (run, started_at, state, resumed, manifest_start) "
+            "VALUES (?, ?, 'running', ?, ?)",
+            (run, started_at, int(self.resuming), self._manifest_end),
         )
         self._write_run(
             {
@@ -583,10 +585,26 @@ class DiskStore:
     def finished(self, request: Request) -> bool:
         if not self.resuming:
             return False
-        row = self.db.execute(
-            "SELECT 1 FROM done WHERE line = ? AND url = ?", (request.line, request.safe_url)
-        ).fetchone()
-        return row is not None
+        key = hash((request.line, request.safe_url))
+        at = bisect_left(self._finished, key)
+        return at < len(self._finished) and self._finished[at] == key
+
+    def _finished_rows(self) -> array[int]:
+        """The rows that the chain of runs being resumed (the last run started without
+        ``--resume``, and the runs that resumed it) finished well, read from the
+        manifest: a sorted array of ``hash((line, url))``, eight bytes a row."""
+        runs = self.db.execute(
+            "SELECT run, resumed, manifest_start FROM runs ORDER BY started_at, rowid"
+        ).fetchall()
+        first = max((i for i, (_, resumed, _) in enumerate(runs) if not resumed), default=0)
+        chain = {run for run, _, _ in runs[first:]}
+        starts = [start for _, _, start in runs[first:] if start is not None]
+        finished = (
+            hash((record.get("line"), record.get("url")))
+            for _, record in read_manifest(self.root / MANIFEST, start=min(starts, default=0))
+            if record.get("ok") and record.get("run") in chain
+        )
+        return array("q", sorted(finished))
 
     # -- writing ----------------------------------------------------------------------
 
@@ -676,20 +694,18 @@ class DiskStore:
         refused: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Append manifest lines (flushed), then index them in one transaction: the
-        latest record of each URL, the rows done, the copies no longer pending."""
+        latest record of each URL, the copies no longer pending."""
         if self._manifest is None:
             raise StoreError("the store is not open")
         if not records:
             return
         if lines is None:
             lines = [_json_line(record) for record in records]
-        latest, done = [], []
+        latest = []
         offset = self._manifest_end
         for record, line in zip(records, lines, strict=True):
             latest.append(latest_row(offset, record))
             offset += len(line)
-            if record.get("ok"):
-                done.append((record.get("line"), record.get("url")))
         try:
             self._manifest.write(b"".join(lines))
             self._manifest.flush()
@@ -700,8 +716,6 @@ class DiskStore:
         db = self.db
         db.execute("BEGIN")
         db.executemany(_LATEST_UPSERT, latest)
-        if done:
-            db.executemany("INSERT OR REPLACE INTO done (line, url) VALUES (?, ?)", done)
         if placed:
             db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", placed)
         if refused:  # the old copy's row is lost: the next run fetches it unconditionally
@@ -758,17 +772,14 @@ class DiskStore:
 
         A copy whose line is among them is no longer pending: ``_recover`` must not
         append its line a second time."""
-        latest, done, recorded = [], [], []
+        latest, recorded = [], []
         for offset, record in read_manifest(self.root / MANIFEST, start=start):
             latest.append(latest_row(offset, record))
-            if record.get("ok"):
-                done.append((record.get("line"), record.get("url")))
             if record.get("outcome") == "fetched":
                 recorded.append((record.get("path"), record.get("sha256")))
         db = self.db
         db.execute("BEGIN")
         db.executemany(_LATEST_UPSERT, latest)
-        db.executemany("INSERT OR REPLACE INTO done (line, url) VALUES (?, ?)", done)
         db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", recorded)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)", (self._manifest_end,))
         db.execute("COMMIT")
@@ -782,14 +793,12 @@ class DiskStore:
         """
         db = self.db
         runs = read_runs(self.root / RUNS_DIR)
-        chain_start = max((i for i, run in enumerate(runs) if not run.get("resumed")), default=0)
-        chain = {str(run.get("run")) for run in runs[chain_start:]}
         db.execute("BEGIN")  # readers and the next open see no manifest_end until the end
         db.execute("DELETE FROM meta WHERE key = 'manifest_end'")
-        for table in ("copies", "latest", "done", "runs"):
+        for table in ("copies", "latest", "runs"):
             db.execute(f"DELETE FROM {table}")
         db.executemany(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
             [
                 (
                     run.get("run"),
@@ -804,23 +813,22 @@ class DiskStore:
         )
         db.execute("COMMIT")
         records = 0
+        starts: dict[str, int] = {}  # each run's first record: where a resume reads from
         for batch in _batched(read_manifest(self.root / MANIFEST), _BATCH):
             records += len(batch)
+            for offset, record in batch:
+                starts.setdefault(str(record.get("run")), offset)
             db.execute("BEGIN")  # a transaction a batch keeps the WAL small
             db.executemany(_LATEST_UPSERT, [latest_row(o, r) for o, r in batch])
             db.executemany(
                 "INSERT OR REPLACE INTO copies VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
                 [_copy_row(r) for _, r in batch if r.get("outcome") == "fetched" and r.get("path")],
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO done (line, url) VALUES (?, ?)",
-                [
-                    (r.get("line"), r.get("url"))
-                    for _, r in batch
-                    if r.get("ok") and r.get("run") in chain
-                ],
-            )
             db.execute("COMMIT")
+        db.executemany(
+            "UPDATE runs SET manifest_start = ? WHERE run = ?",
+            [(start, run) for run, start in starts.items()],
+        )
         copies = self._check_copies()
         db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)", (self._manifest_end,))
         urls = db.execute("SELECT count(*) FROM latest").fetchone()[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,28 @@ def test_resume_requests_only_the_rows_not_finished(
     # The last run finished: --resume has nothing to resume, so it is a normal refresh.
     assert _summary(job, "--resume")["outcomes"] == {"fetched": 40}
     assert len(server.requests) == 40
+
+
+def test_resume_goes_on_across_a_chain_of_runs_and_a_lost_index(
+    workdir: Path, served: tuple[dict[str, object], Served]
+) -> None:
+    """Rows finished by any run of the chain being resumed are not requested again, also
+    when the index was deleted in between (a resume reads them from the manifest)."""
+    state, server = served
+    job = _job(workdir, server, [f"/slow/{n}" for n in range(60)])
+    first = _summary(job, "-c", "2", "--deadline", "0.4")
+    done = first["outcomes"].get("fetched", 0)  # type: ignore[attr-defined]
+    assert 0 < done < 30
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (workdir / "out/.fetch" / name).unlink(missing_ok=True)
+    second = _summary(job, "--resume", "-c", "2", "--deadline", "0.4")
+    more = second["outcomes"].get("fetched", 0)  # type: ignore[attr-defined]
+    assert second["outcomes"]["skipped"] == done  # type: ignore[index]
+    assert 0 < more < 60 - done
+    state["delay"] = 0
+    finished = Counter(r.path for r in server.requests)
+    server.requests.clear()
+    third = _summary(job, "--resume")
+    assert third["outcomes"] == {"fetched": 60 - done - more, "skipped": done + more}
+    assert {r.path for r in server.requests}.isdisjoint(finished)
+    assert max(finished.values()) == 1  # the second run did not repeat the first's rows
