@@ -332,3 +332,36 @@ async def test_a_row_interrupted_after_its_body_was_placed_is_recorded_as_fetche
     assert record["path"] == stored.path == "h/x"
     assert record["sha256"] == hashlib.sha256(b"new body").hexdigest()
     assert (tmp_path / "out/h/x").read_bytes() == b"new body"
+
+
+def test_the_index_holds_a_skipped_row_as_the_manifest_does(tmp_path: Path) -> None:
+    """A skipped record updates its URL's row in place; a URL with no row yet (its copy
+    came from another URL with the same ``out``) gets one. ``ls`` shows both as their
+    manifest records."""
+    out = tmp_path / "out"
+    seen = Request(line=1, method="GET", url="http://h/seen")
+    new = Request(line=2, method="GET", url="http://h/new", out="h/seen")
+    with DiskStore(out) as store:
+        first = Outcome(
+            request=seen,
+            kind=OutcomeKind.FAILED,
+            status=500,
+            elapsed_ms=9,
+            fetched_at="t",
+            error=Failure(kind=ErrorKind.HTTP, message="HTTP 500"),
+        )
+        store.record([first], "r1")
+        skipped = [
+            Outcome(request=r, kind=OutcomeKind.SKIPPED, path="h/seen", size=3, fetched_at="u")
+            for r in (seen, new)
+        ]
+        store.record(skipped, "r2")
+    listed = [json.loads(line) for line in run_fetch("ls", out, "--json").stdout.splitlines()]
+    latest = {str(r["url"]): r for _, r in read_manifest(out / "manifest.jsonl")}
+    assert len(listed) == 2
+    for entry in listed:
+        record = latest[str(entry["url"])]
+        for key in ("outcome", "status", "size", "path", "line", "run", "elapsed_ms", "error"):
+            expected = record[key]["kind"] if key == "error" and record[key] else record[key]
+            assert entry[key] == expected, key
+        assert entry["outcome"] == "skipped"
