@@ -56,7 +56,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 RETRY_AFTER_CAP = 300.0
-CHUNK = 256 * 1024
 
 
 _SECOND: list[object] = [None, ""]  # the last whole second formatted, and its text
@@ -528,7 +527,7 @@ async def _finish(
     body = sink()
     try:
         size = 0
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in resp.content.iter_any():  # as received: no joining, no copy
             size += len(chunk)
             if config.max_size is not None and size > config.max_size:
                 raise _Attempt(
