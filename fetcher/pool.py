@@ -16,7 +16,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -527,7 +527,7 @@ async def _finish(
     body = sink()
     try:
         size = 0
-        async for chunk in resp.content.iter_any():  # as received: no joining, no copy
+        async for chunk in _chunks(resp.content):
             size += len(chunk)
             if config.max_size is not None and size > config.max_size:
                 raise _Attempt(
@@ -560,6 +560,16 @@ async def _finish(
     return _Fetched(
         response=final, path=stored.path, meta=stored.meta, size=size, sha256=stored.sha256
     )
+
+
+async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's chunks as the parser buffered them: ``iter_any()`` would join them."""
+    while True:
+        chunk, _ = await content.readchunk()
+        if chunk:
+            yield chunk
+        elif content.at_eof():  # not at a chunked body's empty chunk end
+            return
 
 
 def _response(
