@@ -25,9 +25,11 @@ Workloads:
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -646,8 +648,20 @@ def _variant(text: str) -> tuple[str, list[str]]:
     return f"fetch-{name}", shlex.split(cmd)
 
 
+def _compile_fetcher() -> None:
+    """Write fetcher's bytecode, as pip does at install.
+
+    Where PYTHONDONTWRITEBYTECODE is set, an editable install would otherwise compile every
+    module changed since its bytecode was last written, at every start of ``fetch``.
+    """
+    spec = importlib.util.find_spec("fetcher")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        compileall.compile_dir(folder, quiet=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    _compile_fetcher()
     shapes = workloads(args.quick)
     if args.w3_rows is not None:
         shapes["W3"] = dataclasses.replace(shapes["W3"], count=args.w3_rows)

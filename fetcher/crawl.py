@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import importlib.util
 import io
 import ipaddress
 import re
@@ -324,15 +325,8 @@ def _lexbor_links(
     return links, base, meta_nofollow
 
 
-def _have_lexbor() -> bool:
-    try:
-        import selectolax.lexbor  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-PARSER = "lexbor" if _have_lexbor() else "html.parser"
+# Looked up, not imported: a run that crawls nothing does not pay for the import.
+PARSER = "lexbor" if importlib.util.find_spec("selectolax") else "html.parser"
 
 
 def extract_links(
