@@ -5,12 +5,17 @@ it. ``BatchSource`` streams the rows; ``CrawlSource`` puts the rows in the durab
 frontier as seeds, hands out its pending URLs shallowest first, and when a page is
 recorded adds the links it holds (within depth, scope, include/exclude and robots.txt).
 Either source yields a ``Request`` to fetch or an ``Outcome`` that needs no request.
+
+The manifest is written before the frontier hears of a page, so a crash in between
+leaves a recorded page pending. On ``--resume`` such a page is not requested again: the
+runs being resumed settle it, and its links are read from its stored copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from fetcher.crawl import (
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
 from fetcher.models import ErrorKind, Failure, Outcome, OutcomeKind, Request
+from fetcher.paths import meta_path
 from fetcher.robots import RobotsCache
 
 __all__ = ["CrawlSource", "Settle", "invalid_outcome", "skipped_outcome"]
@@ -65,6 +71,9 @@ class CrawlSource:
         session: the run's session (for sitemaps).
         stopped: tells whether the run is stopping.
         now: the current time as the manifest writes it.
+        timeout: the total timeout of a sitemap request, in seconds.
+        settle: the outcome that the runs being resumed recorded for a request, or
+            None when it is still to fetch.
     """
 
     def __init__(
@@ -79,10 +88,11 @@ class CrawlSource:
         stopped: Callable[[], bool],
         now: Callable[[], str],
         timeout: float,
+        settle: Settle,
     ) -> None:
         self.job, self.settings, self.frontier, self.root = job, settings, frontier, root
         self.robots, self.session, self.stopped, self.now = robots, session, stopped, now
-        self.timeout = timeout
+        self.timeout, self.settle = timeout, settle
         self.seeds: dict[int, Request] = {}
         self.dispatched = 0
         self._flying: dict[str, int] = {}  # URL -> depth, of the pages in flight
@@ -116,6 +126,8 @@ class CrawlSource:
                 continue
             for entry in self.frontier.take(room, level):
                 request = self._request(entry)
+                if self._recorded_before(entry, request):
+                    continue
                 if self.robots is not None and not await self.robots.allowed(entry.url):
                     self.frontier.finish([entry.url])  # never requested; recorded as skipped
                     yield skipped_outcome(request, self.now())
@@ -161,6 +173,27 @@ class CrawlSource:
 
     def _seed_url(self, seed: Request) -> str:
         return normalize_url(seed.url, strip_query=self.settings.strip_query) or seed.url
+
+    def _recorded_before(self, entry: Entry, request: Request) -> bool:
+        """True for a page that the runs being resumed recorded and stored, though a crash
+        came before the frontier heard: it is done, with the links of its stored copy."""
+        outcome = self.settle(request)
+        if outcome is None or outcome.path is None:  # no copy to read links from: fetch
+            return False
+        self.frontier.finish([entry.url], self._links(self._as_fetched(outcome)))
+        return True
+
+    def _as_fetched(self, outcome: Outcome) -> Outcome:
+        """A stored page's outcome with the final URL and Content-Type of its sidecar."""
+        assert outcome.path is not None
+        try:
+            meta = json.loads((self.root / meta_path(outcome.path)).read_bytes())
+            final_url = str(meta["final_url"] or outcome.request.url)
+            headers = [(str(name).lower(), str(value)) for name, value in meta["headers"]]
+        except (OSError, ValueError, LookupError, TypeError):
+            return outcome  # its Content-Type is sniffed, its links resolved against its URL
+        content_type = next((value for name, value in headers if name == "content-type"), None)
+        return dataclasses.replace(outcome, final_url=final_url, content_type=content_type)
 
     # -- the recorder's side --------------------------------------------------------
 

@@ -356,6 +356,7 @@ def _source(
         stopped=lambda: stopper.stopped,
         now=now_iso,
         timeout=config.timeout,
+        settle=lambda request: _skipped(request, store) if store.finished(request) else None,
     )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,13 +15,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
+from fetcher.frontier import DONE
 from tests.conftest import Served, run_fetch, serve_in_thread
 from tests.crawl_site import expected, site
 
 N = 120
 FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _serve(n: int = N, extra: dict[str, Any] | None = None) -> tuple[Any, list[int]]:
@@ -190,6 +194,45 @@ def test_a_killed_crawl_resumes_to_the_same_pages(workdir: Path) -> None:
     fetched = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
     assert fetched == set(want)
     assert not before & set(again), "a page recorded before the kill was requested again"
+
+
+@pytest.mark.parametrize(("seed", "kill_at"), [("/p/0.html", 1), ("/p/0.html", 6), ("/go", 1)])
+def test_a_crawl_killed_as_a_page_is_recorded_resumes_without_loss_or_refetch(
+    workdir: Path, seed: str, kill_at: int
+) -> None:
+    """SIGKILL just after the manifest line of a page is flushed, before the frontier
+    marks the page done and takes its links (tests/chaos/crashpoint.py ``manifest``).
+    ``--resume`` must not request that page again, and must still follow its links: at
+    1 the page is the seed, so without them the crawl would end there. ``/go`` redirects
+    to a page whose relative links resolve against the URL it was redirected to."""
+
+    async def go(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/p/1.html")
+
+    app, box = _serve(extra={"/go": go})
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 3\nstrip_query = ["utm_*"]\n', [server.at(seed)])
+        assert run_fetch("run", job, *FAST, "-o", "output/whole").exit_code == 0
+        command = [sys.executable, "-m", "tests.chaos.crashpoint", "manifest", str(kill_at)]
+        command += ["run", str(job), *FAST, "-q"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        killed = subprocess.run(command, cwd=workdir, env=env, timeout=60, check=False)
+        assert killed.returncode == -signal.SIGKILL
+        before = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
+        frontier = sqlite3.connect(workdir / "output/seeds/.fetch/frontier.sqlite")
+        states = dict(frontier.execute("SELECT url, state FROM frontier").fetchall())
+        frontier.close()
+        assert {url for url in before if states[url] != DONE}, "the kill missed the window"
+        server.requests.clear()
+        result = run_fetch("run", job, *FAST, "--resume")
+        again = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
+    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
+    assert set(fetched) == whole, "the pages of an uninterrupted crawl"
+    assert not before & set(again), "a page recorded before the kill was requested again"
+    assert len(fetched) == len(set(fetched)), "a page fetched twice"
 
 
 def test_crawl_delay_spaces_the_requests_to_that_host(workdir: Path) -> None:
