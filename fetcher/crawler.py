@@ -198,12 +198,14 @@ class CrawlSource:
     # -- the recorder's side --------------------------------------------------------
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
-        """Take the links of recorded pages into the frontier; mark the pages done."""
+        """Take the links of recorded pages into the frontier; mark the pages done (but
+        not those a stop interrupted: they stay taken, so ``--resume`` fetches them)."""
         for outcome in outcomes:
             url = outcome.request.url
             if self._flying.pop(url, None) is None:
                 continue
-            self.frontier.finish([url], self._links(outcome))
+            if outcome.error is None or outcome.error.kind is not ErrorKind.INTERRUPTED:
+                self.frontier.finish([url], self._links(outcome))
         self._changed.set()
 
     def _links(self, outcome: Outcome) -> list[Entry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -232,6 +233,54 @@ def test_a_crawl_killed_as_a_page_is_recorded_resumes_without_loss_or_refetch(
     fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
     assert set(fetched) == whole, "the pages of an uninterrupted crawl"
     assert not before & set(again), "a page recorded before the kill was requested again"
+    assert len(fetched) == len(set(fetched)), "a page fetched twice"
+
+
+def test_a_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> None:
+    """The pages a stop left unstarted are recorded as interrupted, and --resume fetches
+    them (and what they link to) rather than taking them as done."""
+    state = {"delay": 0.0}
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/robots.txt":
+            await asyncio.sleep(state["delay"])  # in flight when the signal comes
+        return await handler(request)
+
+    app, box = _serve()
+    app.middlewares.append(slow)
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 3\nstrip_query = ["utm_*"]\n')
+        assert run_fetch("run", job, *FAST, "-o", "output/whole").exit_code == 0
+        server.requests.clear()
+        state["delay"] = 0.2
+        command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "-c", "2"]
+        command += ["--per-host", "2", "--per-host-rate", "2000"]
+        child = subprocess.Popen(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while len(_pages_requested(server)) < 8:  # the seed, 5 pages of depth 1, 2 of 2
+                assert time.monotonic() < deadline, "the crawl did not get to depth 2"
+                time.sleep(0.01)
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            child.kill()
+            child.wait()
+        assert child.returncode == 130, stderr
+        kinds = Counter((r["error"] or {}).get("kind") for r in _records(workdir))
+        assert kinds["interrupted"] > 0, "the stop left no page unstarted"
+        before = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
+        state["delay"] = 0.0
+        server.requests.clear()
+        result = run_fetch("run", job, *FAST, "--resume")
+        again = _pages_requested(server)
+    assert result.exit_code == 0, result.stderr
+    whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
+    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
+    assert set(fetched) == whole, "the pages of an uninterrupted crawl"
+    assert not before & set(again), "a page fetched before the signal was requested again"
     assert len(fetched) == len(set(fetched)), "a page fetched twice"
 
 
