@@ -43,6 +43,7 @@ def _app(state: dict[str, object], gate: threading.Event) -> web.Application:
         await response.prepare(request)
         for _ in range(5):
             await response.write(b"s" * 100_000)
+        state["stalled"] = True
         await asyncio.to_thread(gate.wait, 30)  # stall with 500 KB sent
         await response.write(b"e" * 100_000)
         await response.write_eof()
@@ -164,13 +165,15 @@ def test_sigkill_then_resume(
 def test_sigkill_mid_body_leaves_a_temp_file_that_the_next_run_removes(
     workdir: Path, served: tuple[dict[str, object], threading.Event, Served]
 ) -> None:
-    _, gate, server = served
+    state, gate, server = served
     job = workdir / "job.txt"
     job.write_text(server.at("/stream") + "\n")
     out = workdir / "out"
     temp = out / ".fetch/tmp"
     child = spawn(job)
-    wait_for(lambda: any(temp.glob("*")), child)  # past 256 KB: streaming to a temp file
+    # Past 256 KB the body streams to a temp file. Before the request, the run record's
+    # own temp file comes and goes there: only once the server stalls is a file the body's.
+    wait_for(lambda: bool(state.get("stalled")) and any(temp.glob("*")), child)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(10)
     final = out / f"127.0.0.1_{server.port}/stream"
