@@ -1,10 +1,14 @@
 """Where a run's requests come from: the job's rows, or a crawl that grows from them.
 
 The runner's producer iterates a source and the recorder reports each outcome back to
-it. ``BatchSource`` streams the rows; ``CrawlSource`` puts the rows in the durable
+it. The runner's ``_Rows`` streams the rows; ``CrawlSource`` puts the rows in the durable
 frontier as seeds, hands out its pending URLs shallowest first, and when a page is
 recorded adds the links it holds (within depth, scope, include/exclude and robots.txt).
-Either source yields a ``Request`` to fetch or an ``Outcome`` that needs no request.
+Either source yields a ``Request`` to fetch or outcomes that need no request.
+
+A stop (a signal or the deadline) leaves the pages not yet fetched in the frontier and
+records them as ``interrupted``, as a batch records the rows it leaves: the run does not
+count as finished, and ``--resume`` fetches them.
 
 The manifest is written before the frontier hears of a page, so a crash in between
 leaves a recorded page pending. On ``--resume`` such a page is not requested again: the
@@ -37,7 +41,7 @@ from fetcher.models import ErrorKind, Failure, Outcome, OutcomeKind, Request
 from fetcher.paths import meta_path
 from fetcher.robots import RobotsCache
 
-__all__ = ["CrawlSource", "Settle", "invalid_outcome", "skipped_outcome"]
+__all__ = ["CrawlSource", "Settle", "interrupted_outcome", "invalid_outcome", "skipped_outcome"]
 
 Settle = Callable[[Request], "Outcome | None"]
 _TAKE = 64
@@ -57,6 +61,17 @@ def invalid_outcome(request: Request, fetched_at: str) -> Outcome:
 def skipped_outcome(request: Request, fetched_at: str) -> Outcome:
     """A row that needs no request."""
     return Outcome(request=request, kind=OutcomeKind.SKIPPED, fetched_at=fetched_at)
+
+
+def interrupted_outcome(request: Request, fetched_at: str, *, started: bool = False) -> Outcome:
+    """The failed outcome of a request that a stop left unstarted, or cut off in flight."""
+    message = "interrupted in flight" if started else "not started: the run was stopped"
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=fetched_at,
+        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
+    )
 
 
 class CrawlSource:
@@ -104,8 +119,8 @@ class CrawlSource:
 
     # -- the producer's side ------------------------------------------------------
 
-    async def items(self) -> AsyncIterator[Request | Outcome]:
-        """Yield each request to send, or an outcome that needs none."""
+    async def items(self) -> AsyncIterator[Request | Outcome | list[Outcome]]:
+        """Yield each request to send, or outcomes that need none."""
         async for item in self._seed():
             yield item
         if self.settings.sitemaps:
@@ -121,22 +136,47 @@ class CrawlSource:
             if level is None or (self._flying and min(self._flying.values()) < level):
                 if not self._flying:
                     return
-                self._changed.clear()
-                await self._changed.wait()
+                await self._next_recorded()
                 continue
             for entry in self.frontier.take(room, level):
                 request = self._request(entry)
                 if self._recorded_before(entry, request):
                     continue
-                if self.robots is not None and not await self.robots.allowed(entry.url):
+                if (
+                    not self.stopped()
+                    and self.robots is not None
+                    and not await self.robots.allowed(entry.url)
+                ):
                     self.frontier.finish([entry.url])  # never requested; recorded as skipped
                     yield skipped_outcome(request, self.now())
                     continue
                 if self.stopped():
-                    return  # the URLs taken stay pending for --resume
+                    yield interrupted_outcome(request, self.now())  # it stays taken
+                    continue
                 self._flying[entry.url] = entry.depth
                 self.dispatched += 1
                 yield request
+        if cap is None or self.dispatched < cap:
+            async for outcomes in self._left():
+                yield outcomes
+
+    async def _next_recorded(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def _left(self) -> AsyncIterator[list[Outcome]]:
+        """After a stop, the pages not fetched (those in flight and their links first),
+        recorded as interrupted; they stay in the frontier, so ``--resume`` fetches them."""
+        while self._flying:
+            await self._next_recorded()
+        while entries := self.frontier.take(1000):
+            left = []
+            for entry in entries:
+                request = self._request(entry)
+                if not self._recorded_before(entry, request):
+                    left.append(interrupted_outcome(request, self.now()))
+            if left:
+                yield left
 
     async def _seed(self) -> AsyncIterator[Outcome]:
         batch: list[Entry] = []

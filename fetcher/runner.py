@@ -27,7 +27,7 @@ from typing import TextIO
 import aiohttp
 
 from fetcher.config import FetchConfig
-from fetcher.crawler import CrawlSource
+from fetcher.crawler import CrawlSource, interrupted_outcome
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
 from fetcher.frontier import Frontier
 from fetcher.jobs import Job
@@ -220,7 +220,7 @@ async def _pipeline(
         nonlocal workers_left
         while (request := await todo.get()) is not None:
             if stopper.stopped:
-                await done.put(_interrupted(request))
+                await done.put(interrupted_outcome(request, now_iso()))
                 continue
             prior = None if config.force else store.prior(request)
             try:
@@ -235,7 +235,7 @@ async def _pipeline(
                         policy=policy,
                     )
             except TimeoutError:
-                outcome = _interrupted(request, started=True)
+                outcome = interrupted_outcome(request, now_iso(), started=True)
             await done.put(outcome)
         # Not in a ``finally``: once the group is cancelled (the recorder failed) nothing
         # reads ``done`` any more, and waiting for room there would hang the run.
@@ -372,7 +372,7 @@ def _settled(
             error=Failure(kind=ErrorKind.INVALID, message=request.invalid),
         )
     if stopper.stopped:
-        return _interrupted(request)
+        return interrupted_outcome(request, now_iso())
     if store.finished(request):
         return _skipped(request, store)
     if config.skip_existing:
@@ -399,16 +399,6 @@ def _skipped(request: Request, store: DiskStore) -> Outcome:
         size=prior.size if prior else None,
         sha256=prior.sha256 if prior else None,
         fetched_at=now_iso(),
-    )
-
-
-def _interrupted(request: Request, *, started: bool = False) -> Outcome:
-    message = "interrupted in flight" if started else "not started: the run was stopped"
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.FAILED,
-        fetched_at=now_iso(),
-        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
     )
 
 

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from fetcher import runner
 from fetcher.frontier import DONE
 from tests.conftest import Served, run_fetch, serve_in_thread
 from tests.crawl_site import expected, site
@@ -351,3 +353,99 @@ def test_stats_and_ls_show_pages_per_depth(workdir: Path) -> None:
     )
     assert all(json.loads(line)["depth"] == 1 for line in listed)
     assert "depth" in run_fetch("stats", out).stdout
+
+
+def _tree(port_box: list[int], hold: dict[str, Any]) -> web.Application:
+    """Pages ``/t/0`` to ``/t/14``, page i linking to 2i+1 and 2i+2: depth 3 reaches all.
+    Levels 0 and 1 are on 127.0.0.1, deeper levels on ``localhost`` (the same server).
+    While ``hold["armed"]``, the request ``hold["what"]`` names waits until the run stops."""
+
+    def held(request: web.Request) -> bool:
+        name = f"{request.url.host} {request.path}"
+        return bool(hold["armed"]) and name == hold["what"]
+
+    async def wait_if_held(request: web.Request) -> None:
+        if held(request):
+            hold["reached"].set()
+            assert await asyncio.to_thread(hold["stopped"].wait, 30), "the run never stopped"
+
+    async def robots(request: web.Request) -> web.Response:
+        await wait_if_held(request)
+        return web.Response(text="User-agent: *\nDisallow: /private/\n")
+
+    async def page(request: web.Request) -> web.Response:
+        await wait_if_held(request)
+        i = int(request.match_info["n"])
+        links = "".join(
+            f'<a href="http://{"127.0.0.1" if c <= 2 else "localhost"}:{port_box[0]}/t/{c}">{c}</a>'
+            for c in (2 * i + 1, 2 * i + 2)
+            if c < 15
+        )
+        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/robots.txt", robots)
+    app.router.add_get("/t/{n}", page)
+    return app
+
+
+@pytest.mark.parametrize(
+    "hold_at",
+    [
+        "127.0.0.1 /t/2",  # the deadline comes as the last page of level 1 is in flight
+        "localhost /robots.txt",  # it comes as level 2 waits for its host's robots.txt:
+        # level 2 is taken from the frontier, and nothing is queued or in flight
+    ],
+)
+def test_a_crawl_stopped_by_the_deadline_between_levels_says_so_and_resumes(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, hold_at: str
+) -> None:
+    """The deadline stops the crawl with level 2 not started. Like the rows a deadline
+    leaves in a batch, those pages are recorded as interrupted: the run exits 1 and its
+    record says interrupted, and --resume fetches exactly the pages not fetched yet."""
+    stopped, reached = threading.Event(), threading.Event()
+    hold = {"armed": False, "what": hold_at, "stopped": stopped, "reached": reached}
+    reached_at_stop: list[bool] = []
+    stop = runner._Stopper.stop
+
+    def observed_stop(self: runner._Stopper, *args: Any, **kwargs: Any) -> None:
+        reached_at_stop.append(reached.is_set())
+        stop(self, *args, **kwargs)
+        stopped.set()
+
+    monkeypatch.setattr(runner._Stopper, "stop", observed_stop)
+    box = [0]
+    with serve_in_thread(_tree(box, hold)) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 3\nscope = "any"\n', [server.at("/t/0")])
+        assert run_fetch("run", job, *FAST, "-o", "output/whole").exit_code == 0
+        whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
+        page = {
+            n: server.at(f"/t/{n}", host="127.0.0.1" if n <= 2 else "localhost") for n in range(15)
+        }
+        assert whole == set(page.values())
+        server.requests.clear()
+
+        hold["armed"] = True
+        result = run_fetch("run", job, *FAST, "-q", "--json", "--deadline", "1")
+        hold["armed"] = False
+        assert reached_at_stop == [True], "the deadline came before the crawl got there"
+        first = Counter(_pages_requested(server))
+        server.requests.clear()
+        resumed = run_fetch("run", job, *FAST, "-q", "--resume")
+        again = Counter(_pages_requested(server))
+
+    assert first == Counter(page[n] for n in range(3)), "levels 0 and 1, each once"
+    summary = json.loads(result.stdout)
+    run_record = json.loads((workdir / f"output/seeds/runs/{summary['run']}.json").read_text())
+    assert (result.exit_code, run_record["state"]) == (1, "interrupted"), "it did not finish"
+    assert run_record["exit_code"] == 1
+    records = _records(workdir)
+    interrupted = {r["url"] for r in records if (r["error"] or {}).get("kind") == "interrupted"}
+    assert interrupted == {page[n] for n in range(3, 7)}, "level 2 is recorded as left"
+    assert run_record["errors"] == {"interrupted": 4}
+
+    assert resumed.exit_code == 0, resumed.stderr
+    assert again == Counter(url for url in whole if url not in first), "the rest, each once"
+    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
+    assert sorted(fetched) == sorted(whole), "the pages of an uninterrupted crawl, each once"
