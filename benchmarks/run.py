@@ -92,7 +92,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
         }
     return {
         "W1": Workload("W1", 10_000, 1024, concurrency=32, timeout=600),
-        "W2": Workload("W2", 20, 50 * MiB, concurrency=4, timeout=600),
+        "W2": Workload("W2", 20, 50 * MiB, concurrency=32, timeout=600),
         "W3": Workload("W3", 1_000_000, timeout=1800),
         "W4": Workload("W4", 3_000, 64, concurrency=16, rate=100, timeout=3000 / 100 + 120),
     }
