@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from click.testing import Result
 
 from fetcher import runner
 from fetcher.frontier import DONE
@@ -199,6 +200,19 @@ def test_a_killed_crawl_resumes_to_the_same_pages(workdir: Path) -> None:
     assert not before & set(again), "a page recorded before the kill was requested again"
 
 
+def _assert_resumed_whole(
+    workdir: Path, result: Result, before: set[str], again: list[str]
+) -> None:
+    """The resumed crawl ended ok with the pages of an uninterrupted one, none of those
+    fetched ``before`` requested ``again``, none fetched twice."""
+    assert result.exit_code == 0, result.stderr
+    whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
+    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
+    assert set(fetched) == whole, "the pages of an uninterrupted crawl"
+    assert not before & set(again), "a page fetched before the stop was requested again"
+    assert len(fetched) == len(set(fetched)), "a page fetched twice"
+
+
 @pytest.mark.parametrize(("seed", "kill_at"), [("/p/0.html", 1), ("/p/0.html", 6), ("/go", 1)])
 def test_a_crawl_killed_as_a_page_is_recorded_resumes_without_loss_or_refetch(
     workdir: Path, seed: str, kill_at: int
@@ -230,12 +244,7 @@ def test_a_crawl_killed_as_a_page_is_recorded_resumes_without_loss_or_refetch(
         server.requests.clear()
         result = run_fetch("run", job, *FAST, "--resume")
         again = _pages_requested(server)
-    assert result.exit_code == 0, result.stderr
-    whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
-    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
-    assert set(fetched) == whole, "the pages of an uninterrupted crawl"
-    assert not before & set(again), "a page recorded before the kill was requested again"
-    assert len(fetched) == len(set(fetched)), "a page fetched twice"
+    _assert_resumed_whole(workdir, result, before, again)
 
 
 def test_a_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> None:
@@ -247,7 +256,8 @@ def test_a_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> N
     async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path != "/robots.txt":
             await asyncio.sleep(state["delay"])  # in flight when the signal comes
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     app, box = _serve()
     app.middlewares.append(slow)
@@ -278,12 +288,7 @@ def test_a_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> N
         server.requests.clear()
         result = run_fetch("run", job, *FAST, "--resume")
         again = _pages_requested(server)
-    assert result.exit_code == 0, result.stderr
-    whole = {r["url"] for r in _records(workdir, "whole") if r["outcome"] == "fetched"}
-    fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
-    assert set(fetched) == whole, "the pages of an uninterrupted crawl"
-    assert not before & set(again), "a page fetched before the signal was requested again"
-    assert len(fetched) == len(set(fetched)), "a page fetched twice"
+    _assert_resumed_whole(workdir, result, before, again)
 
 
 def test_crawl_delay_spaces_the_requests_to_that_host(workdir: Path) -> None:
