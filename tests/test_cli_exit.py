@@ -1,0 +1,113 @@
+"""The ``fetch`` program, run as a user runs it (a subprocess): it exits as soon as the
+command ends, skipping the interpreter's teardown, yet with the command's exit code and
+every byte of its output written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from fetcher.store import read_manifest
+from tests.conftest import Served, serve_in_thread
+
+FETCH = [sys.executable, "-m", "fetcher"]
+# Buffered standard streams, as on most machines, whatever this one's environment says.
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+
+
+def _fetch(
+    *args: str | Path, cwd: Path, stdout: int | object = subprocess.PIPE
+) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [*FETCH, *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        stdout=stdout,  # type: ignore[arg-type]
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout or "", done.stderr
+
+
+def _app() -> web.Application:
+    async def item(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "missing":
+            raise web.HTTPNotFound()
+        return web.Response(text=f"item {name}")
+
+    app = web.Application()
+    app.router.add_get("/items/{name}", item)
+    return app
+
+
+def test_a_dry_run_writes_every_line_before_it_exits(workdir: Path) -> None:
+    # far more than any stream buffer holds: the last lines are written only at exit
+    rows = 30_000
+    job = workdir / "job.txt"
+    job.write_text("".join(f"http://127.0.0.1:9/items/{n}\n" for n in range(rows)))
+    with (workdir / "printed.txt").open("w") as printed:
+        code, _, err = _fetch("run", job, "--dry-run", cwd=workdir, stdout=printed)
+    assert (code, err) == (0, "")
+    lines = (workdir / "printed.txt").read_text().splitlines()
+    requests = [line for line in lines if line.startswith("line ")]
+    assert len(requests) == rows
+    assert requests[-1] == f"line {rows}: GET http://127.0.0.1:9/items/{rows - 1}"
+    assert not (workdir / "output").exists()
+
+
+def test_a_run_exits_with_its_code_and_a_whole_summary(workdir: Path) -> None:
+    with serve_in_thread(_app()) as server:
+        served: Served = server
+        job = workdir / "job.txt"
+        job.write_text(served.at("/items/a") + "\n" + served.at("/items/missing") + "\n")
+        code, out, err = _fetch("run", job, "-o", "out", "--json", "-q", cwd=workdir)
+    assert code == 1, err
+    summary = json.loads(out)
+    assert summary["outcomes"] == {"fetched": 1, "failed": 1}
+    assert summary["exit_code"] == 1
+    records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
+    assert [(r["outcome"], r["status"]) for r in records] == [("fetched", 200), ("failed", 404)]
+    stored = workdir / "out" / f"127.0.0.1_{served.port}" / "items" / "a"
+    assert stored.read_text() == "item a"
+    assert not list((workdir / "out").rglob(".~fetch-*"))  # no temp file left
+
+
+def test_an_invalid_job_exits_2_naming_the_file(workdir: Path) -> None:
+    job = workdir / "job.csv"
+    job.write_text("id\n1\n")
+    code, out, err = _fetch("run", job, cwd=workdir)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"{job}:1: ")
+    assert "url" in err
+
+
+def test_output_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> None:
+    # /dev/full refuses every write: a summary nobody got is not a success
+    job = workdir / "job.txt"
+    job.write_text("http://127.0.0.1:9/items/a\n")
+    with open("/dev/full", "w") as full:
+        code, _, err = _fetch("run", job, "--dry-run", cwd=workdir, stdout=full)
+    assert code == 1
+    assert err == "fetch: cannot write the output: [Errno 28] No space left on device\n"
+
+
+def test_a_summary_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> None:
+    with serve_in_thread(_app()) as server:
+        job = workdir / "job.txt"
+        job.write_text(server.at("/items/a") + "\n")
+        with open("/dev/full", "w") as full:
+            code, _, err = _fetch("run", job, "-o", "out", "--json", "-q", cwd=workdir, stdout=full)
+    assert code == 1
+    assert err == "fetch: cannot write the output: [Errno 28] No space left on device\n"
+    # the run itself went through: the body and its record are stored
+    records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
+    assert [r["outcome"] for r in records] == ["fetched"]
