@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ def parse_size(value: str | int) -> int:
     number, unit = match.group(1), (match.group(2) or "").lower()
     base = 1024 if "i" in unit else 1000
     power = "bkmgt".index(unit[0]) if unit else 0
+    from fractions import Fraction  # exact: 1.1MB is 1,100,000 bytes; seldom needed
+
     size = int(Fraction(number) * base**power)
     if size <= 0:
         raise ValueError(f"a size must be positive, not {value!r}")

@@ -1,42 +1,34 @@
-"""Crawl mode's pieces: settings, URL normalisation, scope, link extraction, sitemaps.
+"""Crawl mode's rules: its settings, URL normalisation and scope.
 
-Pure functions and small classes with no I/O of their own but reading a stored body; the
-frontier (``frontier.py``) keeps what was found, robots.txt lives in ``robots.py``, and
-the runner joins them.
+Pure functions and small classes with no I/O; links are taken out of pages and sitemaps
+by ``links.py``, the frontier (``frontier.py``) keeps what was found, robots.txt lives in
+``robots.py``, and ``crawler.py`` joins them. The settings are read for every run, so
+this module imports nothing heavy: a run that crawls nothing never imports the others.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import gzip
-import importlib.util
-import io
 import ipaddress
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "DEFAULT_FOLLOW",
+    "LINK_ATTRS",
     "CrawlSettings",
-    "extract_links",
     "in_scope",
-    "is_html",
+    "iter_unique",
     "normalize_url",
-    "parse_sitemap",
     "registrable_domain",
 ]
 
 DEFAULT_FOLLOW = ("a", "link", "area", "iframe")
 SCOPES = ("host", "domain", "any")
-MAX_PARSE_BYTES = 8 * 1024 * 1024  # only the first 8 MiB of a page are searched for links
-MAX_SITEMAP_BYTES = 50 * 1024 * 1024  # the sitemap protocol's own limit, decoded
-_LINK_ATTRS = {
+LINK_ATTRS = {  # the elements whose links a crawl can follow, and the attribute holding it
     "a": "href",
     "area": "href",
     "link": "href",
@@ -149,11 +141,11 @@ def _check(key: str, value: Any) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ValueError(f"crawl.{key} must be a list of strings")
         if key == "follow":
-            unknown = sorted(set(items) - set(_LINK_ATTRS))
+            unknown = sorted(set(items) - set(LINK_ATTRS))
             if unknown:
                 raise ValueError(
                     f"crawl.follow: unknown element {unknown[0]!r} "
-                    f"(choose from {', '.join(sorted(_LINK_ATTRS))})"
+                    f"(choose from {', '.join(sorted(LINK_ATTRS))})"
                 )
             return tuple(i.lower() for i in items)
         return tuple(items)
@@ -246,154 +238,6 @@ def in_scope(url: str, seed: str, scope: str) -> bool:
     if scope == "host":
         return host == seed_host
     return registrable_domain(host) == registrable_domain(seed_host)
-
-
-# --------------------------------------------------------------------------- links
-
-
-def is_html(content_type: str | None, head: bytes) -> bool:
-    """True for an HTML response: by ``Content-Type``, else by sniffing its first bytes."""
-    if content_type:
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media in ("text/html", "application/xhtml+xml"):
-            return True
-        if media and media not in ("application/octet-stream", "text/plain"):
-            return False
-    sniff = head[:1024].lstrip().lower()
-    return sniff.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
-
-
-class _LinkParser(HTMLParser):
-    def __init__(self, follow: frozenset[str], nofollow: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.follow, self.honour_nofollow = follow, nofollow
-        self.links: list[str] = []
-        self.base: str | None = None
-        self.meta_nofollow = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "base" and self.base is None:
-            href = dict(attrs).get("href")
-            if href:
-                self.base = href.strip()
-            return
-        if tag == "meta":
-            values = dict(attrs)
-            if (values.get("name") or "").lower() == "robots" and "nofollow" in (
-                values.get("content") or ""
-            ).lower():
-                self.meta_nofollow = True
-            return
-        if tag not in self.follow:
-            return
-        values = dict(attrs)
-        if self.honour_nofollow and "nofollow" in (values.get("rel") or "").lower().split():
-            return
-        link = values.get(_LINK_ATTRS[tag])
-        if link:
-            self.links.append(link.strip())
-
-    handle_startendtag = handle_starttag
-
-
-def _lexbor_links(
-    data: bytes, follow: frozenset[str], nofollow: bool
-) -> tuple[list[str], str | None, bool]:
-    from selectolax.lexbor import LexborHTMLParser
-
-    tree = LexborHTMLParser(data)
-    base = None
-    base_node = tree.css_first("base[href]")
-    if base_node is not None:
-        base = (base_node.attributes.get("href") or "").strip() or None
-    meta_nofollow = False
-    for meta in tree.css("meta[name]"):
-        attributes = meta.attributes
-        if (attributes.get("name") or "").lower() == "robots" and "nofollow" in (
-            attributes.get("content") or ""
-        ).lower():
-            meta_nofollow = True
-    selector = ", ".join(f"{tag}[{_LINK_ATTRS[tag]}]" for tag in sorted(follow))
-    links = []
-    for node in tree.css(selector) if selector else []:
-        attributes = node.attributes
-        if nofollow and "nofollow" in (attributes.get("rel") or "").lower().split():
-            continue
-        link = attributes.get(_LINK_ATTRS.get(node.tag or "", "href"))
-        if link:
-            links.append(link.strip())
-    return links, base, meta_nofollow
-
-
-# Looked up, not imported: a run that crawls nothing does not pay for the import.
-PARSER = "lexbor" if importlib.util.find_spec("selectolax") else "html.parser"
-
-
-def extract_links(
-    source: Path | bytes,
-    page_url: str,
-    *,
-    follow: Iterable[str] = DEFAULT_FOLLOW,
-    nofollow: bool = True,
-    parser: str | None = None,
-) -> list[str]:
-    """The absolute URLs a page links to, in document order, resolved against its
-    ``<base href>`` when present (not yet normalised or de-duplicated).
-
-    ``source`` is the stored body or its bytes; only its first 8 MiB are read.
-    """
-    if isinstance(source, Path):
-        with source.open("rb") as handle:
-            data = handle.read(MAX_PARSE_BYTES)
-    else:
-        data = source[:MAX_PARSE_BYTES]
-    follow_set = frozenset(follow)
-    if (parser or PARSER) == "lexbor":
-        links, base, meta_nofollow = _lexbor_links(data, follow_set, nofollow)
-    else:
-        html = _LinkParser(follow_set, nofollow)
-        html.feed(data.decode("utf-8", "replace"))
-        html.close()
-        links, base, meta_nofollow = html.links, html.base, html.meta_nofollow
-    if nofollow and meta_nofollow:
-        return []
-    root = urljoin(page_url, base) if base else page_url
-    resolved = []
-    for link in links:
-        if link.lower().startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
-            continue
-        try:
-            resolved.append(urljoin(root, link))
-        except ValueError:
-            continue
-    return resolved
-
-
-# --------------------------------------------------------------------------- sitemaps
-
-
-def parse_sitemap(data: bytes) -> tuple[list[str], list[str]]:
-    """Read a sitemap or sitemap index (gzip allowed); return ``(pages, sitemaps)``."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
-                data = unzipped.read(MAX_SITEMAP_BYTES)
-        except (OSError, EOFError):
-            return [], []
-    pages: list[str] = []
-    sitemaps: list[str] = []
-    try:
-        for _, element in ET.iterparse(io.BytesIO(data), events=("end",)):
-            tag = element.tag.rsplit("}", 1)[-1]
-            if tag == "loc" and element.text:
-                pages.append(element.text.strip())
-            elif tag == "sitemap" and pages:
-                # the <loc> just read belonged to a <sitemap> of an index
-                sitemaps.append(pages.pop())
-            element.clear()
-    except ET.ParseError:
-        pass
-    return pages, sitemaps
 
 
 def iter_unique(urls: Iterable[str]) -> Iterator[str]:

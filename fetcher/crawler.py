@@ -26,52 +26,27 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from fetcher.crawl import MAX_SITEMAP_BYTES as _MAX_SITEMAP
-from fetcher.crawl import (
-    CrawlSettings,
-    extract_links,
-    in_scope,
-    is_html,
-    normalize_url,
-    parse_sitemap,
-)
+from fetcher.crawl import CrawlSettings, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
-from fetcher.models import ErrorKind, Failure, Outcome, OutcomeKind, Request
+from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
+from fetcher.links import extract_links, is_html, parse_sitemap
+from fetcher.models import (
+    ErrorKind,
+    Outcome,
+    Request,
+    interrupted_outcome,
+    invalid_outcome,
+    skipped_outcome,
+)
 from fetcher.paths import meta_path
 from fetcher.robots import RobotsCache
 
-__all__ = ["CrawlSource", "Settle", "interrupted_outcome", "invalid_outcome", "skipped_outcome"]
+__all__ = ["CrawlSource", "Settle"]
 
 Settle = Callable[[Request], "Outcome | None"]
 _TAKE = 64
 _MAX_SITEMAPS_PER_ORIGIN = 50
-
-
-def invalid_outcome(request: Request, fetched_at: str) -> Outcome:
-    """The failed outcome of a row that is not a valid request."""
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.FAILED,
-        fetched_at=fetched_at,
-        error=Failure(kind=ErrorKind.INVALID, message=request.invalid or "invalid"),
-    )
-
-
-def skipped_outcome(request: Request, fetched_at: str) -> Outcome:
-    """A row that needs no request."""
-    return Outcome(request=request, kind=OutcomeKind.SKIPPED, fetched_at=fetched_at)
-
-
-def interrupted_outcome(request: Request, fetched_at: str, *, started: bool = False) -> Outcome:
-    """The failed outcome of a request that a stop left unstarted, or cut off in flight."""
-    message = "interrupted in flight" if started else "not started: the run was stopped"
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.FAILED,
-        fetched_at=fetched_at,
-        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
-    )
 
 
 class CrawlSource:

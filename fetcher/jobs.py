@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -226,6 +225,8 @@ def _line_of(lines: Mapping[str, int], key: str) -> int:
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    import tomllib  # only a job with a sidecar pays for the import
+
     try:
         raw = path.read_bytes()
     except OSError as exc:

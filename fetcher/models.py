@@ -30,6 +30,9 @@ __all__ = [
     "Response",
     "RunSummary",
     "Stored",
+    "interrupted_outcome",
+    "invalid_outcome",
+    "skipped_outcome",
 ]
 
 REDACTED = "<redacted>"
@@ -210,6 +213,32 @@ class Outcome:
     def ok(self) -> bool:
         """Fetched, not modified or skipped: every kind but ``failed``."""
         return self.kind is not OutcomeKind.FAILED
+
+
+def invalid_outcome(request: Request, fetched_at: str) -> Outcome:
+    """The failed outcome of a row that is not a valid request."""
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=fetched_at,
+        error=Failure(kind=ErrorKind.INVALID, message=request.invalid or "invalid"),
+    )
+
+
+def skipped_outcome(request: Request, fetched_at: str) -> Outcome:
+    """A row that needs no request."""
+    return Outcome(request=request, kind=OutcomeKind.SKIPPED, fetched_at=fetched_at)
+
+
+def interrupted_outcome(request: Request, fetched_at: str, *, started: bool = False) -> Outcome:
+    """The failed outcome of a request that a stop left unstarted, or cut off in flight."""
+    message = "interrupted in flight" if started else "not started: the run was stopped"
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=fetched_at,
+        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
+    )
 
 
 @dataclass(slots=True, kw_only=True)

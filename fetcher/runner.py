@@ -22,32 +22,32 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
 from fetcher.config import FetchConfig
-from fetcher.crawler import CrawlSource, interrupted_outcome
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
-from fetcher.frontier import Frontier
 from fetcher.jobs import Job
 from fetcher.models import (
     REDACTED,
     SECRET_HEADERS,
-    ErrorKind,
-    Failure,
     Outcome,
     OutcomeKind,
     Problem,
     Request,
     RunSummary,
+    interrupted_outcome,
+    invalid_outcome,
 )
 from fetcher.paths import PathCollisions
 from fetcher.pool import Limits, RetryPolicy, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
-from fetcher.robots import RobotsCache
 from fetcher.session import open_session
 from fetcher.store import DiskStore, add_request, path_collisions
+
+if TYPE_CHECKING:
+    from fetcher.crawler import CrawlSource
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
 
@@ -329,6 +329,11 @@ def _source(
 ) -> _Rows | CrawlSource:
     if config.crawl is None:
         return _Rows(job, config, store, stopper)
+    # Imported here: their parsers (HTML, XML, robots.txt) are for crawls only.
+    from fetcher.crawler import CrawlSource
+    from fetcher.frontier import Frontier
+    from fetcher.robots import RobotsCache
+
     robots = None
     if not config.crawl.ignore_robots:
         agent = job.user_agent()
@@ -365,12 +370,7 @@ def _settled(
 ) -> Outcome | None:
     """The outcome of a row that needs no request, or None when it must be fetched."""
     if request.invalid is not None:
-        return Outcome(
-            request=request,
-            kind=OutcomeKind.FAILED,
-            fetched_at=now_iso(),
-            error=Failure(kind=ErrorKind.INVALID, message=request.invalid),
-        )
+        return invalid_outcome(request, now_iso())
     if stopper.stopped:
         return interrupted_outcome(request, now_iso())
     if store.finished(request):

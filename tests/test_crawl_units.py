@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetcher.crawl import (
-    CrawlSettings,
-    extract_links,
-    in_scope,
-    is_html,
-    normalize_url,
-    parse_sitemap,
-    registrable_domain,
-)
+from fetcher.crawl import CrawlSettings, in_scope, normalize_url, registrable_domain
 from fetcher.frontier import DONE, PENDING, Entry, Frontier
+from fetcher.links import extract_links, is_html, parse_sitemap
 
 PARSERS = ["html.parser", "lexbor"]
 
