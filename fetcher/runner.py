@@ -84,32 +84,39 @@ def check_job(job: Job, config: FetchConfig) -> int:
 
 
 def dry_run(job: Job, config: FetchConfig, *, out: TextIO) -> int:
-    """Validate, then print every rendered request (secrets redacted); send nothing."""
+    """Validate, then print every rendered request (secrets redacted); send nothing.
+
+    Each request is written in one piece: with unbuffered output (``PYTHONUNBUFFERED``)
+    that is one write a row, not one a line.
+    """
     rows = check_job(job, config)
     root = output_dir(job, config)
     store = DiskStore(root)
     for request in job.setup_requests():
-        print(
-            f"setup {job.spec.source}:{request.line}: {request.method} {request.safe_url}", file=out
-        )
-        _print_headers(request, out)
+        where = f"{job.spec.source}:{request.line}"
+        out.write(_described(request, f"setup {where}: {request.method} {request.safe_url}"))
     for request in job.requests():
         if request.invalid is not None:
-            print(f"line {request.line}: INVALID ({request.invalid}), recorded as failed", file=out)
+            out.write(f"line {request.line}: INVALID ({request.invalid}), recorded as failed\n")
             continue
-        print(f"line {request.line}: {request.method} {request.safe_url}", file=out)
-        _print_headers(request, out)
-        print(f"    -> {root / store.path_for(request)}", file=out)
+        path = f"    -> {root / store.path_for(request)}"
+        out.write(
+            _described(request, f"line {request.line}: {request.method} {request.safe_url}", path)
+        )
     return rows
 
 
-def _print_headers(request: Request, out: TextIO) -> None:
-    for name, value in request.safe_headers():
-        print(f"    {name}: {value}", file=out)
+def _described(request: Request, first: str, last: str | None = None) -> str:
+    """``first``, the request's headers, body and form, then ``last``: the lines printed."""
+    lines = [first]
+    lines += [f"    {name}: {value}" for name, value in request.safe_headers()]
     if request.body is not None:
-        print(f"    body: {len(request.body.encode())} bytes", file=out)
+        lines.append(f"    body: {len(request.body.encode())} bytes")
     if request.form is not None:
-        print(f"    form: {', '.join(name for name, _ in request.form)}", file=out)
+        lines.append(f"    form: {', '.join(name for name, _ in request.form)}")
+    if last is not None:
+        lines.append(last)
+    return "\n".join(lines) + "\n"
 
 
 def _run_id() -> str:
