@@ -10,13 +10,14 @@ translated in one place, ``classify``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import math
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -388,62 +389,80 @@ async def _attempt(
     prior: PriorCopy | None,
     attempt: int,
 ) -> _Fetched:
-    """One attempt: follow redirects by hand, then stream the final body."""
+    """One attempt: the final response of the redirect chain, its body streamed."""
     started = time.monotonic()
     started_at = now_iso()
+    hops: list[Hop] = []
+    async with _final_response(
+        session, request, limits, config, hops, _conditional(prior, config)
+    ) as resp:
+        ttfb = _ms(started)
+        return await _finish(
+            resp, request, config, sink, prior, hops, attempt, started, started_at, ttfb
+        )
+
+
+@contextlib.asynccontextmanager
+async def _final_response(
+    session: aiohttp.ClientSession,
+    request: Request,
+    limits: Limits,
+    config: FetchConfig,
+    hops: list[Hop],
+    conditional: Sequence[tuple[str, str]] = (),
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Send ``request`` and follow its redirects by hand, each hop in its host's slot,
+    recording each in ``hops``; yield the final response.
+
+    ``--timeout`` bounds the whole chain, the final body included: each hop gets what the
+    hops before it left. Secret headers and validators do not follow a redirect to
+    another origin. Failures, the caller's included, are raised as ``_Attempt``.
+    """
     method, url, body = request.method, URL(request.url, encoded=False), request.body
     headers = CIMultiDict(request.headers)
-    headers.extend(_conditional(prior, config))
+    headers.extend(conditional)
     first = url
-    hops: list[Hop] = []
     seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
+    left = config.timeout
     while True:
         async with limits.slot(host_key(url)):
+            sent = time.monotonic()
             try:
+                if left <= 0:  # the hops before took the whole --timeout
+                    raise TimeoutError
                 async with session.request(
                     method,
                     url,
                     headers=headers,
                     data=_payload(request, body),
                     allow_redirects=False,
-                    timeout=_client_timeout(config.timeout),
+                    timeout=_client_timeout(left),
                 ) as resp:
-                    ttfb = _ms(started)
                     location = None
                     if resp.status in REDIRECT_STATUSES:
                         location = resp.headers.get("Location")
-                    if location:
-                        seen = seen or {str(first)}
-                        target = _redirect_target(url, location, hops, seen, resp.status)
-                        hops.append(
-                            Hop(
-                                url=request.redact(str(url)),
-                                status=resp.status,
-                                location=request.redact(location),
-                            )
+                    if not location:
+                        yield resp
+                        return
+                    seen = seen or {str(first)}
+                    target = _redirect_target(url, location, hops, seen, resp.status)
+                    hops.append(
+                        Hop(
+                            url=request.redact(str(url)),
+                            status=resp.status,
+                            location=request.redact(location),
                         )
-                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                            method, body = "GET", None
-                        url = target
-                    else:
-                        return await _finish(
-                            resp,
-                            request,
-                            config,
-                            sink,
-                            prior,
-                            hops,
-                            attempt,
-                            started,
-                            started_at,
-                            ttfb,
-                        )
+                    )
+                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                        method, body = "GET", None
+                    url = target
             except _Attempt as failure:
                 failure.host = host_key(url)
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
                 kind, message, retry = classify(exc)
                 raise _Attempt(kind, message, retry=retry) from exc
+            left -= time.monotonic() - sent
         if url.origin() != first.origin():
             for name in request.secret_header_names():
                 headers.popall(name, None)
@@ -613,25 +632,13 @@ def _too_large(limit: int) -> str:
 
 
 async def send_setup(
-    session: aiohttp.ClientSession, request: Request, *, config: FetchConfig
+    session: aiohttp.ClientSession, request: Request, *, limits: Limits, config: FetchConfig
 ) -> tuple[int, str]:
-    """Send one ``[[setup]]`` request (redirects followed); return ``(status, reason)``.
-
-    Raises ``_Attempt`` translated as ``SetupError`` by the caller on failure.
-    """
+    """Send one ``[[setup]]`` request, redirects followed as a row's are (secrets stay
+    with the origin); return ``(status, reason)``, or ``(0, why)`` when none came."""
     try:
-        async with session.request(
-            request.method,
-            URL(request.url, encoded=False),
-            headers=CIMultiDict(request.headers),
-            data=_payload(request, request.body),
-            timeout=aiohttp.ClientTimeout(total=config.timeout),
-            max_redirects=MAX_REDIRECTS,
-        ) as resp:
-            await resp.read()
+        async with _final_response(session, request, limits, config, []) as resp:
+            await resp.read()  # a login page: small, and read for its cookies' sake
             return resp.status, resp.reason or ""
-    except aiohttp.TooManyRedirects:
-        return 0, "too many redirects"
-    except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
-        kind, message, _ = classify(exc)
-        return 0, f"{kind}: {message}"
+    except _Attempt as failure:
+        return 0, f"{failure.kind}: {failure.message}"

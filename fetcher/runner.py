@@ -156,8 +156,9 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
         try:
             with stopper.on_signals():
                 async with open_session(config) as session:
-                    await _setup(session, job, config)
-                    await _pipeline(job, config, store, session, summary, stopper, progress)
+                    limits = Limits.from_config(config)
+                    await _setup(session, job, config, limits)
+                    await _pipeline(job, config, store, session, limits, summary, stopper, progress)
         except SetupError:
             summary.exit_code = SetupError.exit_code
             raise
@@ -183,9 +184,11 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
     return summary
 
 
-async def _setup(session: aiohttp.ClientSession, job: Job, config: FetchConfig) -> None:
+async def _setup(
+    session: aiohttp.ClientSession, job: Job, config: FetchConfig, limits: Limits
+) -> None:
     for request in job.setup_requests():
-        status, reason = await send_setup(session, request, config=config)
+        status, reason = await send_setup(session, request, limits=limits, config=config)
         if not 200 <= status < 400:
             where = f"{job.spec.source}:{request.line}"
             got = f"HTTP {status} {reason}".strip() if status else request.redact(reason)
@@ -200,11 +203,11 @@ async def _pipeline(
     config: FetchConfig,
     store: DiskStore,
     session: aiohttp.ClientSession,
+    limits: Limits,
     summary: RunSummary,
     stopper: _Stopper,
     progress: Progress,
 ) -> None:
-    limits = Limits.from_config(config)
     policy = RetryPolicy(retries=config.retries, base=config.backoff)
     todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=config.concurrency * 2)
     done: asyncio.Queue[Outcome | list[Outcome] | None] = asyncio.Queue(

@@ -3,6 +3,7 @@ refused, and secrets left behind when a redirect leaves the origin."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,33 @@ async def test_303_turns_a_post_into_a_get_and_307_keeps_it(aiohttp_server, tmp_
         ("POST", "/form", b"b=2"),
         ("POST", "/done", b"b=2"),
     ]
+
+
+async def test_the_timeout_bounds_the_whole_chain_not_each_hop(
+    aiohttp_server, tmp_path: Path
+) -> None:
+    # four hops of 0.4 s each: each alone fits in a 1 s --timeout, the chain does not
+    seen: list[str] = []
+
+    async def slow_hop(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await asyncio.sleep(0.4)
+        n = int(request.match_info["n"])
+        return web.Response(text="landed") if n == 0 else await _redirect(f"/hop/{n - 1}")
+
+    app = web.Application()
+    app.router.add_get("/hop/{n}", slow_hop)
+    server = await aiohttp_server(app)
+    job = load_job(url_job(tmp_path, [str(server.make_url("/hop/3"))]))
+    summary = await run_batch(job, FetchConfig(output=tmp_path / "out", timeout=1.0, retries=0))
+    assert summary.exit_code == 1
+    (record,) = manifest(tmp_path / "out")
+    assert record["error"] == {"kind": "timeout", "message": "timed out"}
+    assert seen[:2] == ["/hop/3", "/hop/2"]
+    assert "/hop/0" not in seen  # the third hop ran out of time (or was never sent)
+
+    # the same chain with room for it: 1.6 s in all
+    summary = await run_batch(job, FetchConfig(output=tmp_path / "more", timeout=3.0, retries=0))
+    assert summary.exit_code == 0
+    (record,) = manifest(tmp_path / "more")
+    assert (tmp_path / "more" / record["path"]).read_bytes() == b"landed"

@@ -128,3 +128,66 @@ def test_a_setup_that_cannot_connect_stops_the_run(workdir: Path) -> None:
     assert "connection" in result.stderr
     assert "pw-7f3a9c" not in result.stderr
     assert "<redacted>" in result.stderr
+
+
+def _echo_app(seen: list[tuple[str, dict[str, str]]], *, redirect_to: str = "") -> web.Application:
+    """``/start`` redirects to ``/same`` on this origin, which redirects to
+    ``redirect_to``; every request's headers are kept."""
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((f"{request.host}{request.path}", dict(request.headers)))
+        if request.path == "/start":
+            raise web.HTTPFound("/same")
+        if request.path == "/same" and redirect_to:
+            raise web.HTTPFound(redirect_to)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", record)
+    return app
+
+
+def test_setup_secrets_stay_with_the_origin_through_redirects(workdir: Path) -> None:
+    ours: list[tuple[str, dict[str, str]]] = []
+    theirs: list[tuple[str, dict[str, str]]] = []
+    with (
+        serve_in_thread(_echo_app(theirs)) as other,
+        serve_in_thread(_echo_app(ours, redirect_to=f"{other.url}/landing")) as server,
+    ):
+        toml = (
+            f'url = "{server.url}/item/{{n}}"\n\n'
+            "[[setup]]\n"
+            f'url = "{server.url}/start"\n'
+            "[setup.headers]\n"
+            'Authorization = "Bearer {env.API_PASSWORD}"\n'
+            'X-Api-User = "{env.API_USER}"\n'
+            'X-Plain = "kept"\n'
+        )
+        job = write_job(workdir, "n\n1\n", toml)
+        result = run_fetch("run", job, "-o", "out", "-q", env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert [where.split(":")[-1] for where, _ in ours[:2]] == [
+        f"{server.port}/start",
+        f"{server.port}/same",
+    ]
+    for _, headers in ours[:2]:  # the same origin: every header, secrets included
+        assert headers["Authorization"] == "Bearer pw-7f3a9c"
+        assert headers["X-Api-User"] == "ada"
+    (landing,) = theirs
+    assert landing[0].endswith(f"{other.port}/landing")
+    assert "Authorization" not in landing[1]
+    assert "X-Api-User" not in landing[1]  # rendered from {env.*}: a secret too
+    assert landing[1]["X-Plain"] == "kept"
+
+
+def test_a_setup_redirect_loop_stops_the_run(workdir: Path) -> None:
+    seen: list[tuple[str, dict[str, str]]] = []
+    with serve_in_thread(_echo_app(seen, redirect_to="/start")) as server:
+        toml = f'url = "{server.url}/item/{{n}}"\n\n[[setup]]\nurl = "{server.url}/start"\n'
+        job = write_job(workdir, "n\n1\n", toml)
+        result = run_fetch("run", job, "-o", "out", "-q", env=ENV)
+    assert result.exit_code == 1
+    assert [where.split("/", 1)[1] for where, _ in seen] == ["start", "same"]  # no row
+    assert "setup request GET" in result.stderr
+    assert "redirect loop" in result.stderr
+    assert "no row was sent" in result.stderr
