@@ -23,6 +23,7 @@ from click.testing import Result
 
 from fetcher import runner
 from fetcher.frontier import DONE
+from fetcher.store import read_manifest
 from tests.conftest import Served, run_fetch, serve_in_thread
 from tests.crawl_site import expected, site
 
@@ -48,8 +49,8 @@ def _job(workdir: Path, server: Served, crawl: str, seeds: list[str] | None = No
 
 
 def _records(workdir: Path, name: str = "seeds") -> list[dict[str, Any]]:
-    text = (workdir / "output" / name / "manifest.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines()]
+    """The manifest's records, as fetch reads them: a line torn by a kill is not one."""
+    return [record for _, record in read_manifest(workdir / "output" / name / "manifest.jsonl")]
 
 
 def _pages_requested(server: Served) -> list[str]:
