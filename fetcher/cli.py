@@ -308,11 +308,13 @@ def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 
 
 def _echo_lines(lines: Any) -> None:
-    """Print lines as they come; a closed pipe (``| head``) ends quietly."""
+    """Print lines as they come; a closed pipe (``| head``) ends quietly, a full disk
+    with exit 1."""
     try:
-        for line in lines:
-            click.echo(line)
-        sys.stdout.flush()
+        with _writing_output():
+            for line in lines:
+                click.echo(line)
+            sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         sys.exit(0)
@@ -374,7 +376,7 @@ def show(directory: Path, url: str, as_json: bool) -> None:
         sys.exit(1)
     record, meta = found
     if as_json:
-        click.echo(json.dumps({"record": record, "sidecar": meta}, indent=2))
+        _echo_lines([json.dumps({"record": record, "sidecar": meta}, indent=2)])
     else:
         _echo_lines(show_lines(record, meta))
 
@@ -398,7 +400,7 @@ def stats(directory: Path, as_json: bool) -> None:
         _fail(exc)
         return
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        _echo_lines([json.dumps(result.as_dict())])
     else:
         _echo_lines(stats_lines(directory, result))
 

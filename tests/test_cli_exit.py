@@ -18,6 +18,7 @@ from tests.conftest import Served, serve_in_thread
 FETCH = [sys.executable, "-m", "fetcher"]
 # Buffered standard streams, as on most machines, whatever this one's environment says.
 ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+FULL = "fetch: cannot write the output: [Errno 28] No space left on device\n"
 
 
 def _fetch(
@@ -96,8 +97,7 @@ def test_output_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> Non
     job.write_text("http://127.0.0.1:9/items/a\n")
     with open("/dev/full", "w") as full:
         code, _, err = _fetch("run", job, "--dry-run", cwd=workdir, stdout=full)
-    assert code == 1
-    assert err == "fetch: cannot write the output: [Errno 28] No space left on device\n"
+    assert (code, err) == (1, FULL)
 
 
 def test_a_summary_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> None:
@@ -106,8 +106,20 @@ def test_a_summary_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> 
         job.write_text(server.at("/items/a") + "\n")
         with open("/dev/full", "w") as full:
             code, _, err = _fetch("run", job, "-o", "out", "--json", "-q", cwd=workdir, stdout=full)
-    assert code == 1
-    assert err == "fetch: cannot write the output: [Errno 28] No space left on device\n"
+    assert (code, err) == (1, FULL)
     # the run itself went through: the body and its record are stored
     records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
     assert [r["outcome"] for r in records] == ["fetched"]
+
+
+def test_ls_show_and_stats_that_cannot_write_fail_with_a_message(workdir: Path) -> None:
+    with serve_in_thread(_app()) as server:
+        job = workdir / "job.txt"
+        job.write_text(server.at("/items/a") + "\n")
+        assert _fetch("run", job, "-o", "out", "-q", cwd=workdir)[0] == 0
+        url = server.at("/items/a")
+    for command in (["ls", "out"], ["ls", "out", "--json"], ["show", "out", url], ["stats", "out"]):
+        with open("/dev/full", "w") as full:
+            code, _, err = _fetch(*command, cwd=workdir, stdout=full)
+        assert (code, err) == (1, FULL), command
+        assert _fetch(*command, cwd=workdir)[0] == 0, command  # the same, to a pipe
