@@ -121,6 +121,7 @@ class CrawlSource:
                     not self.stopped()
                     and self.robots is not None
                     and not await self.robots.allowed(entry.url)
+                    and not self.stopped()  # a stop cut the robots.txt fetch short
                 ):
                     self.frontier.finish([entry.url])  # never requested; recorded as skipped
                     yield skipped_outcome(request, self.now())

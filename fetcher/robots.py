@@ -9,8 +9,10 @@ record and does not count against ``max_pages``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from urllib.robotparser import RobotFileParser
 
 import aiohttp
@@ -90,6 +92,8 @@ class RobotsCache:
         agent: the User-Agent token matched against the rules.
         timeout: seconds for fetching one robots.txt.
         on_delay: called with ``(url, seconds)`` when a host asks for a Crawl-delay.
+        guard: wraps each fetch (the run's stop cuts it off after the grace period, as
+            it does a request); none by default.
     """
 
     def __init__(
@@ -100,10 +104,11 @@ class RobotsCache:
         timeout: float,
         headers: dict[str, str] | None = None,
         on_delay: Callable[[str, float], None] | None = None,
+        guard: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.session, self.agent, self.timeout = session, agent, timeout
         self.headers = headers or {}
-        self.on_delay = on_delay
+        self.on_delay, self.guard = on_delay, guard
         self._rules: dict[str, asyncio.Future[_Rules]] = {}
 
     async def allowed(self, url: str) -> bool:
@@ -137,12 +142,15 @@ class RobotsCache:
 
     async def _fetch(self, origin: str) -> _Rules:
         try:
-            async with self.session.get(
-                f"{origin}/robots.txt",
-                headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                max_redirects=5,
-            ) as resp:
+            async with (
+                self.guard(),
+                self.session.get(
+                    f"{origin}/robots.txt",
+                    headers=self.headers,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    max_redirects=5,
+                ) as resp,
+            ):
                 if 400 <= resp.status < 500:
                     return _Rules(None, allow_all=True)
                 if resp.status >= 500:

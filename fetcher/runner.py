@@ -359,6 +359,7 @@ def _source(
             timeout=config.timeout,
             headers={"User-Agent": agent},
             on_delay=on_delay,
+            guard=stopper.guard,
         )
     frontier = Frontier(store.state / "frontier.sqlite", resume=store.resuming)
     return CrawlSource(

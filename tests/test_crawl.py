@@ -455,3 +455,46 @@ def test_a_crawl_stopped_by_the_deadline_between_levels_says_so_and_resumes(
     assert again == Counter(url for url in whole if url not in first), "the rest, each once"
     fetched = [r["url"] for r in _records(workdir) if r["outcome"] == "fetched"]
     assert sorted(fetched) == sorted(whole), "the pages of an uninterrupted crawl, each once"
+
+
+def test_a_stop_cuts_a_stalled_robots_txt_short(workdir: Path) -> None:
+    """SIGINT while robots.txt stalls ends the run after the grace period, not the
+    --timeout; the pages waiting on it are interrupted, and --resume crawls them."""
+    state = {"stall": True}
+    asked = threading.Event()
+
+    @web.middleware
+    async def stall(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/robots.txt" and state["stall"]:
+            asked.set()
+            await asyncio.sleep(120)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app, box = _serve()
+    app.middlewares.append(stall)
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _job(workdir, server, 'depth = 1\nstrip_query = ["utm_*"]\n')
+        command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "--timeout", "60"]
+        child = subprocess.Popen(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+        try:
+            assert asked.wait(30), "robots.txt was never asked for"
+            stopped = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+            took = time.monotonic() - stopped
+        finally:
+            child.kill()
+            child.wait()
+        assert child.returncode == 130, stderr
+        assert took < runner.GRACE_SECONDS + 10  # not the 60 s --timeout
+        assert _pages_requested(server) == []
+        (seed,) = _records(workdir)
+        assert (seed["outcome"], seed["error"]["kind"]) == ("failed", "interrupted")
+        state["stall"] = False
+        result = run_fetch("run", job, *FAST, "--resume")
+    assert result.exit_code == 0, result.stderr
+    want = expected([server.at("/p/0.html")], N, server.port, depth=1)
+    fetched = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
+    assert fetched == set(want)
