@@ -418,7 +418,7 @@ async def _final_response(
     hops before it left. Secret headers and validators do not follow a redirect to
     another origin. Failures, the caller's included, are raised as ``_Attempt``.
     """
-    method, url, body = request.method, URL(request.url, encoded=False), request.body
+    method, url, resend = request.method, URL(request.url, encoded=False), True
     headers = CIMultiDict(request.headers)
     headers.extend(conditional)
     first = url
@@ -434,7 +434,7 @@ async def _final_response(
                     method,
                     url,
                     headers=headers,
-                    data=_payload(request, body),
+                    data=_payload(request) if resend else None,
                     allow_redirects=False,
                     timeout=_client_timeout(left),
                 ) as resp:
@@ -454,7 +454,7 @@ async def _final_response(
                         )
                     )
                     if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                        method, body = "GET", None
+                        method, resend = "GET", False  # the body (or form) stays behind
                     url = target
             except _Attempt as failure:
                 failure.host = host_key(url)
@@ -470,10 +470,11 @@ async def _final_response(
             headers.popall("If-Modified-Since", None)
 
 
-def _payload(request: Request, body: str | None) -> object:
-    if request.form is not None and body is None and request.method != "GET":
+def _payload(request: Request) -> object:
+    """What the request sends: its body, or its form (made anew: a hop may resend it)."""
+    if request.form is not None and request.body is None and request.method != "GET":
         return aiohttp.FormData(dict(request.form))
-    return body.encode("utf-8") if body is not None else None
+    return request.body.encode("utf-8") if request.body is not None else None
 
 
 def _redirect_target(url: URL, location: str, hops: list[Hop], seen: set[str], status: int) -> URL:

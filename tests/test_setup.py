@@ -191,3 +191,36 @@ def test_a_setup_redirect_loop_stops_the_run(workdir: Path) -> None:
     assert "setup request GET" in result.stderr
     assert "redirect loop" in result.stderr
     assert "no row was sent" in result.stderr
+
+
+def test_a_setup_form_is_not_resent_after_a_302_but_is_after_a_307(workdir: Path) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read()))
+        if request.path == "/login":
+            raise web.HTTPFound("/welcome")  # a POST's 302: a GET, without the form
+        if request.path == "/login-again":
+            raise web.HTTPTemporaryRedirect("/welcome")  # 307: the same POST again
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    with serve_in_thread(app) as server:
+        toml = f'url = "{server.url}/item/{{n}}"\n'
+        for path in ("/login", "/login-again"):
+            toml += (
+                f'\n[[setup]]\nmethod = "POST"\nurl = "{server.url}{path}"\n'
+                'form = { user = "{env.API_USER}", password = "{env.API_PASSWORD}" }\n'
+            )
+        job = write_job(workdir, "n\n1\n", toml)
+        result = run_fetch("run", job, "-o", "out", "-q", env=ENV)
+    assert result.exit_code == 0, result.stderr
+    form = b"user=ada&password=pw-7f3a9c"
+    assert seen == [
+        ("POST", "/login", form),
+        ("GET", "/welcome", b""),
+        ("POST", "/login-again", form),
+        ("POST", "/welcome", form),
+        ("GET", "/item/1", b""),
+    ]
