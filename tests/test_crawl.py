@@ -32,11 +32,15 @@ FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _serve(n: int = N, extra: dict[str, Any] | None = None) -> tuple[Any, list[int]]:
+def _serve(
+    n: int = N, extra: dict[str, Any] | None = None, middleware: Any = None
+) -> tuple[Any, list[int]]:
     box = [0]
     app = site(n, box)
     for path, handler in (extra or {}).items():
         app.router.add_get(path, handler)
+    if middleware is not None:
+        app.middlewares.append(middleware)
     return app, box
 
 
@@ -260,8 +264,7 @@ def test_a_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> N
         response: web.StreamResponse = await handler(request)
         return response
 
-    app, box = _serve()
-    app.middlewares.append(slow)
+    app, box = _serve(middleware=slow)
     with serve_in_thread(app) as server:
         box[0] = server.port
         job = _job(workdir, server, 'depth = 3\nstrip_query = ["utm_*"]\n')
@@ -471,8 +474,7 @@ def test_a_stop_cuts_a_stalled_robots_txt_short(workdir: Path) -> None:
         response: web.StreamResponse = await handler(request)
         return response
 
-    app, box = _serve()
-    app.middlewares.append(stall)
+    app, box = _serve(middleware=stall)
     with serve_in_thread(app) as server:
         box[0] = server.port
         job = _job(workdir, server, 'depth = 1\nstrip_query = ["utm_*"]\n')
