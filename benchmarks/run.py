@@ -324,8 +324,8 @@ class Harness:
         return path
 
     def child(self, cmd: Sequence[str], where: Path, timeout: float, what: str) -> Child:
-        # The last run's files go to disk now, not in the kernel's writeback threads
-        # while the next run is being timed (W2 leaves 1,000 MiB dirty each run).
+        # Files written before this run (W2's 1,000 MiB of generated bodies, say) go to
+        # disk now, not in the kernel's writeback threads while this run is timed.
         os.sync()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
