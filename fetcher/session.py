@@ -3,6 +3,7 @@
 The session is made inside the running loop and handed to the engine; nothing else in
 fetcher creates one. The jar takes cookies from IP-address hosts too (aiohttp refuses
 them unless ``unsafe=True``) and, as always, sends a cookie only to the hosts it belongs to.
+It keeps and deletes cookies as curl and browsers do (see ``_CookieJar``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,7 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
     ``--cookies F --cookie-jar F`` keeps a session in F across runs, as with curl: the
     first run, before F exists, starts with an empty jar.
     """
-    # quote_cookie=False: a value goes back as the server set it (``sid=abc==``, not
-    # ``sid="abc=="``), as curl and browsers send it.
-    jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
+    jar = _CookieJar(unsafe=True, quote_cookie=False)
     if config.cookies is not None and not _first_of_a_session(config.cookies, config.cookie_jar):
         load_cookies(jar, config.cookies)
     connector = aiohttp.TCPConnector(
@@ -60,6 +59,34 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
         await session.close()
     if config.cookie_jar is not None:
         save_cookies(jar, config.cookie_jar)
+
+
+class _CookieJar(aiohttp.CookieJar):
+    """aiohttp's jar, less two differences from curl and browsers (aiohttp 3.14.5).
+
+    - ``Expires=Thu, 01 Jan 1970 00:00:00 GMT``, the usual way to delete a cookie, parses
+      to 0, which ``CookieJar._update_cookies`` takes for "no date": the cookie stayed, as
+      a session cookie (aio-libs/aiohttp#13692). Here that date is in the past like any
+      other, so the cookie is deleted.
+    - A value set as ``b="x y"`` is stored unquoted beside its coded (as received) form;
+      ``quote_cookie=True`` would quote ``sid=abc==`` as ``sid="abc=="``, and
+      ``quote_cookie=False`` sends ``b=x y``. Here every value goes back as the server
+      set it: the coded form, quotes and all.
+
+    Both hooks are private methods of aiohttp's jar: an aiohttp that renames them fails
+    the tests in tests/test_cookies.py, which set, send and delete cookies on a server.
+    """
+
+    @classmethod
+    def _parse_date(cls, date_str: str) -> int | None:
+        when = super()._parse_date(date_str)
+        return -1 if when == 0 else when
+
+    def _build_morsel(self, cookie: Morsel[str]) -> Morsel[str]:
+        morsel: Morsel[str] = Morsel()
+        state = {"key": cookie.key, "value": cookie.value, "coded_value": cookie.coded_value}
+        morsel.__setstate__(state)  # type: ignore[attr-defined]
+        return morsel
 
 
 def _first_of_a_session(cookies: Path, cookie_jar: Path | None) -> bool:
@@ -118,11 +145,14 @@ def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
         getattr(jar, "host_only_cookies", getattr(jar, "_host_only_cookies", ()))
     )
     expirations: dict[tuple[str, str, str], float] = getattr(jar, "_expirations", {})
+    now = time.time()
     lines = ["# Netscape HTTP Cookie File", "# Written by fetcher. Edit at your own risk.", ""]
     for (domain, cookie_path), cookies in jar.cookies.items():
         for name, morsel in cookies.items():
             key = (domain, cookie_path, name)
-            lines.append(_cookie_line(morsel, key in host_only, expirations.get(key)))
+            expires = expirations.get(key)
+            if expires is None or expires > now:  # not one that expired since it was set
+                lines.append(_cookie_line(morsel, key in host_only, expires))
     data = ("\n".join(lines) + "\n").encode("utf-8")
     temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -146,6 +176,6 @@ def _cookie_line(morsel: Morsel[str], host_only: bool, expires: float | None) ->
             "TRUE" if morsel["secure"] else "FALSE",
             str(int(expires)) if expires else "0",
             morsel.key,
-            morsel.value,
+            morsel.coded_value,  # as the server set it: b="x y" keeps its quotes, as with curl
         ]
     )

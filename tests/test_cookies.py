@@ -3,11 +3,14 @@ host; cookies.txt in and out, in curl's format."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import time
+from email.utils import formatdate
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -54,6 +57,100 @@ def test_a_cookie_set_by_one_row_goes_to_later_rows_of_its_host_only(workdir: Pa
         ("localhost", "/after/2", ""),
         ("127.0.0.1", "/after/3", "sid=abc=="),
     ]
+
+
+def _setting(name: str, value: str, attributes: str) -> str:
+    """The path and query of ``_cookie_app`` that sets ``name=value; attributes``."""
+    return f"/set/{name}/{quote(value)}?attrs={quote(attributes)}"
+
+
+_YESTERDAY = formatdate(time.time() - 86400, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    "expiry",
+    [
+        "Expires=Thu, 01 Jan 1970 00:00:00 GMT",  # aiohttp read this one as "no expiry"
+        "Expires=Tue, 01 Jan 1980 00:00:00 GMT",
+        f"Expires={_YESTERDAY}",
+        "Max-Age=0",
+        "Max-Age=-1",
+    ],
+)
+def test_a_cookie_set_to_expire_in_the_past_is_deleted_and_not_saved(
+    workdir: Path, expiry: str
+) -> None:
+    seen: list[tuple[str, str, str]] = []
+    later = int(time.time()) + 3600
+    cookies = _cookies_txt(
+        workdir / "cookies.txt",
+        [
+            f"127.0.0.1\tFALSE\t/\tFALSE\t{later}\tloaded\tfrom-file",
+            "127.0.0.1\tFALSE\t/\tFALSE\t0\tkeep\tk",
+        ],
+    )
+    jar = workdir / "jar.txt"
+    with serve_in_thread(_cookie_app(seen)) as server:
+        urls = [
+            server.at("/set/sid/s1"),
+            server.at("/before"),
+            server.at(_setting("sid", "", f"Path=/; {expiry}")),
+            server.at(_setting("loaded", "", f"Path=/; {expiry}")),
+            server.at("/after"),
+        ]
+        job = url_job(workdir, urls)
+        result = run_fetch(
+            "run", job, "-o", "out", "-c", "1", "-q", "--cookies", cookies, "--cookie-jar", jar
+        )
+    assert result.exit_code == 0, result.stderr
+    sent = {path: sorted(header.split("; ")) for _, path, header in seen}
+    assert sent["/before"] == ["keep=k", "loaded=from-file", "sid=s1"]
+    assert sent["/after"] == ["keep=k"]
+    assert set(_parse_cookies_txt(jar)) == {"keep"}
+
+
+def test_a_cookie_that_expires_before_the_run_ends_is_not_saved(workdir: Path) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.headers.add("Set-Cookie", "short=s; Path=/; Max-Age=1")
+        response.headers.add("Set-Cookie", "long=l; Path=/; Max-Age=600")
+        await response.prepare(request)
+        await asyncio.sleep(2.5)  # the body comes after the short cookie expired
+        await response.write(b"done")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    jar = workdir / "jar.txt"
+    with serve_in_thread(app) as server:
+        result = run_fetch(
+            "run", url_job(workdir, [server.at("/")]), "-o", "out", "-q", "--cookie-jar", jar
+        )
+    assert result.exit_code == 0, result.stderr
+    assert set(_parse_cookies_txt(jar)) == {"long"}
+
+
+def test_a_quoted_value_goes_back_and_is_saved_as_the_server_set_it(workdir: Path) -> None:
+    seen: list[tuple[str, str, str]] = []
+    jar = workdir / "jar.txt"
+    with serve_in_thread(_cookie_app(seen)) as server:
+        urls = [
+            server.at(_setting("b", '"x y"', "Path=/")),
+            server.at(_setting("c", '"q"', "Path=/")),
+            server.at(_setting("sid", "abc==", "Path=/")),
+            server.at("/echo"),
+        ]
+        first = run_fetch(
+            "run", url_job(workdir, urls), "-o", "out", "-c", "1", "-q", "--cookie-jar", jar
+        )
+        again = url_job(workdir, [server.at("/again")], name="again")
+        second = run_fetch("run", again, "-o", "out2", "-q", "--cookies", jar)
+    assert (first.exit_code, second.exit_code) == (0, 0), first.stderr + second.stderr
+    sent = {path: header for _, path, header in seen}
+    assert sent["/echo"] == 'b="x y"; c="q"; sid=abc=='
+    saved = _parse_cookies_txt(jar)
+    assert (saved["b"][6], saved["c"][6], saved["sid"][6]) == ('"x y"', '"q"', "abc==")
+    assert sent["/again"] == 'b="x y"; c="q"; sid=abc=='
 
 
 def _cookies_txt(path: Path, lines: list[str]) -> Path:
