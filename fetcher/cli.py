@@ -167,6 +167,17 @@ _RATE = click.FloatRange(min=0, min_open=True)
 )
 @click.option("--insecure", is_flag=True, default=None, help="Do not verify TLS certificates.")
 @click.option(
+    "--proxy",
+    metavar="URL",
+    help="Send every request through this HTTP proxy ('': none) [default: $http_proxy, "
+    "$https_proxy].",
+)
+@click.option(
+    "--noproxy",
+    metavar="HOSTS",
+    help="Hosts reached without the proxy, comma-separated ('*': all) [default: $NO_PROXY].",
+)
+@click.option(
     "--durable",
     is_flag=True,
     default=None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fetcher.crawl import CrawlSettings
+from fetcher.proxies import Proxy, safe_proxy
 
 __all__ = ["TUNABLE", "FetchConfig", "parse_duration", "parse_size"]
 
@@ -126,6 +127,21 @@ def _path(value: object) -> Path:
     return Path(value)
 
 
+def _proxy(value: object) -> str:
+    if not isinstance(value, str):  # not repr(value): it may hold credentials
+        raise ValueError(f"expected a proxy URL, not {type(value).__name__}")
+    value = value.strip()
+    if value:  # "" is no proxy
+        Proxy.parse(value)
+    return value
+
+
+def _hosts(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected hosts separated by commas, not {value!r}")
+    return value
+
+
 # The settings a job's [fetch] table may set, and how each one is checked.
 TUNABLE: dict[str, Callable[[object], object]] = {
     "concurrency": _connections,
@@ -143,6 +159,8 @@ TUNABLE: dict[str, Callable[[object], object]] = {
     "durable": _flag,
     "cookies": _path,
     "cookie_jar": _path,
+    "proxy": _proxy,
+    "noproxy": _hosts,
 }
 
 
@@ -169,6 +187,10 @@ class FetchConfig:
         dry_run: print the rendered requests; send and write nothing.
         skip_invalid: record invalid rows as failed and fetch the rest.
         insecure: do not verify TLS certificates.
+        proxy: the HTTP proxy of every request, credentials and all (None: from the
+            environment, ``http_proxy`` and ``https_proxy``; ``""``: none).
+        noproxy: hosts reached without the proxy, as in ``NO_PROXY`` (None: from the
+            environment).
         durable: fsync each body and sidecar before its rename, so stored copies
             survive a power cut (a killed process loses nothing without it; costs
             about a millisecond a file).
@@ -198,6 +220,8 @@ class FetchConfig:
     dry_run: bool = False
     skip_invalid: bool = False
     insecure: bool = False
+    proxy: str | None = None
+    noproxy: str | None = None
     durable: bool = False
     verbosity: int = 1
     progress: bool | None = None
@@ -225,8 +249,11 @@ class FetchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
-        """The options as JSON-ready data (paths and patterns as strings)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The options as JSON-ready data (paths and patterns as strings, a proxy's
+        credentials redacted)."""
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data["proxy"] = None if self.proxy is None else safe_proxy(self.proxy)
+        return data
 
 
 def _plain(value: Any) -> Any:

@@ -43,7 +43,7 @@ from fetcher.models import (
 from fetcher.paths import PathCollisions
 from fetcher.pool import Limits, RetryPolicy, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
-from fetcher.session import open_session
+from fetcher.session import open_session, proxy_routes
 from fetcher.store import DiskStore, add_request, path_collisions
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def check_job(job: Job, config: FetchConfig) -> int:
 
     Raises ``JobError`` for an empty job, for invalid rows (unless ``skip_invalid``),
     for two rows that would store to the same path, and for a ``[[setup]]`` request
-    that does not render.
+    that does not render; ``UsageError`` for a proxy from the environment that cannot be
+    used.
     """
     # One walk renders every row: validation and the first pass of the path check.
     # A crawl fetches each URL once, so its seeds may repeat.
@@ -80,6 +81,7 @@ def check_job(job: Job, config: FetchConfig) -> int:
         if collisions:
             raise JobError(collisions, total=total)
     job.setup_requests()
+    proxy_routes(config)  # a proxy from the environment that cannot be used: nothing is sent
     return validation.rows
 
 

@@ -3,7 +3,9 @@
 The session is made inside the running loop and handed to the engine; nothing else in
 fetcher creates one. The jar takes cookies from IP-address hosts too (aiohttp refuses
 them unless ``unsafe=True``) and, as always, sends a cookie only to the hosts it belongs to.
-It keeps and deletes cookies as curl and browsers do (see ``_CookieJar``).
+It keeps and deletes cookies as curl and browsers do (see ``_CookieJar``). Each request,
+each redirect hop included, goes through the proxy that ``fetcher.proxies`` picks for its
+URL, or direct.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from http.cookies import Morsel
 from pathlib import Path
 
@@ -20,11 +22,13 @@ from yarl import URL
 
 from fetcher.config import FetchConfig
 from fetcher.errors import UsageError
+from fetcher.proxies import ProxyRoutes
 
-__all__ = ["load_cookies", "open_session", "save_cookies"]
+__all__ = ["load_cookies", "open_session", "proxy_routes", "save_cookies"]
 
 _MAX_LINE = 16 * 1024  # response line and header field limits (aiohttp's default is 8190)
 _MAX_HEADERS = 256
+_PROXY_AUTHORIZATION = "Proxy-Authorization"
 
 
 @contextlib.asynccontextmanager
@@ -52,6 +56,7 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
         max_field_size=_MAX_LINE,
         max_headers=_MAX_HEADERS,
         skip_auto_headers=("User-Agent",),
+        middlewares=_through_proxies(proxy_routes(config)),
     )
     try:
         yield session
@@ -59,6 +64,41 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
         await session.close()
     if config.cookie_jar is not None:
         save_cookies(jar, config.cookie_jar)
+
+
+def proxy_routes(config: FetchConfig) -> ProxyRoutes:
+    """The run's proxies: ``config.proxy``, else the environment's (see
+    ``fetcher.proxies``). Raise ``UsageError`` for one that cannot be used."""
+    try:
+        return ProxyRoutes.resolve(config.proxy, config.noproxy, os.environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _through_proxies(routes: ProxyRoutes) -> Sequence[aiohttp.ClientMiddlewareType]:
+    """A session middleware that sends each request through its proxy (none without
+    proxies): one place for rows, setup requests, robots.txt and sitemaps, run again for
+    every redirect hop. aiohttp's own ``trust_env`` is not used: it reads ``~/.netrc`` and
+    sends its passwords to origins, which curl does only with ``-n``; its ``NO_PROXY``
+    has no CIDR ranges; and it reads the environment again for every request."""
+    if not routes:
+        return ()
+
+    async def through_proxy(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        proxy = routes.for_url(request.url)
+        if proxy is not None:
+            connect_headers: dict[str, str] | None = None
+            if proxy.authorization is not None:
+                if request.is_ssl():  # on the CONNECT only: the tunnel carries the request
+                    connect_headers = {_PROXY_AUTHORIZATION: proxy.authorization}
+                else:  # the proxy is this request's first hop; it does not pass it on
+                    request.headers[_PROXY_AUTHORIZATION] = proxy.authorization
+            request.update_proxy(proxy.url, None, connect_headers)
+        return await handler(request)
+
+    return (through_proxy,)
 
 
 class _CookieJar(aiohttp.CookieJar):

@@ -85,6 +85,17 @@ def run_fetch(*args: str | os.PathLike[str], env: dict[str, str] | None = None) 
     return runner.invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch reads http_proxy and the like: a test sets them itself, or has none."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture(scope="module")
 def shared_server() -> Iterator[Served]:
     """One server per test module that answers every request ``ok <path>``."""
