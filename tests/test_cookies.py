@@ -269,6 +269,13 @@ def test_cookie_files_round_trip_with_curl(workdir: Path) -> None:
             str(workdir / "from-curl.txt"),
             server.at("/set/h/http-only?attrs=Path=/;%20HttpOnly;%20Max-Age=600"),
         )
+        run_curl(
+            "-b",
+            str(workdir / "from-curl.txt"),
+            "-c",
+            str(workdir / "from-curl.txt"),
+            server.at(_setting("q", '"x y"', "Path=/")),
+        )
         result = run_fetch(
             "run",
             url_job(workdir, [server.at("/fetch-reads")]),
@@ -284,6 +291,6 @@ def test_cookie_files_round_trip_with_curl(workdir: Path) -> None:
         run_curl("-b", str(workdir / "from-fetch.txt"), server.at("/curl-reads"))
     assert result.exit_code == 0, result.stderr
     cookies = {path: sorted(header.split("; ")) for _, path, header in seen}
-    assert cookies["/fetch-reads"] == ["c=from-curl", "h=http-only"]
-    assert cookies["/curl-reads"] == ["c=from-curl", "h=http-only"]
+    assert cookies["/fetch-reads"] == ["c=from-curl", "h=http-only", 'q="x y"']
+    assert cookies["/curl-reads"] == ["c=from-curl", "h=http-only", 'q="x y"']
     assert manifest(workdir / "out")[0]["ok"]
