@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ class FetchConfig:
     dry_run: bool = False
     skip_invalid: bool = False
     insecure: bool = False
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # its credentials are secrets
     noproxy: str | None = None
     durable: bool = False
     verbosity: int = 1
