@@ -6,9 +6,10 @@ Layout of an output directory::
     runs/<run>.json         one record per run
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
     .fetch/lock             held (flock) by the run writing here; holds its pid
-    .fetch/index.sqlite     a cache of the above: good copies, the latest record of each
-                            URL, the runs (where each starts in the manifest, for
-                            --resume); rebuilt from them when lost
+    .fetch/index.sqlite     a cache of the above: the copies (which method and URL
+                            stored each body), the latest record of each URL, the runs
+                            (where each starts in the manifest, for --resume); rebuilt
+                            from them when lost
     .fetch/tmp/             temp files; a body reaches its final path only by rename
 
 Temp files live in ``.fetch/tmp`` (same filesystem, so ``os.replace`` is atomic) so a
@@ -110,7 +111,7 @@ MANIFEST = "manifest.jsonl"
 RUNS_DIR = "runs"
 SMALL_BODY = 256 * 1024  # bodies up to this size are written in one go, with the sidecar
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_MS = 10_000  # how long a statement waits for another connection's lock
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
 _BATCH = 2_000
@@ -142,7 +143,7 @@ _SCHEMA = (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS copies (
     path TEXT PRIMARY KEY, url TEXT NOT NULL, etag TEXT, last_modified TEXT,
-    size INTEGER, sha256 TEXT, run TEXT, fetched_at TEXT
+    size INTEGER, sha256 TEXT, run TEXT, fetched_at TEXT, method TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run TEXT PRIMARY KEY, started_at TEXT, ended_at TEXT, state TEXT, exit_code INTEGER,
@@ -175,7 +176,8 @@ class Store(Protocol):
         """The relative path where ``request``'s body goes."""
 
     def prior(self, request: Request) -> PriorCopy | None:
-        """The good copy an earlier run stored for ``request``, if it still exists."""
+        """The copy an earlier run stored at ``request``'s path for the same method and
+        URL, if it still exists."""
 
     def finished(self, request: Request) -> bool:
         """True when the interrupted run being resumed finished ``request`` well."""
@@ -554,6 +556,8 @@ class DiskStore:
         return request_path(request)
 
     def prior(self, request: Request) -> PriorCopy | None:
+        # A copy counts only for the request that stored it: a POST's answer at a GET's
+        # path is no good copy of the GET (and a HEAD stores none).
         path = request_path(request)
         if path in self._ahead:  # looked up, its file seen, by look_ahead
             row = self._ahead.pop(path)
@@ -561,10 +565,13 @@ class DiskStore:
                 return None
         else:
             row = self.db.execute(
-                "SELECT etag, last_modified, size, sha256 FROM copies WHERE path = ?", (path,)
+                "SELECT etag, last_modified, size, sha256, url, method FROM copies WHERE path = ?",
+                (path,),
             ).fetchone()
             if row is None or not os.path.isfile(f"{self._root}/{path}"):
                 return None
+        if row[4] != request.safe_url or row[5] != request.method:
+            return None
         return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
 
     def look_ahead(self, requests: Sequence[Request]) -> None:
@@ -673,7 +680,7 @@ class DiskStore:
         db = self.db
         db.execute("BEGIN")  # one transaction: the pending notes and the copies' rows
         db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)", notes)
-        db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", copies)
+        db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", copies)
         db.execute("COMMIT")
         placed, failures = [], []
         for index, copy in staged:
@@ -765,7 +772,7 @@ class DiskStore:
                 write_atomic(self.root / meta_path(path), bytes(meta), self.temp_dir)
                 etag, last_modified = _validators(_sidecar_headers(bytes(meta)))
                 self.db.execute(
-                    "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         path,
                         record.get("url"),
@@ -775,6 +782,7 @@ class DiskStore:
                         sha256,
                         record.get("run"),
                         record.get("fetched_at"),
+                        record.get("method"),
                     ),
                 )
                 recovered.append(record)
@@ -837,8 +845,8 @@ class DiskStore:
             db.execute("BEGIN")  # a transaction a batch keeps the WAL small
             db.executemany(_LATEST_UPSERT, [latest_row(o, r) for o, r in batch])
             db.executemany(
-                "INSERT OR REPLACE INTO copies VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
-                [_copy_row(r) for _, r in batch if r.get("outcome") == "fetched" and r.get("path")],
+                "INSERT OR REPLACE INTO copies VALUES (?, ?, NULL, NULL, ?, ?, ?, ?, ?)",
+                [_copy_row(r) for _, r in batch if _stored_a_copy(r)],
             )
             db.execute("COMMIT")
         db.executemany(
@@ -900,7 +908,10 @@ class DiskStore:
 @functools.lru_cache(maxsize=4)
 def _copies_of(count: int) -> str:
     marks = ", ".join("?" * count)
-    return f"SELECT path, etag, last_modified, size, sha256 FROM copies WHERE path IN ({marks})"
+    return (
+        "SELECT path, etag, last_modified, size, sha256, url, method FROM copies "
+        f"WHERE path IN ({marks})"
+    )
 
 
 _LISTING_MAX = 20_000  # a folder with more entries is not listed: its files are looked up
@@ -937,9 +948,23 @@ def _batched(items: Iterable[_T], size: int) -> Iterator[tuple[_T, ...]]:
         yield batch
 
 
+def _stored_a_copy(record: dict[str, Any]) -> bool:
+    # A HEAD's record from before HEADs stored nothing names the path it emptied.
+    get = record.get
+    return get("outcome") == "fetched" and bool(get("path")) and get("method") != "HEAD"
+
+
 def _copy_row(record: dict[str, Any]) -> tuple[object, ...]:
     get = record.get
-    return (get("path"), get("url"), get("size"), get("sha256"), get("run"), get("fetched_at"))
+    return (
+        get("path"),
+        get("url"),
+        get("size"),
+        get("sha256"),
+        get("run"),
+        get("fetched_at"),
+        get("method"),
+    )
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -1193,6 +1218,7 @@ class _Staged:
             stored.sha256,
             self.run,
             self.response.started_at,
+            self.request.method,
         )
 
     def discard(self) -> None:
