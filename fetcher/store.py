@@ -294,7 +294,7 @@ def path_collisions(
     problems: list[Problem] = []
     total = 0
     for request in rows():
-        if request.invalid is not None:
+        if request.invalid is not None or request.method == "HEAD":
             continue
         path = request_path(request)
         first = collisions.confirm(path, request.line)
@@ -314,7 +314,8 @@ def path_collisions(
 
 def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
-    if request.invalid is None:  # each row once: request_path's cache would only churn
+    # A HEAD stores nothing. Each row once: request_path's cache would only churn.
+    if request.invalid is None and request.method != "HEAD":
         path = _redacted_path(request) if request.secrets else body_path(request.url, request.out)
         collisions.add(path)
 

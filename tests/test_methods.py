@@ -174,3 +174,18 @@ def test_skip_existing_keeps_a_post_answer_only_for_the_post(
     assert _validators(server) == [("POST", None, None)]
     assert again["outcome"] == "fetched"
     assert body.read_text() == "result 2 for q=1"
+
+
+def test_a_head_and_a_get_of_one_url_may_share_a_job(
+    workdir: Path, served: tuple[dict[str, int], Served]
+) -> None:
+    """A HEAD stores nothing, so it does not collide with the GET's path."""
+    _, server = served
+    job = workdir / "job.csv"
+    job.write_text(f"url,method\n{server.at('/page')},HEAD\n{server.at('/page')},GET\n")
+    result = run_fetch("run", job, "-o", "out", "-q", "-c", "1")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(r.method for r in server.requests) == ["GET", "HEAD"]
+    records = [record for _, record in read_manifest(workdir / "out/manifest.jsonl")]
+    assert {(r["method"], r["path"] is None) for r in records} == {("HEAD", True), ("GET", False)}
+    assert list(_stored(workdir / "out").values()).count(BODY) == 1
