@@ -56,6 +56,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sqlite3
 from array import array
 from bisect import bisect_left
@@ -96,6 +97,7 @@ __all__ = [
     "Store",
     "add_request",
     "latest_row",
+    "latest_upsert",
     "manifest_record",
     "path_collisions",
     "read_manifest",
@@ -130,14 +132,20 @@ LATEST_COLUMNS = (
     "elapsed_ms",
     "host",
     "depth",
+    "copy_status",
+    "copy_at",
 )
+# copy_status and copy_at: the status and time of the URL's latest fetch that stored a
+# body, kept through the records after it (a skip, a 304, a failure): what a skipped
+# row kept.
 LATEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS latest (
     url TEXT PRIMARY KEY, offset INTEGER, run TEXT, line INTEGER, outcome TEXT,
     status INTEGER, error TEXT, size INTEGER, path TEXT, elapsed_ms INTEGER, host TEXT,
-    depth INTEGER
+    depth INTEGER, copy_status INTEGER, copy_at TEXT
 ) WITHOUT ROWID;
 """
+_COPY_COLUMNS = frozenset({"copy_status", "copy_at"})
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -155,11 +163,25 @@ CREATE TABLE IF NOT EXISTS pending (
 """
     + LATEST_SCHEMA
 )
-_LATEST_UPSERT = (  # an update in place where the URL has a row: cheaper than a REPLACE
-    f"INSERT INTO latest ({', '.join(LATEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) ON CONFLICT (url) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in LATEST_COLUMNS[1:])
-)
+
+
+def latest_upsert(table: str = "latest") -> str:
+    """The statement that applies a ``latest_row`` to ``table``: an update in place
+    where the URL has a row (cheaper than a REPLACE), the stored copy's columns kept
+    when the record stored none."""
+    return (
+        f"INSERT INTO {table} ({', '.join(LATEST_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) ON CONFLICT (url) DO UPDATE SET "
+        + ", ".join(
+            f"{name} = coalesce(excluded.{name}, {table}.{name})"
+            if name in _COPY_COLUMNS
+            else f"{name} = excluded.{name}"
+            for name in LATEST_COLUMNS[1:]
+        )
+    )
+
+
+_LATEST_UPSERT = latest_upsert()
 
 # A skipped row changes less of its URL's row than a fetch does (its host is the same,
 # its status, error and time are none): an update of those columns costs about half.
@@ -510,6 +532,8 @@ class DiskStore:
                 "started_at": started_at,
                 "state": "running",
                 "resumed": self.resuming,
+                "pid": os.getpid(),  # fetch stats tells a crashed run from a running one
+                "host": socket.gethostname(),
                 "options": options,
             }
         )
@@ -1077,7 +1101,15 @@ def latest_row(offset: int, record: dict[str, Any]) -> tuple[object, ...]:
         get("elapsed_ms"),
         _host_of(url),
         get("depth"),
+        *_copy_columns(record),
     )
+
+
+def _copy_columns(record: dict[str, Any]) -> tuple[object, object]:
+    """``copy_status`` and ``copy_at`` of a record: set when it stored a body."""
+    if _stored_a_copy(record):
+        return record.get("status"), record.get("fetched_at")
+    return None, None
 
 
 def _skipped_row(offset: int, record: dict[str, Any]) -> tuple[object, ...] | None:
