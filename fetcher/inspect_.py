@@ -26,7 +26,6 @@ from fetcher.paths import meta_path
 from fetcher.store import (
     BUSY_MS,
     INDEX,
-    LATEST_COLUMNS,
     LATEST_SCHEMA,
     MANIFEST,
     RUNS_DIR,
@@ -49,7 +48,6 @@ __all__ = [
 ]
 
 PERCENTILES = (50, 90, 99)
-_COLUMNS = ", ".join(LATEST_COLUMNS)
 # What a row of ``entries`` says: a skipped row describes the copy it kept (its status,
 # when it was fetched); ``fetched_at`` is when the stored body was fetched.
 _ENTRY_COLUMNS = (
