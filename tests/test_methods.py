@@ -183,6 +183,8 @@ def test_a_head_and_a_get_of_one_url_may_share_a_job(
     _, server = served
     job = workdir / "job.csv"
     job.write_text(f"url,method\n{server.at('/page')},HEAD\n{server.at('/page')},GET\n")
+    dry = run_fetch("run", job, "-o", "out", "--dry-run").stdout
+    assert dry.count("    -> ") == 1  # where the GET's body goes; the HEAD stores nothing
     result = run_fetch("run", job, "-o", "out", "-q", "-c", "1")
     assert result.exit_code == 0, result.stderr
     assert sorted(r.method for r in server.requests) == ["GET", "HEAD"]
