@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +26,13 @@ from fetcher.paths import meta_path
 from fetcher.store import (
     BUSY_MS,
     INDEX,
-    LATEST_COLUMNS,
     LATEST_SCHEMA,
     MANIFEST,
     RUNS_DIR,
     SCHEMA_VERSION,
     STATE_DIR,
     latest_row,
+    latest_upsert,
     read_manifest,
     read_runs,
 )
@@ -46,7 +48,14 @@ __all__ = [
 ]
 
 PERCENTILES = (50, 90, 99)
-_COLUMNS = ", ".join(LATEST_COLUMNS)
+# What a row of ``entries`` says: a skipped row describes the copy it kept (its status,
+# when it was fetched); ``fetched_at`` is when the stored body was fetched.
+_ENTRY_COLUMNS = (
+    "url, offset, run, line, outcome, "
+    "CASE WHEN outcome = 'skipped' AND path IS NOT NULL THEN copy_status ELSE status END "
+    "AS status, error, size, path, elapsed_ms, host, depth, "
+    "CASE WHEN outcome != 'failed' AND path IS NOT NULL THEN copy_at END AS fetched_at"
+)
 _BATCH = 10_000
 
 
@@ -64,6 +73,7 @@ class Entry:
     run: str | None
     elapsed_ms: int | None
     depth: int | None = None
+    fetched_at: str | None = None  # when the stored body was fetched (a skip kept it)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -77,6 +87,7 @@ class Entry:
             "run": self.run,
             "elapsed_ms": self.elapsed_ms,
             "depth": self.depth,
+            "fetched_at": self.fetched_at,
         }
 
 
@@ -143,17 +154,20 @@ class OutputDir:
             db.execute(LATEST_SCHEMA.replace(" latest ", " tail "))
             for batch in _batched(read_manifest(self.manifest, start=start)):
                 db.executemany(
-                    f"INSERT OR REPLACE INTO tail ({_COLUMNS}) VALUES "
-                    f"({', '.join('?' * len(LATEST_COLUMNS))})",
-                    [latest_row(offset, record) for offset, record in batch],
+                    latest_upsert("tail"), [latest_row(offset, record) for offset, record in batch]
                 )
-            source = "SELECT * FROM tail"
+            source = f"SELECT {_ENTRY_COLUMNS} FROM tail"
             if self.indexed and db.execute("SELECT 1 FROM tail LIMIT 1").fetchone() is None:
-                source = f"SELECT {_COLUMNS} FROM idx.latest"  # in URL order: no sort
+                source = f"SELECT {_ENTRY_COLUMNS} FROM idx.latest"  # in URL order: no sort
             elif self.indexed:
+                db.execute(  # the copies that records before the tail stored
+                    "UPDATE tail SET (copy_status, copy_at) = (SELECT copy_status, copy_at "
+                    "FROM idx.latest AS l WHERE l.url = tail.url) WHERE copy_status IS NULL"
+                )
                 source = (
-                    f"SELECT {_COLUMNS} FROM idx.latest WHERE url NOT IN (SELECT url FROM tail) "
-                    f"UNION ALL SELECT {_COLUMNS} FROM tail"
+                    f"SELECT {_ENTRY_COLUMNS} FROM idx.latest "
+                    "WHERE url NOT IN (SELECT url FROM tail) "
+                    f"UNION ALL SELECT {_ENTRY_COLUMNS} FROM tail"
                 )
             db.execute(f"CREATE TEMP VIEW entries AS {source}")
         except sqlite3.Error as exc:
@@ -220,8 +234,8 @@ class OutputDir:
         or-ed."""
         where, args = _filters(failed, statuses, depth)
         cursor = self.db.execute(
-            "SELECT url, outcome, status, error, size, path, line, run, elapsed_ms, depth "
-            f"FROM entries{where} ORDER BY url",
+            "SELECT url, outcome, status, error, size, path, line, run, elapsed_ms, depth, "
+            f"fetched_at FROM entries{where} ORDER BY url",
             args,
         )
         for row in cursor:
@@ -236,6 +250,7 @@ class OutputDir:
                 run=row[7],
                 elapsed_ms=row[8],
                 depth=row[9],
+                fetched_at=row[10],
             )
 
     def widths(
@@ -316,13 +331,40 @@ class OutputDir:
         return stats
 
     def last_run(self) -> dict[str, Any] | None:
-        """The record of the latest run (``runs/<run>.json``), options left out."""
+        """The record of the latest run (``runs/<run>.json``), options left out; its
+        state is ``crashed`` when it says ``running`` but its process is gone."""
         runs = read_runs(self.root / RUNS_DIR)
         if not runs:
             return None
         last = dict(runs[-1])
         last.pop("options", None)
+        if last.get("state") == "running" and self._gone(last):
+            last["state"] = "crashed"
         return last
+
+    def _gone(self, run: dict[str, Any]) -> bool:
+        """True when the process of a run recorded as running is known to be gone: the
+        lock has been taken by another process since (only one can hold it), or the run
+        was on this host and its pid is dead. Neither test takes the lock: a run
+        starting now must not find it held by a reader."""
+        pid = run.get("pid")
+        if not isinstance(pid, int):
+            return False  # a record from before runs noted their pid: cannot tell
+        try:
+            holder = int((self.root / STATE_DIR / "lock").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            holder = None
+        if holder is not None and holder != pid:
+            return True
+        if run.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
 
 
 def _batched(items: Iterable[Any]) -> Iterator[list[Any]]:
@@ -456,23 +498,7 @@ def stats_lines(root: Path, stats: Stats) -> list[str]:
 
 def show_lines(record: dict[str, Any], meta: dict[str, Any] | None) -> list[str]:
     """``fetch show``: the record, then the request and response of the stored copy."""
-    error = record.get("error")
-    facts: list[tuple[str, object]] = [
-        ("url", record.get("url")),
-        ("outcome", record.get("outcome")),
-        ("status", _status(record, meta)),
-        ("error", f"{error.get('kind')}: {error.get('message')}" if error else None),
-        ("path", record.get("path")),
-        ("sidecar", record.get("meta")),
-        ("size", record.get("size")),
-        ("sha256", record.get("sha256")),
-        ("final url", record.get("final_url")),
-        ("attempts", record.get("attempts")),
-        ("elapsed", f"{record.get('elapsed_ms')} ms"),
-        ("fetched at", record.get("fetched_at")),
-        ("run", record.get("run")),
-        ("line", record.get("line")),
-    ]
+    facts = _facts(record, meta)
     if "depth" in record:
         facts += [("depth", record.get("depth")), ("parent", record.get("parent"))]
     shown = [(name, value) for name, value in facts if value is not None]
@@ -492,6 +518,45 @@ def show_lines(record: dict[str, Any], meta: dict[str, Any] | None) -> list[str]
     lines += ["", f"response  {meta.get('status')} {meta.get('reason') or ''}".rstrip()]
     lines += [f"  {name}: {value}" for name, value in meta.get("headers") or []]
     return lines
+
+
+def _facts(record: dict[str, Any], meta: dict[str, Any] | None) -> list[tuple[str, object]]:
+    """The record's facts; a skip's are those of the fetch that stored the copy it kept
+    (from that copy's sidecar), with when the skip happened."""
+    if record.get("outcome") == "skipped" and meta and meta.get("sha256") == record.get("sha256"):
+        timings = meta.get("timings") or {}
+        return [
+            ("url", record.get("url")),
+            ("outcome", "skipped: the stored copy was kept, nothing was sent"),
+            ("status", _status(meta, meta)),
+            ("path", record.get("path")),
+            ("sidecar", record.get("meta")),
+            ("size", record.get("size")),
+            ("sha256", record.get("sha256")),
+            ("final url", meta.get("final_url")),
+            ("attempts", meta.get("attempts")),
+            ("elapsed", f"{timings.get('elapsed_ms')} ms"),
+            ("fetched at", f"{timings.get('started_at')} (run {meta.get('run')})"),
+            ("skipped at", f"{record.get('fetched_at')} (run {record.get('run')})"),
+            ("line", record.get("line")),
+        ]
+    error = record.get("error")
+    return [
+        ("url", record.get("url")),
+        ("outcome", record.get("outcome")),
+        ("status", _status(record, meta)),
+        ("error", f"{error.get('kind')}: {error.get('message')}" if error else None),
+        ("path", record.get("path")),
+        ("sidecar", record.get("meta")),
+        ("size", record.get("size")),
+        ("sha256", record.get("sha256")),
+        ("final url", record.get("final_url")),
+        ("attempts", record.get("attempts")),
+        ("elapsed", f"{record.get('elapsed_ms')} ms"),
+        ("fetched at", record.get("fetched_at")),
+        ("run", record.get("run")),
+        ("line", record.get("line")),
+    ]
 
 
 def _status(record: dict[str, Any], meta: dict[str, Any] | None) -> object:

@@ -369,8 +369,13 @@ def host_key(url: str | URL) -> str:
     return f"{parsed.host}:{parsed.port}"
 
 
-def _conditional(prior: PriorCopy | None, config: FetchConfig) -> list[tuple[str, str]]:
-    if prior is None or config.force:
+def _conditional(
+    request: Request, prior: PriorCopy | None, config: FetchConfig
+) -> list[tuple[str, str]]:
+    """The validators of the copy a GET refreshes; none for another method, whose answer
+    is no good copy (a server that follows RFC 9110 answers a POST's ``If-None-Match``
+    with 412)."""
+    if prior is None or config.force or request.method != "GET":
         return []
     headers = []
     if prior.etag:
@@ -393,12 +398,12 @@ async def _attempt(
     started = time.monotonic()
     started_at = now_iso()
     hops: list[Hop] = []
-    async with _final_response(
-        session, request, limits, config, hops, _conditional(prior, config)
-    ) as resp:
+    conditional = _conditional(request, prior, config)
+    kept = prior if conditional else None  # a 304 keeps a copy only when it was asked
+    async with _final_response(session, request, limits, config, hops, conditional) as resp:
         ttfb = _ms(started)
         return await _finish(
-            resp, request, config, sink, prior, hops, attempt, started, started_at, ttfb
+            resp, request, config, sink, kept, hops, attempt, started, started_at, ttfb
         )
 
 
@@ -536,6 +541,10 @@ async def _finish(
             retry=status in RETRY_STATUSES,
             status=status,
             retry_after=retry_after,
+        )
+    if request.method == "HEAD":  # no body: nothing stored, and no copy replaced
+        return _Fetched(
+            response=_response(resp, request, hops, attempt, started_at, ttfb, _ms(started))
         )
     # The length the body must have: none for a HEAD or a 204 (the header describes a
     # body not sent), none for an encoded body (it counts encoded bytes, we read decoded).

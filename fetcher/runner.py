@@ -101,7 +101,7 @@ def dry_run(job: Job, config: FetchConfig, *, out: TextIO) -> int:
         if request.invalid is not None:
             out.write(f"line {request.line}: INVALID ({request.invalid}), recorded as failed\n")
             continue
-        path = f"    -> {root / store.path_for(request)}"
+        path = None if request.method == "HEAD" else f"    -> {root / store.path_for(request)}"
         out.write(
             _described(request, f"line {request.line}: {request.method} {request.safe_url}", path)
         )

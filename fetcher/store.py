@@ -6,9 +6,10 @@ Layout of an output directory::
     runs/<run>.json         one record per run
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
     .fetch/lock             held (flock) by the run writing here; holds its pid
-    .fetch/index.sqlite     a cache of the above: good copies, the latest record of each
-                            URL, the runs (where each starts in the manifest, for
-                            --resume); rebuilt from them when lost
+    .fetch/index.sqlite     a cache of the above: the copies (which method and URL
+                            stored each body), the latest record of each URL, the runs
+                            (where each starts in the manifest, for --resume); rebuilt
+                            from them when lost
     .fetch/tmp/             temp files; a body reaches its final path only by rename
 
 Temp files live in ``.fetch/tmp`` (same filesystem, so ``os.replace`` is atomic) so a
@@ -55,6 +56,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sqlite3
 from array import array
 from bisect import bisect_left
@@ -95,6 +97,7 @@ __all__ = [
     "Store",
     "add_request",
     "latest_row",
+    "latest_upsert",
     "manifest_record",
     "path_collisions",
     "read_manifest",
@@ -110,7 +113,7 @@ MANIFEST = "manifest.jsonl"
 RUNS_DIR = "runs"
 SMALL_BODY = 256 * 1024  # bodies up to this size are written in one go, with the sidecar
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_MS = 10_000  # how long a statement waits for another connection's lock
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
 _BATCH = 2_000
@@ -129,20 +132,26 @@ LATEST_COLUMNS = (
     "elapsed_ms",
     "host",
     "depth",
+    "copy_status",
+    "copy_at",
 )
+# copy_status and copy_at: the status and time of the URL's latest fetch that stored a
+# body, kept through the records after it (a skip, a 304, a failure): what a skipped
+# row kept.
 LATEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS latest (
     url TEXT PRIMARY KEY, offset INTEGER, run TEXT, line INTEGER, outcome TEXT,
     status INTEGER, error TEXT, size INTEGER, path TEXT, elapsed_ms INTEGER, host TEXT,
-    depth INTEGER
+    depth INTEGER, copy_status INTEGER, copy_at TEXT
 ) WITHOUT ROWID;
 """
+_COPY_COLUMNS = frozenset({"copy_status", "copy_at"})
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS copies (
     path TEXT PRIMARY KEY, url TEXT NOT NULL, etag TEXT, last_modified TEXT,
-    size INTEGER, sha256 TEXT, run TEXT, fetched_at TEXT
+    size INTEGER, sha256 TEXT, run TEXT, fetched_at TEXT, method TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run TEXT PRIMARY KEY, started_at TEXT, ended_at TEXT, state TEXT, exit_code INTEGER,
@@ -154,11 +163,25 @@ CREATE TABLE IF NOT EXISTS pending (
 """
     + LATEST_SCHEMA
 )
-_LATEST_UPSERT = (  # an update in place where the URL has a row: cheaper than a REPLACE
-    f"INSERT INTO latest ({', '.join(LATEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) ON CONFLICT (url) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in LATEST_COLUMNS[1:])
-)
+
+
+def latest_upsert(table: str = "latest") -> str:
+    """The statement that applies a ``latest_row`` to ``table``: an update in place
+    where the URL has a row (cheaper than a REPLACE), the stored copy's columns kept
+    when the record stored none."""
+    return (
+        f"INSERT INTO {table} ({', '.join(LATEST_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) ON CONFLICT (url) DO UPDATE SET "
+        + ", ".join(
+            f"{name} = coalesce(excluded.{name}, {table}.{name})"
+            if name in _COPY_COLUMNS
+            else f"{name} = excluded.{name}"
+            for name in LATEST_COLUMNS[1:]
+        )
+    )
+
+
+_LATEST_UPSERT = latest_upsert()
 
 # A skipped row changes less of its URL's row than a fetch does (its host is the same,
 # its status, error and time are none): an update of those columns costs about half.
@@ -175,7 +198,8 @@ class Store(Protocol):
         """The relative path where ``request``'s body goes."""
 
     def prior(self, request: Request) -> PriorCopy | None:
-        """The good copy an earlier run stored for ``request``, if it still exists."""
+        """The copy an earlier run stored at ``request``'s path for the same method and
+        URL, if it still exists."""
 
     def finished(self, request: Request) -> bool:
         """True when the interrupted run being resumed finished ``request`` well."""
@@ -292,7 +316,7 @@ def path_collisions(
     problems: list[Problem] = []
     total = 0
     for request in rows():
-        if request.invalid is not None:
+        if request.invalid is not None or request.method == "HEAD":
             continue
         path = request_path(request)
         first = collisions.confirm(path, request.line)
@@ -312,7 +336,8 @@ def path_collisions(
 
 def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
-    if request.invalid is None:  # each row once: request_path's cache would only churn
+    # A HEAD stores nothing. Each row once: request_path's cache would only churn.
+    if request.invalid is None and request.method != "HEAD":
         path = _redacted_path(request) if request.secrets else body_path(request.url, request.out)
         collisions.add(path)
 
@@ -507,6 +532,8 @@ class DiskStore:
                 "started_at": started_at,
                 "state": "running",
                 "resumed": self.resuming,
+                "pid": os.getpid(),  # fetch stats tells a crashed run from a running one
+                "host": socket.gethostname(),
                 "options": options,
             }
         )
@@ -554,6 +581,8 @@ class DiskStore:
         return request_path(request)
 
     def prior(self, request: Request) -> PriorCopy | None:
+        # A copy counts only for the request that stored it: a POST's answer at a GET's
+        # path is no good copy of the GET (and a HEAD stores none).
         path = request_path(request)
         if path in self._ahead:  # looked up, its file seen, by look_ahead
             row = self._ahead.pop(path)
@@ -561,10 +590,13 @@ class DiskStore:
                 return None
         else:
             row = self.db.execute(
-                "SELECT etag, last_modified, size, sha256 FROM copies WHERE path = ?", (path,)
+                "SELECT etag, last_modified, size, sha256, url, method FROM copies WHERE path = ?",
+                (path,),
             ).fetchone()
             if row is None or not os.path.isfile(f"{self._root}/{path}"):
                 return None
+        if row[4] != request.safe_url or row[5] != request.method:
+            return None
         return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
 
     def look_ahead(self, requests: Sequence[Request]) -> None:
@@ -673,7 +705,7 @@ class DiskStore:
         db = self.db
         db.execute("BEGIN")  # one transaction: the pending notes and the copies' rows
         db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)", notes)
-        db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", copies)
+        db.executemany("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", copies)
         db.execute("COMMIT")
         placed, failures = [], []
         for index, copy in staged:
@@ -765,7 +797,7 @@ class DiskStore:
                 write_atomic(self.root / meta_path(path), bytes(meta), self.temp_dir)
                 etag, last_modified = _validators(_sidecar_headers(bytes(meta)))
                 self.db.execute(
-                    "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         path,
                         record.get("url"),
@@ -775,6 +807,7 @@ class DiskStore:
                         sha256,
                         record.get("run"),
                         record.get("fetched_at"),
+                        record.get("method"),
                     ),
                 )
                 recovered.append(record)
@@ -837,8 +870,8 @@ class DiskStore:
             db.execute("BEGIN")  # a transaction a batch keeps the WAL small
             db.executemany(_LATEST_UPSERT, [latest_row(o, r) for o, r in batch])
             db.executemany(
-                "INSERT OR REPLACE INTO copies VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
-                [_copy_row(r) for _, r in batch if r.get("outcome") == "fetched" and r.get("path")],
+                "INSERT OR REPLACE INTO copies VALUES (?, ?, NULL, NULL, ?, ?, ?, ?, ?)",
+                [_copy_row(r) for _, r in batch if _stored_a_copy(r)],
             )
             db.execute("COMMIT")
         db.executemany(
@@ -900,7 +933,10 @@ class DiskStore:
 @functools.lru_cache(maxsize=4)
 def _copies_of(count: int) -> str:
     marks = ", ".join("?" * count)
-    return f"SELECT path, etag, last_modified, size, sha256 FROM copies WHERE path IN ({marks})"
+    return (
+        "SELECT path, etag, last_modified, size, sha256, url, method FROM copies "
+        f"WHERE path IN ({marks})"
+    )
 
 
 _LISTING_MAX = 20_000  # a folder with more entries is not listed: its files are looked up
@@ -937,9 +973,23 @@ def _batched(items: Iterable[_T], size: int) -> Iterator[tuple[_T, ...]]:
         yield batch
 
 
+def _stored_a_copy(record: dict[str, Any]) -> bool:
+    # A HEAD's record from before HEADs stored nothing names the path it emptied.
+    get = record.get
+    return get("outcome") == "fetched" and bool(get("path")) and get("method") != "HEAD"
+
+
 def _copy_row(record: dict[str, Any]) -> tuple[object, ...]:
     get = record.get
-    return (get("path"), get("url"), get("size"), get("sha256"), get("run"), get("fetched_at"))
+    return (
+        get("path"),
+        get("url"),
+        get("size"),
+        get("sha256"),
+        get("run"),
+        get("fetched_at"),
+        get("method"),
+    )
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -1051,7 +1101,15 @@ def latest_row(offset: int, record: dict[str, Any]) -> tuple[object, ...]:
         get("elapsed_ms"),
         _host_of(url),
         get("depth"),
+        *_copy_columns(record),
     )
+
+
+def _copy_columns(record: dict[str, Any]) -> tuple[object, object]:
+    """``copy_status`` and ``copy_at`` of a record: set when it stored a body."""
+    if _stored_a_copy(record):
+        return record.get("status"), record.get("fetched_at")
+    return None, None
 
 
 def _skipped_row(offset: int, record: dict[str, Any]) -> tuple[object, ...] | None:
@@ -1193,6 +1251,7 @@ class _Staged:
             stored.sha256,
             self.run,
             self.response.started_at,
+            self.request.method,
         )
 
     def discard(self) -> None:

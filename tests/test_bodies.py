@@ -219,7 +219,12 @@ def test_head_and_no_content_responses_succeed_without_a_body(workdir: Path) -> 
         methods = [r.method for r in server.requests]
     assert result.exit_code == 0, manifest(workdir / "out")
     head_record, none_record = manifest(workdir / "out")
-    assert (head_record["status"], head_record["size"], head_record["attempts"]) == (200, 0, 1)
+    assert (head_record["status"], head_record["size"], head_record["attempts"]) == (200, None, 1)
+    assert (head_record["outcome"], head_record["path"], head_record["meta"]) == (
+        "fetched",
+        None,
+        None,
+    )
     assert (none_record["status"], none_record["size"]) == (204, 0)
     assert methods == ["HEAD", "GET"]
 

@@ -60,6 +60,22 @@ def latest_by_url(out: Path) -> dict[str, dict[str, object]]:
     return latest
 
 
+def shown_status(out: Path, record: dict[str, object]) -> object:
+    """The status ls and stats give a record: a skip's is that of the copy it kept."""
+    if record["outcome"] != "skipped":
+        return record["status"]
+    return kept_by_url(out)[str(record["url"])]["status"]
+
+
+def kept_by_url(out: Path) -> dict[str, dict[str, object]]:
+    """The latest record of each URL that stored a body."""
+    kept: dict[str, dict[str, object]] = {}
+    for _, record in read_manifest(out / "manifest.jsonl"):
+        if record["outcome"] == "fetched" and record["path"]:
+            kept[str(record["url"])] = record
+    return kept
+
+
 def ls_json(out: Path, *args: str) -> list[dict[str, object]]:
     result = run_fetch("ls", out, "--json", *args)
     assert result.exit_code == 0, result.stderr
@@ -73,8 +89,11 @@ def test_ls_lists_the_latest_outcome_of_each_url(output: tuple[Path, str]) -> No
     assert [entry["url"] for entry in listed] == sorted(latest)
     for entry in listed:
         record = latest[str(entry["url"])]
-        for key in ("outcome", "status", "size", "path", "line", "run", "elapsed_ms"):
+        for key in ("outcome", "size", "path", "line", "run", "elapsed_ms"):
             assert entry[key] == record[key], key
+        assert entry["status"] == shown_status(out, record)
+        kept = kept_by_url(out)[str(entry["url"])]
+        assert entry["fetched_at"] == (kept["fetched_at"] if record["ok"] else None)
     outcomes = Counter(str(entry["outcome"]) for entry in listed)
     assert outcomes == {"fetched": 8, "skipped": 3, "failed": 4}
     failed = ls_json(out, "--failed")
@@ -151,7 +170,9 @@ def expected_stats(out: Path) -> dict[str, object]:
         "urls": len(latest),
         "outcomes": dict(Counter(str(r["outcome"]) for r in latest)),
         "statuses": dict(
-            Counter(f"{int(str(r['status'])) // 100}xx" for r in latest if r["status"])
+            Counter(
+                f"{int(str(shown_status(out, r))) // 100}xx" for r in latest if shown_status(out, r)
+            )
         ),
         "errors": dict(Counter(r["error"]["kind"] for r in latest if r["error"])),  # type: ignore[index]
         "bytes": sum(int(str(r["size"])) for r in latest if r["ok"] and r["path"]),
