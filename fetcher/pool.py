@@ -26,8 +26,9 @@ from aiohttp.typedefs import RawHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
+from fetcher.codings import ACCEPT_ENCODING, Decoder, decoder
 from fetcher.config import FetchConfig
-from fetcher.errors import PathConflict, StoreError
+from fetcher.errors import DecodeError, PathConflict, StoreError
 from fetcher.models import (
     BodySink,
     ErrorKind,
@@ -394,7 +395,7 @@ async def _attempt(
     started_at = now_iso()
     hops: list[Hop] = []
     async with _final_response(
-        session, request, limits, config, hops, _conditional(prior, config)
+        session, request, limits, config, hops, _conditional(prior, config), raw=True
     ) as resp:
         ttfb = _ms(started)
         return await _finish(
@@ -410,9 +411,15 @@ async def _final_response(
     config: FetchConfig,
     hops: list[Hop],
     conditional: Sequence[tuple[str, str]] = (),
+    *,
+    raw: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send ``request`` and follow its redirects by hand, each hop in its host's slot,
     recording each in ``hops``; yield the final response.
+
+    ``raw``: the final body comes as the server sent it, its content codings on (the
+    caller decodes it with ``codings.decoder``); the request offers the codings that
+    ``codings`` decodes. Otherwise aiohttp decodes the one coding it knows.
 
     ``--timeout`` bounds the whole chain, the final body included: each hop gets what the
     hops before it left. Secret headers and validators do not follow a redirect to
@@ -421,6 +428,8 @@ async def _final_response(
     method, url, resend = request.method, URL(request.url, encoded=False), True
     headers = CIMultiDict(request.headers)
     headers.extend(conditional)
+    if raw:
+        headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
     first = url
     seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
     left = config.timeout
@@ -437,6 +446,7 @@ async def _final_response(
                     data=_payload(request) if resend else None,
                     allow_redirects=False,
                     timeout=_client_timeout(left),
+                    auto_decompress=not raw,
                 ) as resp:
                     location = None
                     if resp.status in REDIRECT_STATUSES:
@@ -544,10 +554,18 @@ async def _finish(
         expected = None
     if config.max_size is not None and (expected or 0) > config.max_size:
         raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
+    chunks = _chunks(resp.content)
+    if resp.method != "HEAD" and status != 204:
+        try:
+            layers = decoder(resp.headers.getall("Content-Encoding", ()))
+        except DecodeError as exc:
+            raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=status) from exc
+        if layers is not None:
+            chunks = _decoded(chunks, layers)
     body = sink()
     try:
         size = 0
-        async for chunk in _chunks(resp.content):
+        async for chunk in chunks:
             size += len(chunk)
             if config.max_size is not None and size > config.max_size:
                 raise _Attempt(
@@ -572,6 +590,9 @@ async def _finish(
     except PathConflict as exc:
         body.discard()
         raise _Attempt(ErrorKind.INVALID, str(exc), retry=False, status=status) from exc
+    except DecodeError as exc:  # the same bytes would come again: no retry
+        body.discard()
+        raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=status) from exc
     except BaseException:
         body.discard()
         raise
@@ -590,6 +611,14 @@ async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             yield chunk
         elif content.at_eof():  # not at a chunked body's empty chunk end
             return
+
+
+async def _decoded(chunks: AsyncIterator[bytes], layers: Decoder) -> AsyncIterator[bytes]:
+    """The body's chunks with its content codings undone; raises ``DecodeError``."""
+    async for chunk in chunks:
+        for piece in layers.feed(chunk):
+            yield piece
+    layers.finish()
 
 
 def _response(
@@ -638,8 +667,8 @@ async def send_setup(
     """Send one ``[[setup]]`` request, redirects followed as a row's are (secrets stay
     with the origin); return ``(status, reason)``, or ``(0, why)`` when none came."""
     try:
-        async with _final_response(session, request, limits, config, []) as resp:
-            await resp.read()  # a login page: small, and read for its cookies' sake
+        async with _final_response(session, request, limits, config, [], raw=True) as resp:
+            await resp.read()  # a login page, read as sent: only its cookies matter
             return resp.status, resp.reason or ""
     except _Attempt as failure:
         return 0, f"{failure.kind}: {failure.message}"
