@@ -463,7 +463,7 @@ async def _final_response(
                             location=request.redact(location),
                         )
                     )
-                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                    if _becomes_get(resp.status, method):
                         method, resend = "GET", False  # the body (or form) stays behind
                     url = target
             except _Attempt as failure:
@@ -478,6 +478,14 @@ async def _final_response(
                 headers.popall(name, None)
             headers.popall("If-None-Match", None)
             headers.popall("If-Modified-Since", None)
+
+
+def _becomes_get(status: int, method: str) -> bool:
+    """Whether a redirect turns the request into a GET: a 303 does (a HEAD stays a HEAD,
+    as RFC 9110 allows and curl does), a 301 or 302 only a POST (as browsers and curl)."""
+    if status == 303:
+        return method != "HEAD"
+    return status in (301, 302) and method == "POST"
 
 
 def _payload(request: Request) -> object:
