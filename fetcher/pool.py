@@ -30,6 +30,7 @@ from fetcher.codings import ACCEPT_ENCODING, Decoder, decoder
 from fetcher.config import FetchConfig
 from fetcher.errors import DecodeError, PathConflict, StoreError
 from fetcher.models import (
+    REDACTED,
     BodySink,
     ErrorKind,
     Failure,
@@ -58,6 +59,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 RETRY_AFTER_CAP = 300.0
+REDACTED_BYTES = REDACTED.encode("ascii")
 
 
 _SECOND: list[object] = [None, ""]  # the last whole second formatted, and its text
@@ -374,11 +376,23 @@ def _conditional(prior: PriorCopy | None, config: FetchConfig) -> list[tuple[str
     if prior is None or config.force:
         return []
     headers = []
-    if prior.etag:
-        headers.append(("If-None-Match", prior.etag))
-    if prior.last_modified:
-        headers.append(("If-Modified-Since", prior.last_modified))
+    if prior.etag and (etag := _as_sent(prior.etag)):
+        headers.append(("If-None-Match", etag))
+    if prior.last_modified and (last_modified := _as_sent(prior.last_modified)):
+        headers.append(("If-Modified-Since", last_modified))
     return headers
+
+
+def _as_sent(stored: str) -> str | None:
+    """A stored header value (its bytes, one character each) as aiohttp must be given it
+    to send those bytes: it writes header values as UTF-8, so it cannot send bytes that
+    are not UTF-8 (None: better no validator than one the server never gave)."""
+    if stored.isascii():
+        return stored
+    try:
+        return stored.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 async def _attempt(
@@ -653,13 +667,22 @@ def _response(
 
 def _headers(request: Request, raw: RawHeaders) -> tuple[tuple[str, str], ...]:
     """The response's headers, all, in order; a server may echo a secret back, so they
-    are stored redacted."""
+    are stored redacted.
+
+    Each byte is one character (latin-1, what HTTP/1.1 carries): the only decoding that
+    gives every value's bytes back (``value.encode("latin-1")``). Decoding UTF-8 where it
+    is valid would not: ``é`` could then be the bytes C3 A9 or E9.
+    """
     if request.secrets:
-        return tuple(
-            (k.decode("utf-8", "replace"), request.redact(v.decode("utf-8", "replace")))
-            for k, v in raw
-        )
-    return tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in raw)
+        return tuple((k.decode("latin-1"), _redacted(request, v)) for k, v in raw)
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+
+
+def _redacted(request: Request, value: bytes) -> str:
+    # A secret echoed back comes as the UTF-8 it was sent as: look for those bytes.
+    for secret in sorted(request.secrets, key=len, reverse=True):
+        value = value.replace(secret.encode("utf-8"), REDACTED_BYTES)
+    return value.decode("latin-1")
 
 
 def _too_large(limit: int) -> str:
