@@ -576,14 +576,7 @@ async def _finish(
         expected = None
     if config.max_size is not None and (expected or 0) > config.max_size:
         raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
-    chunks = _chunks(resp.content)
-    if resp.method != "HEAD" and status != 204:
-        try:
-            layers = decoder(resp.headers.getall("Content-Encoding", ()))
-        except DecodeError as exc:
-            raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=status) from exc
-        if layers is not None:
-            chunks = _decoded(chunks, layers)
+    chunks = _body(resp)
     body = sink()
     try:
         size = 0
@@ -623,6 +616,18 @@ async def _finish(
     return _Fetched(
         response=final, path=stored.path, meta=stored.meta, size=size, sha256=stored.sha256
     )
+
+
+def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The final response's body as stored: its content codings undone, when it has one."""
+    if resp.method == "HEAD" or resp.status == 204:  # no body, whatever the headers say
+        return _chunks(resp.content)
+    try:
+        layers = decoder(resp.headers.getall("Content-Encoding", ()))
+    except DecodeError as exc:
+        raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=resp.status) from exc
+    chunks = _chunks(resp.content)
+    return chunks if layers is None else _decoded(chunks, layers)
 
 
 async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
