@@ -95,6 +95,41 @@ async def test_every_listed_coding_is_removed(
     assert sent == codings  # the sidecar keeps what the server said
 
 
+@pytest.mark.parametrize(
+    ("coding", "encode"),
+    [
+        ("gzip, gzip", lambda b: gzip.compress(gzip.compress(b))),
+        ("deflate", _raw_deflate),
+        ("deflate", zlib.compress),
+        ("br", _brotli),
+    ],
+    ids=["gzip-gzip", "raw-deflate", "deflate", "br"],
+)
+async def test_a_coded_body_dripped_a_few_bytes_at_a_time_decodes_whole(
+    aiohttp_server, tmp_path: Path, coding: str, encode
+) -> None:
+    """Every stream's state carries over from chunk to chunk: headers cut in two, the
+    first byte of a deflate stream alone, a layer's piece split across chunks."""
+    text = TEXT[:50_000]
+    packed = encode(text)
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Encoding": coding})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(packed), 3):
+            await response.write(packed[start : start + 3])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/body", drip)
+    summary, out = await _fetch(aiohttp_server, tmp_path, app)
+    (record,) = manifest(out)
+    assert summary.exit_code == 0, record
+    assert (out / record["path"]).read_bytes() == text
+
+
 async def test_the_request_offers_the_codings_fetch_decodes(aiohttp_server, tmp_path: Path) -> None:
     app, arrivals = _served(b"plain")
     summary, _ = await _fetch(aiohttp_server, tmp_path, app)
