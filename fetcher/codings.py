@@ -24,7 +24,7 @@ from fetcher.errors import DecodeError
 
 __all__ = ["ACCEPT_ENCODING", "MAX_CODINGS", "PIECE", "Decoder", "decoder"]
 
-PIECE = 1 << 18  # decoded bytes made at once, at most (brotli may overshoot it twice)
+PIECE = 1 << 18  # decoded bytes made at once, at most (a brotli piece may reach twice that)
 MAX_CODINGS = 5
 
 try:  # the Brotli package (the speed and test extras); 1.2 bounds its output
