@@ -9,6 +9,7 @@ The library behind the ``fetch`` command::
 from fetcher._version import __version__
 from fetcher.config import FetchConfig, parse_duration, parse_size
 from fetcher.errors import (
+    DecodeError,
     FetcherError,
     Interrupted,
     JobError,
@@ -34,6 +35,7 @@ from fetcher.runner import check_job, dry_run, run_batch
 from fetcher.templates import Template, compile_template
 
 __all__ = [
+    "DecodeError",
     "ErrorKind",
     "Failure",
     "FetchConfig",

@@ -11,6 +11,7 @@ code that ``fetch`` ends with when it escapes a command::
     ├── SetupError               exit 1   a [[setup]] request failed; no row was sent
     ├── StoreError               exit 1   the output directory cannot be written or read
     │   └── PathConflict         (a row)  a body's path is taken by a directory or a file
+    ├── DecodeError              (a row)  a body does not decode from its content codings
     └── Interrupted              exit 130 / 143   SIGINT / SIGTERM stopped the run
 
 A URL that fails is not an exception: the engine returns it as an ``Outcome`` whose
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from fetcher.models import Problem
 
 __all__ = [
+    "DecodeError",
     "FetcherError",
     "Interrupted",
     "JobError",
@@ -96,6 +98,12 @@ class StoreError(FetcherError):
 class PathConflict(StoreError):
     """A body's path cannot be used: a directory is in the way, or a file is where a
     directory must be. It fails one row (kind ``invalid``), never the run."""
+
+
+class DecodeError(FetcherError):
+    """A body cannot be decoded: a coding fetch does not know, or a stream that is cut
+    short or is not what its coding says. It fails one row (kind ``decode``), never the
+    run."""
 
 
 class Interrupted(FetcherError):

@@ -50,6 +50,7 @@ class ErrorKind(StrEnum):
     INVALID = "invalid"
     TLS = "tls"
     INTERRUPTED = "interrupted"
+    DECODE = "decode"  # the body does not decode from its Content-Encoding: not retried
 
 
 class OutcomeKind(StrEnum):

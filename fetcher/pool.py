@@ -26,9 +26,11 @@ from aiohttp.typedefs import RawHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
+from fetcher.codings import ACCEPT_ENCODING, Decoder, decoder
 from fetcher.config import FetchConfig
-from fetcher.errors import PathConflict, StoreError
+from fetcher.errors import DecodeError, PathConflict, StoreError
 from fetcher.models import (
+    REDACTED,
     BodySink,
     ErrorKind,
     Failure,
@@ -57,6 +59,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 RETRY_AFTER_CAP = 300.0
+REDACTED_BYTES = REDACTED.encode("ascii")
 
 
 _SECOND: list[object] = [None, ""]  # the last whole second formatted, and its text
@@ -378,11 +381,23 @@ def _conditional(
     if prior is None or config.force or request.method != "GET":
         return []
     headers = []
-    if prior.etag:
-        headers.append(("If-None-Match", prior.etag))
-    if prior.last_modified:
-        headers.append(("If-Modified-Since", prior.last_modified))
+    if prior.etag and (etag := _as_sent(prior.etag)):
+        headers.append(("If-None-Match", etag))
+    if prior.last_modified and (last_modified := _as_sent(prior.last_modified)):
+        headers.append(("If-Modified-Since", last_modified))
     return headers
+
+
+def _as_sent(stored: str) -> str | None:
+    """A stored header value (its bytes, one character each) as aiohttp must be given it
+    to send those bytes: it writes header values as UTF-8, so it cannot send bytes that
+    are not UTF-8 (None: better no validator than one the server never gave)."""
+    if stored.isascii():
+        return stored
+    try:
+        return stored.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 async def _attempt(
@@ -400,7 +415,9 @@ async def _attempt(
     hops: list[Hop] = []
     conditional = _conditional(request, prior, config)
     kept = prior if conditional else None  # a 304 keeps a copy only when it was asked
-    async with _final_response(session, request, limits, config, hops, conditional) as resp:
+    async with _final_response(
+        session, request, limits, config, hops, conditional, raw=True
+    ) as resp:
         ttfb = _ms(started)
         return await _finish(
             resp, request, config, sink, kept, hops, attempt, started, started_at, ttfb
@@ -415,9 +432,15 @@ async def _final_response(
     config: FetchConfig,
     hops: list[Hop],
     conditional: Sequence[tuple[str, str]] = (),
+    *,
+    raw: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send ``request`` and follow its redirects by hand, each hop in its host's slot,
     recording each in ``hops``; yield the final response.
+
+    ``raw``: the final body comes as the server sent it, its content codings on (the
+    caller decodes it with ``codings.decoder``); the request offers the codings that
+    ``codings`` decodes. Otherwise aiohttp decodes the one coding it knows.
 
     ``--timeout`` bounds the whole chain, the final body included: each hop gets what the
     hops before it left. Secret headers and validators do not follow a redirect to
@@ -426,6 +449,8 @@ async def _final_response(
     method, url, resend = request.method, URL(request.url, encoded=False), True
     headers = CIMultiDict(request.headers)
     headers.extend(conditional)
+    if raw:
+        headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
     first = url
     seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
     left = config.timeout
@@ -442,6 +467,7 @@ async def _final_response(
                     data=_payload(request) if resend else None,
                     allow_redirects=False,
                     timeout=_client_timeout(left),
+                    auto_decompress=not raw,
                 ) as resp:
                     location = None
                     if resp.status in REDIRECT_STATUSES:
@@ -458,7 +484,7 @@ async def _final_response(
                             location=request.redact(location),
                         )
                     )
-                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                    if _becomes_get(resp.status, method):
                         method, resend = "GET", False  # the body (or form) stays behind
                     url = target
             except _Attempt as failure:
@@ -473,6 +499,14 @@ async def _final_response(
                 headers.popall(name, None)
             headers.popall("If-None-Match", None)
             headers.popall("If-Modified-Since", None)
+
+
+def _becomes_get(status: int, method: str) -> bool:
+    """Whether a redirect turns the request into a GET: a 303 does (a HEAD stays a HEAD,
+    as RFC 9110 allows and curl does), a 301 or 302 only a POST (as browsers and curl)."""
+    if status == 303:
+        return method != "HEAD"
+    return status in (301, 302) and method == "POST"
 
 
 def _payload(request: Request) -> object:
@@ -546,17 +580,18 @@ async def _finish(
         return _Fetched(
             response=_response(resp, request, hops, attempt, started_at, ttfb, _ms(started))
         )
-    # The length the body must have: none for a HEAD or a 204 (the header describes a
-    # body not sent), none for an encoded body (it counts encoded bytes, we read decoded).
+    # The length the body must have: none for a 204 (the header describes a body not
+    # sent), none for an encoded body (it counts encoded bytes, we read decoded).
     expected = resp.content_length
-    if resp.method == "HEAD" or status == 204 or resp.headers.get("Content-Encoding"):
+    if status == 204 or resp.headers.get("Content-Encoding"):
         expected = None
     if config.max_size is not None and (expected or 0) > config.max_size:
         raise _Attempt(ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status)
+    chunks = _body(resp)
     body = sink()
     try:
         size = 0
-        async for chunk in _chunks(resp.content):
+        async for chunk in chunks:
             size += len(chunk)
             if config.max_size is not None and size > config.max_size:
                 raise _Attempt(
@@ -581,6 +616,9 @@ async def _finish(
     except PathConflict as exc:
         body.discard()
         raise _Attempt(ErrorKind.INVALID, str(exc), retry=False, status=status) from exc
+    except DecodeError as exc:  # the same bytes would come again: no retry
+        body.discard()
+        raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=status) from exc
     except BaseException:
         body.discard()
         raise
@@ -591,6 +629,18 @@ async def _finish(
     )
 
 
+def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The final response's body as stored: its content codings undone, when it has one."""
+    if resp.method == "HEAD" or resp.status == 204:  # no body, whatever the headers say
+        return _chunks(resp.content)
+    try:
+        layers = decoder(resp.headers.getall("Content-Encoding", ()))
+    except DecodeError as exc:
+        raise _Attempt(ErrorKind.DECODE, str(exc), retry=False, status=resp.status) from exc
+    chunks = _chunks(resp.content)
+    return chunks if layers is None else _decoded(chunks, layers)
+
+
 async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The body's chunks as the parser buffered them: ``iter_any()`` would join them."""
     while True:
@@ -599,6 +649,14 @@ async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             yield chunk
         elif content.at_eof():  # not at a chunked body's empty chunk end
             return
+
+
+async def _decoded(chunks: AsyncIterator[bytes], layers: Decoder) -> AsyncIterator[bytes]:
+    """The body's chunks with its content codings undone; raises ``DecodeError``."""
+    async for chunk in chunks:
+        for piece in layers.feed(chunk):
+            yield piece
+    layers.finish()
 
 
 def _response(
@@ -625,13 +683,22 @@ def _response(
 
 def _headers(request: Request, raw: RawHeaders) -> tuple[tuple[str, str], ...]:
     """The response's headers, all, in order; a server may echo a secret back, so they
-    are stored redacted."""
+    are stored redacted.
+
+    Each byte is one character (latin-1, what HTTP/1.1 carries): the only decoding that
+    gives every value's bytes back (``value.encode("latin-1")``). Decoding UTF-8 where it
+    is valid would not: ``é`` could then be the bytes C3 A9 or E9.
+    """
     if request.secrets:
-        return tuple(
-            (k.decode("utf-8", "replace"), request.redact(v.decode("utf-8", "replace")))
-            for k, v in raw
-        )
-    return tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in raw)
+        return tuple((k.decode("latin-1"), _redacted(request, v)) for k, v in raw)
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+
+
+def _redacted(request: Request, value: bytes) -> str:
+    # A secret echoed back comes as the UTF-8 it was sent as: look for those bytes.
+    for secret in sorted(request.secrets, key=len, reverse=True):
+        value = value.replace(secret.encode("utf-8"), REDACTED_BYTES)
+    return value.decode("latin-1")
 
 
 def _too_large(limit: int) -> str:
@@ -647,8 +714,8 @@ async def send_setup(
     """Send one ``[[setup]]`` request, redirects followed as a row's are (secrets stay
     with the origin); return ``(status, reason)``, or ``(0, why)`` when none came."""
     try:
-        async with _final_response(session, request, limits, config, []) as resp:
-            await resp.read()  # a login page: small, and read for its cookies' sake
+        async with _final_response(session, request, limits, config, [], raw=True) as resp:
+            await resp.read()  # a login page, read as sent: only its cookies matter
             return resp.status, resp.reason or ""
     except _Attempt as failure:
         return 0, f"{failure.kind}: {failure.message}"

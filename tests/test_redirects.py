@@ -229,6 +229,34 @@ async def test_303_turns_a_post_into_a_get_and_307_keeps_it(aiohttp_server, tmp_
     ]
 
 
+async def test_a_head_stays_a_head_after_every_redirect(aiohttp_server, tmp_path: Path) -> None:
+    """RFC 9110 lets a 303 be followed by a HEAD, and curl does so: no body is fetched."""
+    arrived: list[tuple[str, str]] = []
+
+    async def hop(request: web.Request) -> web.Response:
+        arrived.append((request.method, request.path))
+        if request.path == "/from":
+            return await _redirect(f"/to?via={request.query['via']}", int(request.query["via"]))
+        return web.Response(body=b"a body that a HEAD must not fetch")
+
+    app = web.Application()
+    app.router.add_route("*", "/from", hop)
+    app.router.add_route("*", "/to", hop)
+    server = await aiohttp_server(app)
+    statuses = (301, 302, 303, 307, 308)
+    rows = "".join(f"{server.make_url('/from')}?via={status},HEAD\n" for status in statuses)
+    out = tmp_path / "out"
+    summary = await run_batch(
+        load_job(write_job(tmp_path, f"url,method\n{rows}")),
+        FetchConfig(output=out, concurrency=1),
+    )
+    assert summary.exit_code == 0
+    assert arrived == [("HEAD", path) for _ in statuses for path in ("/from", "/to")]
+    records = manifest(out)
+    assert [(r["method"], r["status"], r["size"]) for r in records] == [("HEAD", 200, 0)] * 5
+    assert [sidecar(out, r)["redirects"][0]["status"] for r in records] == list(statuses)
+
+
 async def test_the_timeout_bounds_the_whole_chain_not_each_hop(
     aiohttp_server, tmp_path: Path
 ) -> None:
