@@ -213,7 +213,7 @@ async def test_a_head_answer_in_an_unknown_coding_has_no_body_to_decode(
     summary = await run_batch(load_job(job), FetchConfig(output=out))
     (record,) = manifest(out)
     assert summary.exit_code == 0, record
-    assert (record["status"], record["size"]) == (200, 0)
+    assert (record["status"], record["size"], record["path"]) == (200, None, None)
 
 
 async def test_a_layered_gzip_bomb_stops_at_max_size(aiohttp_server, tmp_path: Path) -> None:
