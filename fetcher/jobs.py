@@ -470,6 +470,40 @@ class Job:
                 return template.source.replace("{{", "{").replace("}}", "}")
         return DEFAULT_HEADERS[0][1]
 
+    def file_request(self, url: str, *, origin: str) -> Request:
+        """A GET of a file the run needs that is not a row (robots.txt, a sitemap).
+
+        It carries the run's headers: the built-in ones, ``[headers]`` and ``-H``,
+        rendered from the environment. A template that reads a column belongs to rows
+        and is left out, as are the rows' own ``header:<Name>`` columns. Secret headers
+        go only to ``origin`` (that of the pages the file is fetched for), as a redirect
+        to another origin drops them.
+        """
+        headers, secrets = self._run_headers()
+        request = Request(line=0, method="GET", url=url, headers=headers, secrets=secrets)
+        here = _origin(url)
+        if here is None or here != _origin(origin):
+            hidden = request.secret_header_names()
+            kept = tuple(h for h in headers if h[0].lower() not in hidden)
+            request = dataclasses.replace(request, headers=kept, secrets=frozenset())
+        return request
+
+    def _run_headers(self) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+        """The headers of every request, rendered, and the secrets in them."""
+        headers: list[tuple[str, str]] = []
+        secrets: set[str] = set()
+        for name, template in self.header_templates:
+            if template.columns:
+                continue
+            try:
+                rendered = template.render({}, self.env)
+            except TemplateError:
+                continue
+            if check_header(name, rendered.text) is None:
+                headers.append((name, rendered.text))
+                secrets.update(rendered.secrets)
+        return tuple(merge_headers(DEFAULT_HEADERS, headers)), frozenset(secrets)
+
     # -- the stream ---------------------------------------------------------------
 
     def requests(self) -> Iterator[Request]:
@@ -678,6 +712,13 @@ class Job:
             self._constant_headers, self._constant_secrets = headers, frozenset(found)
             self._constant_tuple = tuple(headers)
         return headers
+
+
+def _origin(url: str) -> yarl.URL | None:
+    try:
+        return yarl.URL(url).origin()
+    except ValueError:  # relative, or not a URL
+        return None
 
 
 def _password(url: str) -> str | None:

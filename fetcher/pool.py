@@ -46,6 +46,7 @@ __all__ = [
     "Pacer",
     "RetryPolicy",
     "classify",
+    "fetch_file",
     "fetch_one",
     "host_key",
     "make_limiter",
@@ -643,3 +644,36 @@ async def send_setup(
             return resp.status, resp.reason or ""
     except _Attempt as failure:
         return 0, f"{failure.kind}: {failure.message}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+async def fetch_file(
+    session: aiohttp.ClientSession,
+    request: Request,
+    *,
+    limits: Limits,
+    config: FetchConfig,
+    max_bytes: int,
+) -> tuple[int, bytes]:
+    """Fetch a file the run needs that is not a page (robots.txt, a sitemap) as a row's
+    request is sent: in its host's slots and pacers, redirects followed (secrets stay
+    with the origin), ``--timeout`` for the whole; no retry, nothing stored.
+
+    Returns ``(status, at most max_bytes of the body)``, or ``(0, b"")`` when no
+    response came.
+    """
+    try:
+        async with _final_response(session, request, limits, config, []) as resp:
+            return resp.status, await _head(resp.content, max_bytes)
+    except _Attempt:
+        return 0, b""
+
+
+async def _head(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The first ``limit`` bytes of a body (``read(limit)`` gives what is buffered)."""
+    data = bytearray()
+    while len(data) < limit and (chunk := await content.read(limit - len(data))):
+        data += chunk
+    return bytes(data)
