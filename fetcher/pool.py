@@ -106,6 +106,10 @@ class Pacer:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def follow(self, other: Pacer) -> None:
+        """Go on from ``other``'s grid: the next start comes ``interval`` after its last."""
+        self._next = other._next - other._step + self._step
+
 
 def make_limiter(rate: float) -> Pacer:
     """A limiter of ``rate`` starts per second, one every ``1 / rate`` seconds."""
@@ -163,8 +167,13 @@ class Limits:
 
     def set_host_delay(self, host: str, seconds: float) -> None:
         """Space the starts of ``host``'s requests by ``seconds`` (robots.txt Crawl-delay):
-        one request per period, with no burst."""
-        self._host(host).limiter = Pacer(seconds)
+        one request per period, with no burst; the starts made already (robots.txt's
+        own) count."""
+        state = self._host(host)
+        pacer = Pacer(seconds)
+        if state.limiter is not None:
+            pacer.follow(state.limiter)
+        state.limiter = pacer
 
     def slot(self, host: str) -> _Slot:
         """Hold one of ``host``'s slots, after its pause and the rate limiters

@@ -230,3 +230,20 @@ def test_robots_txt_and_sitemaps_count_toward_the_hosts_rate(workdir: Path) -> N
     assert [a.path for a in site.arrivals] == [*FILES, "/a", "/b"]
     gaps = [b.at - a.at for a, b in itertools.pairwise(site.arrivals)]
     assert min(gaps) >= 0.2, gaps  # a start every 0.25 s
+
+
+def test_a_crawl_delay_counts_from_the_robots_txt_request(workdir: Path) -> None:
+    site = Site()
+
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text="User-agent: *\nCrawl-delay: 0.5\n")
+
+    site.app.router.add_get("/robots.txt", robots)
+    site.app.router.add_get("/{page}", _page)
+    with serve_in_thread(site.app) as site.server:
+        job = _crawl(workdir, "url", [site.at("/a"), site.at("/b")], "depth = 0\n")
+        result = run_fetch("run", job, "--per-host-rate", "1000", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert [a.path for a in site.arrivals] == ["/robots.txt", "/a", "/b"]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(site.arrivals)]
+    assert min(gaps) >= 0.4, gaps
