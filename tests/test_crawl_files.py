@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from fetcher import __version__
+from fetcher.runner import GRACE_SECONDS
 from fetcher.store import read_manifest
 from tests.conftest import Served, run_fetch, serve_in_thread
 
@@ -267,3 +272,36 @@ def test_a_long_robots_txt_is_read_whole(workdir: Path) -> None:
     assert [a.path for a in site.arrivals] == ["/robots.txt", "/a"]
     outcomes = {r["url"]: r["outcome"] for r in _records(workdir)}
     assert outcomes == {site.at("/private/x"): "skipped", site.at("/a"): "fetched"}
+
+
+def test_a_stop_cuts_a_stalled_sitemap_short(workdir: Path) -> None:
+    """SIGINT while a sitemap stalls ends the run after the grace period, as it does a
+    stalled robots.txt or page, not after the --timeout; the seed is left interrupted."""
+    asked = threading.Event()
+    site = Site()
+
+    async def sitemap(request: web.Request) -> web.Response:
+        asked.set()
+        await asyncio.sleep(120)
+        return _urlset()
+
+    site.app.router.add_get("/sitemap.xml", sitemap)
+    site.app.router.add_get("/{tail:.*}", _page)  # robots.txt: an HTML page, no rules
+    with serve_in_thread(site.app) as site.server:
+        job = _crawl(workdir, "url", [site.at("/a")], "depth = 0\nsitemaps = true\n")
+        command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "--timeout", "60"]
+        child = subprocess.Popen(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+        try:
+            assert asked.wait(30), "the sitemap was never asked for"
+            stopped = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+            took = time.monotonic() - stopped
+        finally:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, stderr
+    assert took < GRACE_SECONDS + 10  # not the 60 s --timeout
+    assert [a.path for a in site.arrivals] == ["/robots.txt", "/sitemap.xml"]
+    (seed,) = _records(workdir)
+    assert (seed["outcome"], seed["error"]["kind"]) == ("failed", "interrupted")
