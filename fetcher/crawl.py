@@ -66,9 +66,10 @@ class FetchFile(Protocol):
     """How a crawl fetches a file that is not a page (robots.txt, a sitemap): the
     runner sends it on the one request path of its rows."""
 
-    async def __call__(self, url: str, *, origin: str, max_bytes: int) -> tuple[int, bytes]:
+    async def __call__(self, url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
         """``(status, at most max_bytes of the body)``, or ``(0, b"")`` when no response
-        came; ``origin`` is that of the pages the file is for (secrets go only there)."""
+        came; ``seed`` is the URL of the row it is fetched for (secrets go only to the
+        origin of a row)."""
         ...
 
 

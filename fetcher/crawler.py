@@ -117,7 +117,7 @@ class CrawlSource:
                 if (
                     not self.stopped()
                     and self.robots is not None
-                    and not await self.robots.allowed(entry.url)
+                    and not await self.robots.allowed(entry.url, seed=self._seed_of(entry))
                     and not self.stopped()  # a stop cut the robots.txt fetch short
                 ):
                     self.frontier.finish([entry.url])  # never requested; recorded as skipped
@@ -183,6 +183,11 @@ class CrawlSource:
             depth=entry.depth,
             parent=entry.parent,
         )
+
+    def _seed_of(self, entry: Entry) -> str:
+        """The URL of the row an entry came from ("" when a resumed job lost it)."""
+        seed = self.seeds.get(entry.seed)
+        return seed.url if seed is not None else ""
 
     def _seed_url(self, seed: Request) -> str:
         return normalize_url(seed.url, strip_query=self.settings.strip_query) or seed.url
@@ -268,7 +273,7 @@ class CrawlSource:
                 if sitemap in seen:
                     continue
                 seen.add(sitemap)
-                pages, more = parse_sitemap(await self._get(sitemap, origin))
+                pages, more = parse_sitemap(await self._get(sitemap, seed_url))
                 queue.extend(more)
                 entries = []
                 for page in pages:
@@ -281,6 +286,6 @@ class CrawlSource:
                         entries.append(Entry(url, 0, None, line))
                 self.frontier.add(entries)
 
-    async def _get(self, url: str, origin: str) -> bytes:
-        status, data = await self.fetch(url, origin=origin, max_bytes=_MAX_SITEMAP)
+    async def _get(self, url: str, seed: str) -> bytes:
+        status, data = await self.fetch(url, seed=seed, max_bytes=_MAX_SITEMAP)
         return data if status == 200 else b""

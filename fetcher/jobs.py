@@ -470,19 +470,19 @@ class Job:
                 return template.source.replace("{{", "{").replace("}}", "}")
         return DEFAULT_HEADERS[0][1]
 
-    def file_request(self, url: str, *, origin: str) -> Request:
+    def file_request(self, url: str, *, seed: str) -> Request:
         """A GET of a file the run needs that is not a row (robots.txt, a sitemap).
 
         It carries the run's headers: the built-in ones, ``[headers]`` and ``-H``,
         rendered from the environment. A template that reads a column belongs to rows
         and is left out, as are the rows' own ``header:<Name>`` columns. Secret headers
-        go only to ``origin`` (that of the pages the file is fetched for), as a redirect
-        to another origin drops them.
+        go only to the origin of ``seed``, the URL of the row it is fetched for, as a
+        redirect to another origin drops them.
         """
         headers, secrets = self._run_headers()
         request = Request(line=0, method="GET", url=url, headers=headers, secrets=secrets)
         here = _origin(url)
-        if here is None or here != _origin(origin):
+        if here is None or here != _origin(seed):
             hidden = request.secret_header_names()
             kept = tuple(h for h in headers if h[0].lower() not in hidden)
             request = dataclasses.replace(request, headers=kept, secrets=frozenset())
@@ -714,9 +714,9 @@ class Job:
         return headers
 
 
-def _origin(url: str) -> yarl.URL | None:
+def _origin(url: str) -> str | None:
     try:
-        return yarl.URL(url).origin()
+        return str(yarl.URL(url).origin())  # the text: a default port given or not, alike
     except ValueError:  # relative, or not a URL
         return None
 

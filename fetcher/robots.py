@@ -102,23 +102,24 @@ class RobotsCache:
         self.fetch, self.agent, self.on_delay = fetch, agent, on_delay
         self._rules: dict[str, asyncio.Future[_Rules]] = {}
 
-    async def allowed(self, url: str) -> bool:
-        """True when robots.txt lets this crawler fetch ``url``."""
-        rules = await self._for(url)
+    async def allowed(self, url: str, *, seed: str) -> bool:
+        """True when robots.txt lets this crawler fetch ``url``, a page of the row whose
+        URL is ``seed`` (robots.txt carries the secret headers on the seed's origin only)."""
+        rules = await self._for(url, seed)
         return rules.allowed(self.agent, url)
 
     async def sitemaps(self, url: str) -> list[str]:
-        """The sitemaps named in the robots.txt of ``url``'s origin."""
-        return (await self._for(url)).sitemaps()
+        """The sitemaps named in the robots.txt of ``url``'s origin, that of a row."""
+        return (await self._for(url, url)).sitemaps()
 
-    async def _for(self, url: str) -> _Rules:
+    async def _for(self, url: str, seed: str) -> _Rules:
         origin = str(URL(url).origin())
         future = self._rules.get(origin)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._rules[origin] = future
             try:
-                rules = await self._fetch(origin)
+                rules = await self._fetch(origin, seed)
             except BaseException as exc:
                 del self._rules[origin]
                 future.set_exception(exc)
@@ -131,10 +132,9 @@ class RobotsCache:
             return rules
         return await asyncio.shield(future)
 
-    async def _fetch(self, origin: str) -> _Rules:
-        status, data = await self.fetch(
-            f"{origin}/robots.txt", origin=origin, max_bytes=MAX_ROBOTS_BYTES
-        )
+    async def _fetch(self, origin: str, seed: str) -> _Rules:
+        url = f"{origin}/robots.txt"
+        status, data = await self.fetch(url, seed=seed, max_bytes=MAX_ROBOTS_BYTES)
         if 400 <= status < 500:
             return _Rules(None, allow_all=True)
         if status == 0 or status >= 500:  # no answer, or a server error

@@ -379,10 +379,10 @@ def _file_fetcher(
     """How a crawl fetches robots.txt and sitemaps: on the rows' request path, with the
     run's headers, and cut off by a stop after the grace period, as a request is."""
 
-    async def fetch(url: str, *, origin: str, max_bytes: int) -> tuple[int, bytes]:
+    async def fetch(url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
         if stopper.stopped:
             return 0, b""
-        request = job.file_request(url, origin=origin)
+        request = job.file_request(url, seed=seed)
         try:
             async with stopper.guard():
                 return await fetch_file(

@@ -197,6 +197,41 @@ def test_a_robots_txt_redirected_to_another_origin_does_not_carry_the_secrets(
         assert headers["User-Agent"] == f"fetcher/{__version__}", path
 
 
+def test_the_robots_txt_of_an_origin_no_row_names_does_not_carry_the_secrets(
+    workdir: Path,
+) -> None:
+    """A crawl with ``scope = "any"`` reaches 127.0.0.1 from a row on localhost: the
+    secrets go to the robots.txt of the row's origin only."""
+    site = Site()
+
+    async def start(request: web.Request) -> web.Response:
+        link = f'<a href="{site.at("/other")}">other</a>'
+        return web.Response(text=f"<html><body>{link}</body></html>", content_type="text/html")
+
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text="User-agent: *\nDisallow: /private/\n")
+
+    site.app.router.add_get("/robots.txt", robots)
+    site.app.router.add_get("/start", start)
+    site.app.router.add_get("/{page}", _page)
+    with serve_in_thread(site.app) as site.server:
+        job = _crawl(
+            workdir,
+            "url",
+            [site.at("/start", host="localhost")],
+            'depth = 1\nscope = "any"\n',
+            toml='[headers]\nAuthorization = "Bearer {env.TOKEN}"\n',
+        )
+        result = run_fetch("run", job, "--per-host-rate", "1000", "-q", env={"TOKEN": "t0k"})
+    assert result.exit_code == 0, result.stderr
+    assert site.seen("/other"), "the link was not followed"
+    row_origin = site.one("/robots.txt", host="localhost").headers
+    assert row_origin.get("Authorization") == "Bearer t0k"
+    other = site.one("/robots.txt").headers
+    assert "Authorization" not in other
+    assert other["User-Agent"] == f"fetcher/{__version__}"
+
+
 def test_with_one_slot_per_host_robots_txt_waits_for_the_page_in_flight(workdir: Path) -> None:
     """127.0.0.1's ``/slow`` is in flight when localhost's robots.txt redirects to
     127.0.0.1: with ``--per-host 1`` that hop waits for the page."""
