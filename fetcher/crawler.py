@@ -167,9 +167,10 @@ class CrawlSource:
 
     def _request(self, entry: Entry) -> Request:
         seed = self.seeds.get(entry.seed)
-        if seed is None:  # a resumed crawl whose job lost that row: a plain GET
-            return Request(
-                line=entry.seed, method="GET", url=entry.url, depth=entry.depth, parent=entry.parent
+        if seed is None:  # a resumed crawl whose job lost that row: a GET, the run headers
+            plain = self.job.plain_request(entry.url, seed="")
+            return dataclasses.replace(
+                plain, line=entry.seed, depth=entry.depth, parent=entry.parent
             )
         if entry.depth == 0 and entry.parent is None and entry.url == self._seed_url(seed):
             return dataclasses.replace(seed, url=entry.url, depth=0)

@@ -470,8 +470,9 @@ class Job:
                 return template.source.replace("{{", "{").replace("}}", "}")
         return DEFAULT_HEADERS[0][1]
 
-    def file_request(self, url: str, *, seed: str) -> Request:
-        """A GET of a file the run needs that is not a row (robots.txt, a sitemap).
+    def plain_request(self, url: str, *, seed: str) -> Request:
+        """A GET that no row makes: robots.txt, a sitemap, a page of a row that a resumed
+        crawl's job lost.
 
         It carries the run's headers: the built-in ones, ``[headers]`` and ``-H``,
         rendered from the environment. A template that reads a column belongs to rows

@@ -382,7 +382,7 @@ def _file_fetcher(
     async def fetch(url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
         if stopper.stopped:
             return 0, b""
-        request = job.file_request(url, seed=seed)
+        request = job.plain_request(url, seed=seed)
         try:
             async with stopper.guard():
                 return await fetch_file(

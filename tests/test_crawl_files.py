@@ -340,3 +340,33 @@ def test_a_stop_cuts_a_stalled_sitemap_short(workdir: Path) -> None:
     assert [a.path for a in site.arrivals] == ["/robots.txt", "/sitemap.xml"]
     (seed,) = _records(workdir)
     assert (seed["outcome"], seed["error"]["kind"]) == ("failed", "interrupted")
+
+
+def test_a_page_whose_row_a_resumed_job_lost_carries_the_runs_headers(workdir: Path) -> None:
+    """A crawl stopped with ``/c`` (found from the row on line 3) left, resumed from a
+    job without that row: ``/c`` goes out with the run's headers all the same."""
+    site = Site()
+
+    def linking(to: str, delay: float = 0.0) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            await asyncio.sleep(delay)
+            page = f'<html><body><a href="{to}">next</a></body></html>'
+            return web.Response(text=page, content_type="text/html")
+
+        return handler
+
+    site.app.router.add_get("/start", linking("/slow"))
+    site.app.router.add_get("/slow", linking("/c", delay=1.0))  # in flight at the deadline
+    site.app.router.add_get("/{tail:.*}", _page)
+    options = ("-H", "X-Cli: c", "--per-host-rate", "1000", "-q")
+    with serve_in_thread(site.app) as site.server:
+        job = _crawl(workdir, "url", [site.at("/a"), site.at("/start")], "depth = 2\n")
+        stopped = run_fetch("run", job, *options, "--deadline", "0.5")
+        assert site.seen("/slow"), stopped.stderr
+        assert not site.seen("/c"), "the deadline came too late"
+        job.write_text(f"url\n{site.at('/a')}\n")  # line 3 is gone
+        resumed = run_fetch("run", job, *options, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    headers = site.one("/c").headers
+    assert headers.getall("User-Agent") == [f"fetcher/{__version__}"]
+    assert headers.getall("X-Cli") == ["c"]
