@@ -13,13 +13,14 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "DEFAULT_FOLLOW",
     "LINK_ATTRS",
     "CrawlSettings",
+    "FetchFile",
     "in_scope",
     "iter_unique",
     "normalize_url",
@@ -59,6 +60,17 @@ _TWO_LABEL_SUFFIXES = frozenset(
         "pages.dev", "netlify.app", "vercel.app", "cloudfront.net", "azurewebsites.net",
     }
 )  # fmt: skip
+
+
+class FetchFile(Protocol):
+    """How a crawl fetches a file that is not a page (robots.txt, a sitemap): the
+    runner sends it on the one request path of its rows."""
+
+    async def __call__(self, url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
+        """``(status, at most max_bytes of the body)``, or ``(0, b"")`` when no response
+        came; ``seed`` is the URL of the row it is fetched for (secrets go only to the
+        origin of a row)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

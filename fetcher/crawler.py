@@ -23,10 +23,9 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import aiohttp
 from yarl import URL
 
-from fetcher.crawl import CrawlSettings, in_scope, normalize_url
+from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
 from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
@@ -58,10 +57,9 @@ class CrawlSource:
         frontier: the durable frontier (fresh, or resumed).
         root: the output directory (stored pages are read back for their links).
         robots: the robots.txt cache, or None with ``ignore_robots``.
-        session: the run's session (for sitemaps).
+        fetch: fetches sitemaps as the run sends its rows.
         stopped: tells whether the run is stopping.
         now: the current time as the manifest writes it.
-        timeout: the total timeout of a sitemap request, in seconds.
         settle: the outcome that the runs being resumed recorded for a request, or
             None when it is still to fetch.
     """
@@ -74,15 +72,14 @@ class CrawlSource:
         frontier: Frontier,
         root: Path,
         robots: RobotsCache | None,
-        session: aiohttp.ClientSession,
+        fetch: FetchFile,
         stopped: Callable[[], bool],
         now: Callable[[], str],
-        timeout: float,
         settle: Settle,
     ) -> None:
         self.job, self.settings, self.frontier, self.root = job, settings, frontier, root
-        self.robots, self.session, self.stopped, self.now = robots, session, stopped, now
-        self.timeout, self.settle = timeout, settle
+        self.robots, self.fetch, self.stopped, self.now = robots, fetch, stopped, now
+        self.settle = settle
         self.seeds: dict[int, Request] = {}
         self.dispatched = 0
         self._flying: dict[str, int] = {}  # URL -> depth, of the pages in flight
@@ -120,7 +117,7 @@ class CrawlSource:
                 if (
                     not self.stopped()
                     and self.robots is not None
-                    and not await self.robots.allowed(entry.url)
+                    and not await self.robots.allowed(entry.url, seed=self._seed_of(entry))
                     and not self.stopped()  # a stop cut the robots.txt fetch short
                 ):
                     self.frontier.finish([entry.url])  # never requested; recorded as skipped
@@ -170,9 +167,10 @@ class CrawlSource:
 
     def _request(self, entry: Entry) -> Request:
         seed = self.seeds.get(entry.seed)
-        if seed is None:  # a resumed crawl whose job lost that row: a plain GET
-            return Request(
-                line=entry.seed, method="GET", url=entry.url, depth=entry.depth, parent=entry.parent
+        if seed is None:  # a resumed crawl whose job lost that row: a GET, the run headers
+            plain = self.job.plain_request(entry.url, seed="")
+            return dataclasses.replace(
+                plain, line=entry.seed, depth=entry.depth, parent=entry.parent
             )
         if entry.depth == 0 and entry.parent is None and entry.url == self._seed_url(seed):
             return dataclasses.replace(seed, url=entry.url, depth=0)
@@ -186,6 +184,11 @@ class CrawlSource:
             depth=entry.depth,
             parent=entry.parent,
         )
+
+    def _seed_of(self, entry: Entry) -> str:
+        """The URL of the row an entry came from ("" when a resumed job lost it)."""
+        seed = self.seeds.get(entry.seed)
+        return seed.url if seed is not None else ""
 
     def _seed_url(self, seed: Request) -> str:
         return normalize_url(seed.url, strip_query=self.settings.strip_query) or seed.url
@@ -266,12 +269,12 @@ class CrawlSource:
                 queue.extend(await self.robots.sitemaps(origin + "/"))
             seen: set[str] = set()
             seed_url = self._seed_url(self.seeds[line])
-            while queue and len(seen) < _MAX_SITEMAPS_PER_ORIGIN:
+            while queue and len(seen) < _MAX_SITEMAPS_PER_ORIGIN and not self.stopped():
                 sitemap = queue.pop(0)
                 if sitemap in seen:
                     continue
                 seen.add(sitemap)
-                pages, more = parse_sitemap(await self._get(sitemap))
+                pages, more = parse_sitemap(await self._get(sitemap, seed_url))
                 queue.extend(more)
                 entries = []
                 for page in pages:
@@ -284,13 +287,6 @@ class CrawlSource:
                         entries.append(Entry(url, 0, None, line))
                 self.frontier.add(entries)
 
-    async def _get(self, url: str) -> bytes:
-        try:
-            async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=self.timeout), max_redirects=5
-            ) as resp:
-                if resp.status != 200:
-                    return b""
-                return await resp.content.read(_MAX_SITEMAP)
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return b""
+    async def _get(self, url: str, seed: str) -> bytes:
+        status, data = await self.fetch(url, seed=seed, max_bytes=_MAX_SITEMAP)
+        return data if status == 200 else b""

@@ -470,6 +470,41 @@ class Job:
                 return template.source.replace("{{", "{").replace("}}", "}")
         return DEFAULT_HEADERS[0][1]
 
+    def plain_request(self, url: str, *, seed: str) -> Request:
+        """A GET that no row makes: robots.txt, a sitemap, a page of a row that a resumed
+        crawl's job lost.
+
+        It carries the run's headers: the built-in ones, ``[headers]`` and ``-H``,
+        rendered from the environment. A template that reads a column belongs to rows
+        and is left out, as are the rows' own ``header:<Name>`` columns. Secret headers
+        go only to the origin of ``seed``, the URL of the row it is fetched for, as a
+        redirect to another origin drops them.
+        """
+        headers, secrets = self._run_headers()
+        request = Request(line=0, method="GET", url=url, headers=headers, secrets=secrets)
+        here = _origin(url)
+        if here is None or here != _origin(seed):
+            hidden = request.secret_header_names()
+            kept = tuple(h for h in headers if h[0].lower() not in hidden)
+            request = dataclasses.replace(request, headers=kept, secrets=frozenset())
+        return request
+
+    def _run_headers(self) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+        """The headers of every request, rendered, and the secrets in them."""
+        headers: list[tuple[str, str]] = []
+        secrets: set[str] = set()
+        for name, template in self.header_templates:
+            if template.columns:
+                continue
+            try:
+                rendered = template.render({}, self.env)
+            except TemplateError:
+                continue
+            if check_header(name, rendered.text) is None:
+                headers.append((name, rendered.text))
+                secrets.update(rendered.secrets)
+        return tuple(merge_headers(DEFAULT_HEADERS, headers)), frozenset(secrets)
+
     # -- the stream ---------------------------------------------------------------
 
     def requests(self) -> Iterator[Request]:
@@ -678,6 +713,13 @@ class Job:
             self._constant_headers, self._constant_secrets = headers, frozenset(found)
             self._constant_tuple = tuple(headers)
         return headers
+
+
+def _origin(url: str) -> str | None:
+    try:
+        return str(yarl.URL(url).origin())  # the text: a default port given or not, alike
+    except ValueError:  # relative, or not a URL
+        return None
 
 
 def _password(url: str) -> str | None:

@@ -48,6 +48,7 @@ __all__ = [
     "Pacer",
     "RetryPolicy",
     "classify",
+    "fetch_file",
     "fetch_one",
     "host_key",
     "make_limiter",
@@ -108,6 +109,10 @@ class Pacer:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def follow(self, other: Pacer) -> None:
+        """Go on from ``other``'s grid: the next start comes ``interval`` after its last."""
+        self._next = other._next - other._step + self._step
+
 
 def make_limiter(rate: float) -> Pacer:
     """A limiter of ``rate`` starts per second, one every ``1 / rate`` seconds."""
@@ -165,8 +170,13 @@ class Limits:
 
     def set_host_delay(self, host: str, seconds: float) -> None:
         """Space the starts of ``host``'s requests by ``seconds`` (robots.txt Crawl-delay):
-        one request per period, with no burst."""
-        self._host(host).limiter = Pacer(seconds)
+        one request per period, with no burst; the starts made already (robots.txt's
+        own) count."""
+        state = self._host(host)
+        pacer = Pacer(seconds)
+        if state.limiter is not None:
+            pacer.follow(state.limiter)
+        state.limiter = pacer
 
     def slot(self, host: str) -> _Slot:
         """Hold one of ``host``'s slots, after its pause and the rate limiters
@@ -719,3 +729,36 @@ async def send_setup(
             return resp.status, resp.reason or ""
     except _Attempt as failure:
         return 0, f"{failure.kind}: {failure.message}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+async def fetch_file(
+    session: aiohttp.ClientSession,
+    request: Request,
+    *,
+    limits: Limits,
+    config: FetchConfig,
+    max_bytes: int,
+) -> tuple[int, bytes]:
+    """Fetch a file the run needs that is not a page (robots.txt, a sitemap) as a row's
+    request is sent: in its host's slots and pacers, redirects followed (secrets stay
+    with the origin), ``--timeout`` for the whole; no retry, nothing stored.
+
+    Returns ``(status, at most max_bytes of the body)``, or ``(0, b"")`` when no
+    response came.
+    """
+    try:
+        async with _final_response(session, request, limits, config, []) as resp:
+            return resp.status, await _head(resp.content, max_bytes)
+    except _Attempt:
+        return 0, b""
+
+
+async def _head(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The first ``limit`` bytes of a body (``read(limit)`` gives what is buffered)."""
+    data = bytearray()
+    while len(data) < limit and (chunk := await content.read(limit - len(data))):
+        data += chunk
+    return bytes(data)

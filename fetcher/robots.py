@@ -1,4 +1,4 @@
-"""robots.txt: fetched once per host on the run's session, cached for the run, obeyed.
+"""robots.txt: fetched once per host as the rows are sent, cached for the run, obeyed.
 
 Follows RFC 9309: a 4xx answer means no rules (everything allowed); a 5xx answer or an
 unreachable server means everything is disallowed for that host in this run. A
@@ -9,14 +9,12 @@ record and does not count against ``max_pages``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from urllib.robotparser import RobotFileParser
 
-import aiohttp
 from yarl import URL
+
+from fetcher.crawl import FetchFile
 
 __all__ = ["MAX_ROBOTS_BYTES", "RobotsCache"]
 
@@ -88,46 +86,40 @@ class RobotsCache:
     concurrently).
 
     Args:
-        session: the run's session.
+        fetch: fetches robots.txt as the run sends its rows (its headers, host slots,
+            pacers, ``--timeout``, redirects, and a stop's grace period).
         agent: the User-Agent token matched against the rules.
-        timeout: seconds for fetching one robots.txt.
         on_delay: called with ``(url, seconds)`` when a host asks for a Crawl-delay.
-        guard: wraps each fetch (the run's stop cuts it off after the grace period, as
-            it does a request); none by default.
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        fetch: FetchFile,
         *,
         agent: str,
-        timeout: float,
-        headers: dict[str, str] | None = None,
         on_delay: Callable[[str, float], None] | None = None,
-        guard: Callable[[], AbstractAsyncContextManager[object]] = contextlib.nullcontext,
     ) -> None:
-        self.session, self.agent, self.timeout = session, agent, timeout
-        self.headers = headers or {}
-        self.on_delay, self.guard = on_delay, guard
+        self.fetch, self.agent, self.on_delay = fetch, agent, on_delay
         self._rules: dict[str, asyncio.Future[_Rules]] = {}
 
-    async def allowed(self, url: str) -> bool:
-        """True when robots.txt lets this crawler fetch ``url``."""
-        rules = await self._for(url)
+    async def allowed(self, url: str, *, seed: str) -> bool:
+        """True when robots.txt lets this crawler fetch ``url``, a page of the row whose
+        URL is ``seed`` (robots.txt carries the secret headers on the seed's origin only)."""
+        rules = await self._for(url, seed)
         return rules.allowed(self.agent, url)
 
     async def sitemaps(self, url: str) -> list[str]:
-        """The sitemaps named in the robots.txt of ``url``'s origin."""
-        return (await self._for(url)).sitemaps()
+        """The sitemaps named in the robots.txt of ``url``'s origin, that of a row."""
+        return (await self._for(url, url)).sitemaps()
 
-    async def _for(self, url: str) -> _Rules:
+    async def _for(self, url: str, seed: str) -> _Rules:
         origin = str(URL(url).origin())
         future = self._rules.get(origin)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._rules[origin] = future
             try:
-                rules = await self._fetch(origin)
+                rules = await self._fetch(origin, seed)
             except BaseException as exc:
                 del self._rules[origin]
                 future.set_exception(exc)
@@ -140,23 +132,12 @@ class RobotsCache:
             return rules
         return await asyncio.shield(future)
 
-    async def _fetch(self, origin: str) -> _Rules:
-        try:
-            async with (
-                self.guard(),
-                self.session.get(
-                    f"{origin}/robots.txt",
-                    headers=self.headers,
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
-                    max_redirects=5,
-                ) as resp,
-            ):
-                if 400 <= resp.status < 500:
-                    return _Rules(None, allow_all=True)
-                if resp.status >= 500:
-                    return _Rules(None, allow_all=False)
-                data = await resp.content.read(MAX_ROBOTS_BYTES)
-        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError):
+    async def _fetch(self, origin: str, seed: str) -> _Rules:
+        url = f"{origin}/robots.txt"
+        status, data = await self.fetch(url, seed=seed, max_bytes=MAX_ROBOTS_BYTES)
+        if 400 <= status < 500:
+            return _Rules(None, allow_all=True)
+        if status == 0 or status >= 500:  # no answer, or a server error
             return _Rules(None, allow_all=False)
         lines = data.decode("utf-8", "replace").splitlines()
         parser = RobotFileParser()

@@ -41,12 +41,13 @@ from fetcher.models import (
     invalid_outcome,
 )
 from fetcher.paths import PathCollisions
-from fetcher.pool import Limits, RetryPolicy, fetch_one, host_key, now_iso, send_setup
+from fetcher.pool import Limits, RetryPolicy, fetch_file, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
 from fetcher.session import open_session, proxy_routes
 from fetcher.store import DiskStore, add_request, path_collisions
 
 if TYPE_CHECKING:
+    from fetcher.crawl import FetchFile
     from fetcher.crawler import CrawlSource
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
@@ -346,23 +347,16 @@ def _source(
     from fetcher.frontier import Frontier
     from fetcher.robots import RobotsCache
 
+    fetch = _file_fetcher(job, config, session, limits, stopper)
     robots = None
     if not config.crawl.ignore_robots:
-        agent = job.user_agent()
 
         def on_delay(origin: str, seconds: float) -> None:
             if config.per_host_rate is not None:
                 seconds = max(seconds, 1 / config.per_host_rate)
             limits.set_host_delay(host_key(origin), seconds)
 
-        robots = RobotsCache(
-            session,
-            agent=agent,
-            timeout=config.timeout,
-            headers={"User-Agent": agent},
-            on_delay=on_delay,
-            guard=stopper.guard,
-        )
+        robots = RobotsCache(fetch, agent=job.user_agent(), on_delay=on_delay)
     frontier = Frontier(store.state / "frontier.sqlite", resume=store.resuming)
     return CrawlSource(
         job,
@@ -370,12 +364,36 @@ def _source(
         frontier=frontier,
         root=store.root,
         robots=robots,
-        session=session,
+        fetch=fetch,
         stopped=lambda: stopper.stopped,
         now=now_iso,
-        timeout=config.timeout,
         settle=lambda request: _skipped(request, store) if store.finished(request) else None,
     )
+
+
+def _file_fetcher(
+    job: Job,
+    config: FetchConfig,
+    session: aiohttp.ClientSession,
+    limits: Limits,
+    stopper: _Stopper,
+) -> FetchFile:
+    """How a crawl fetches robots.txt and sitemaps: on the rows' request path, with the
+    run's headers, and cut off by a stop after the grace period, as a request is."""
+
+    async def fetch(url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
+        if stopper.stopped:
+            return 0, b""
+        request = job.plain_request(url, seed=seed)
+        try:
+            async with stopper.guard():
+                return await fetch_file(
+                    session, request, limits=limits, config=config, max_bytes=max_bytes
+                )
+        except TimeoutError:  # the stop's grace period ran out
+            return 0, b""
+
+    return fetch
 
 
 def _settled(
