@@ -216,3 +216,34 @@ def test_a_wrong_password_is_refused_not_mistaken_for_the_host(workdir: Path) ->
     (record,) = manifest(workdir / "out")
     assert record["status"] == 401
     assert record["url"] == f"http://ann:{REDACTED}@127.0.0.1:{server.port}/private"
+
+
+def test_a_crawl_shows_the_links_it_found_as_they_are(workdir: Path) -> None:
+    """A seed whose query holds a secret (``1``, a digit of the host): its final URL
+    stays whole, so its links resolve, and the pages found from it are the server's
+    URLs, shown and stored as they are (the seed's redaction is not theirs)."""
+
+    async def seed(request: web.Request) -> web.Response:
+        html = '<a href="/a">a</a> <a href="/b?x=1">b</a>'
+        return web.Response(text=html, content_type="text/html")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="page\n")
+
+    app = web.Application()
+    app.router.add_get("/", seed)
+    app.router.add_get("/{name:[ab]}", page)
+    with serve_in_thread(app) as server:
+        job = write_job(
+            workdir,
+            "n\n1\n",
+            f'url = "{server.url}/?key={{env.KEY}}"\n[crawl]\ndepth = 1\n',
+        )
+        flags = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
+        result = run_fetch("run", job, "-o", "out", *flags, env={"KEY": "1"})
+    assert result.exit_code == 0, result.stderr
+    records = {r["url"]: r for r in manifest(workdir / "out")}
+    assert set(records) == {server.at(f"/?key={REDACTED}"), server.at("/a"), server.at("/b?x=1")}
+    for url, record in records.items():
+        assert record["outcome"] == "fetched", record
+        assert record["path"] == body_path(url, None)
