@@ -537,12 +537,16 @@ def _bare(url: URL) -> URL:
 
 
 def _shown_in(message: str, url: URL, shown: URL) -> str:
-    """``message`` with ``url`` quoted as ``shown``: whole, without its userinfo (as
-    aiohttp sends it), and its host alone only when a template hid a secret in the host."""
-    message = message.replace(str(url), str(shown))
-    message = message.replace(str(_bare(url)), str(_bare(shown)))
-    if url.raw_host and url.raw_host != shown.raw_host:
-        message = message.replace(url.raw_host, shown.raw_host or REDACTED)
+    """``message`` with ``url`` quoted as ``shown``: as it was asked for, without its
+    userinfo (as aiohttp sends it), without its fragment (as aiohttp's ``req.url``), and
+    its host alone only when a template hid a secret in the host."""
+    pairs = [(url, shown), (_bare(url), _bare(shown))]
+    pairs += [(sent.with_fragment(None), seen.with_fragment(None)) for sent, seen in pairs]
+    for sent, seen in pairs:
+        message = message.replace(str(sent), str(seen))
+    for host, shown_host in ((url.raw_host, shown.raw_host), (url.host, shown.host)):
+        if host and host != shown_host:
+            message = message.replace(host, shown_host or REDACTED)
     return message
 
 

@@ -103,7 +103,7 @@ def _redirecting_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/q/{n}", bare)
     app.router.add_get("/q/{n}/", slash)
-    app.router.add_get("/garbage", garbage)
+    app.router.add_get("/garbage{tail:.*}", garbage)
     return app
 
 
@@ -141,23 +141,44 @@ def test_an_error_message_quotes_the_url_as_shown(workdir: Path) -> None:
     key = "k-7Qz1"
     closed = _closed_port()
     with serve_in_thread(_redirecting_app()) as server:
-        rows = [server.at("/garbage"), f"http://127.0.0.1:{closed}/none"]
+        rows = [
+            server.at("/garbage"),
+            f"http://127.0.0.1:{closed}/none",
+            f"http://user:pw@127.0.0.1:{server.port}/garbage/2",
+        ]
         job = write_job(
             workdir,
             "base\n" + "".join(f"{row}\n" for row in rows),
-            'url = "{base}?key={env.KEY}"\n[headers]\nX-V = "{env.V}"\n',
+            'url = "{base}?key={env.KEY}#part"\n[headers]\nX-V = "{env.V}"\n',
         )
         result = run_fetch("run", job, "-o", "out", "--retries", "0", env={"KEY": key, "V": "1"})
     assert result.exit_code == 1, result.stderr
-    garbage, refused = (record["error"] for record in manifest(workdir / "out"))
+    garbage, refused, with_user = (record["error"] for record in manifest(workdir / "out"))
     # aiohttp quotes the URL it asked for: the secret query is shown redacted ...
-    assert garbage["kind"] == "connection"
-    assert f"url='{server.at('/garbage')}?key={REDACTED}'" in garbage["message"], garbage
+    assert garbage["kind"] == with_user["kind"] == "connection"
+    quoted = f"url='{server.at('/garbage')}?key={REDACTED}#part'"
+    assert quoted in garbage["message"], garbage
+    # ... also where aiohttp sent the URL without its userinfo (the password is secret).
+    assert quoted.replace("garbage", "garbage/2") in with_user["message"], with_user
     # ... and the host and port it could not reach are left as they are.
     assert refused["kind"] == "connection"
     assert f"127.0.0.1:{closed}" in refused["message"], refused
     for text in (result.stderr, (workdir / "out" / "manifest.jsonl").read_text()):
         assert key not in text
+
+
+def test_an_error_message_hides_a_host_that_a_template_took_from_the_environment(
+    workdir: Path,
+) -> None:
+    closed = _closed_port()
+    job = write_job(workdir, "n\n1\n", f'url = "http://{{env.HOST}}:{closed}/x"\n')
+    result = run_fetch("run", job, "-o", "out", "--retries", "0", env={"HOST": "127.0.0.1"})
+    assert result.exit_code == 1, result.stderr
+    (record,) = manifest(workdir / "out")
+    assert record["url"] == f"http://{REDACTED}:{closed}/x"
+    assert record["error"]["kind"] == "connection"
+    assert f"{REDACTED}:{closed}" in record["error"]["message"]  # "Cannot connect to host"
+    assert "127.0.0.1" not in record["error"]["message"] + result.stderr
 
 
 def _basic_app(user: str, password: str) -> web.Application:
