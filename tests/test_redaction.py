@@ -268,3 +268,38 @@ def test_a_crawl_shows_the_links_it_found_as_they_are(workdir: Path) -> None:
     for url, record in records.items():
         assert record["outcome"] == "fetched", record
         assert record["path"] == body_path(url, None)
+
+
+def test_a_setup_request_shows_its_url_whole_and_its_secrets_nowhere(workdir: Path) -> None:
+    """The form's values are sent, never printed (the dry run names the fields); a
+    secret as short as ``1`` in the form does not touch the URL in any message."""
+    env = {"API_USER": "1", "API_PASSWORD": "pw-9Rt4", "TOKEN": "tok-3Kd8"}
+    seen: list[bytes] = []
+
+    async def login(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        raise web.HTTPUnauthorized
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    with serve_in_thread(app) as server:
+        login_url = server.at("/login")
+        job = write_job(
+            workdir,
+            "n\n1\n",
+            f'url = "{server.url}/item/{{n}}"\n'
+            f'[[setup]]\nmethod = "POST"\nurl = "{login_url}"\n'
+            'form = { user = "{env.API_USER}", password = "{env.API_PASSWORD}" }\n'
+            'headers = { X-Token = "t={env.TOKEN}" }\n',
+        )
+        dry = run_fetch("run", job, "-o", "out", "--dry-run", env=env)
+        result = run_fetch("run", job, "-o", "out", env=env)
+    assert dry.exit_code == 0, dry.stderr
+    assert f": POST {login_url}\n" in dry.stdout
+    assert f"    X-Token: t={REDACTED}\n    form: user, password\n" in dry.stdout
+    assert result.exit_code == 1
+    assert seen == [b"user=1&password=pw-9Rt4"]
+    assert f"setup request POST {login_url} failed (HTTP 401 Unauthorized)" in result.stderr
+    for output in (dry.stdout + dry.stderr, result.stdout + result.stderr):
+        assert "pw-9Rt4" not in output
+        assert "tok-3Kd8" not in output
