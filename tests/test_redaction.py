@@ -303,3 +303,21 @@ def test_a_setup_request_shows_its_url_whole_and_its_secrets_nowhere(workdir: Pa
     for output in (dry.stdout + dry.stderr, result.stdout + result.stderr):
         assert "pw-9Rt4" not in output
         assert "tok-3Kd8" not in output
+
+
+def test_a_secret_in_the_url_path_is_redacted_in_that_segment_of_the_stored_path(
+    workdir: Path,
+) -> None:
+    async def doc(request: web.Request) -> web.Response:
+        return web.Response(text=f"{request.path}\n")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", doc)
+    with serve_in_thread(app) as server:
+        job = write_job(workdir, "n\n1\n", f'url = "{server.url}/t/{{env.K}}/doc{{n}}"\n')
+        result = run_fetch("run", job, "-o", "out", env={"K": "1"})
+    assert result.exit_code == 0, result.stderr
+    (record,) = manifest(workdir / "out")
+    assert record["url"] == server.at(f"/t/{REDACTED}/doc1")
+    assert record["path"] == f"127.0.0.1_{server.port}/t/_redacted_/doc1"
+    assert (workdir / "out" / record["path"]).read_text() == "/t/1/doc1\n"
