@@ -177,6 +177,7 @@ class CrawlSource:
         return dataclasses.replace(
             seed,
             url=entry.url,
+            redacted_url=None,  # a found URL is the page's: no template put a secret in it
             method="GET",
             body=None,
             form=None,

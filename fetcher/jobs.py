@@ -12,7 +12,6 @@ reported as ``FILE:LINE: message``.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import re
@@ -20,15 +19,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import yarl
 
 from fetcher._version import __version__
 from fetcher.config import TUNABLE
 from fetcher.errors import JobError, TemplateError
-from fetcher.models import Problem, Request
-from fetcher.templates import Template, compile_template
+from fetcher.models import REDACTED, SECRET_HEADERS, Problem, Request
+from fetcher.templates import Rendered, Template, compile_template
 
 __all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
 
@@ -48,7 +47,7 @@ _SIMPLE_ORIGIN = re.compile(  # no IGNORECASE: it makes every match slower
 )
 _ORIGIN = re.compile(r"[^/?#]*//[^/?#]*")  # what may be an origin: up to the path
 _SIMPLE_REST = re.compile(r"(?:[/?#][\x21-\x7e]*)?")
-_NO_SECRETS: frozenset[str] = frozenset()
+_V = TypeVar("_V")
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOML_LINE = re.compile(r"at line (\d+)")
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
@@ -113,27 +112,33 @@ def _simple_origin(origin: str) -> bool:
     return simple is not None and (simple.group(1) is None or int(simple.group(1)) <= 65535)
 
 
-def check_url(url: str) -> str | None:
-    """Return why ``url`` is not an absolute http(s) URL, or None when it is one."""
+def check_url(url: str, shown: str | None = None) -> str | None:
+    """Return why ``url`` is not an absolute http(s) URL, or None when it is one.
+
+    The message quotes ``shown``, the URL as it may be printed, when it is given.
+    """
     origin = _ORIGIN.match(url)
     if origin and _simple_origin(origin.group()) and _SIMPLE_REST.fullmatch(url, origin.end()):
         return None  # the common case, without the cost of parsing
     if not url:
         return "the URL is empty"
+    quoted = repr(url if shown is None else shown)
     if _BAD_URL_CHAR.search(url):
-        return f"the URL {url!r} contains spaces or control characters"
+        return f"the URL {quoted} contains spaces or control characters"
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() not in ("http", "https"):
-        return f"the URL {url!r} is not an absolute http or https URL"
+        return f"the URL {quoted} is not an absolute http or https URL"
     if not rest.startswith("//"):
-        return f"the URL {url!r} has no host"
+        return f"the URL {quoted} has no host"
     try:
         parsed = yarl.URL(url)
         host, _port = parsed.host, parsed.port
     except (ValueError, TypeError, UnicodeError) as exc:
-        return f"the URL {url!r} is malformed ({exc})"
+        # yarl's words may quote a part of the URL, a secret one perhaps.
+        why = f" ({exc})" if shown is None or shown == url else ""
+        return f"the URL {quoted} is malformed{why}"
     if not host:
-        return f"the URL {url!r} has no host"
+        return f"the URL {quoted} has no host"
     return None
 
 
@@ -160,9 +165,9 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value.strip()
 
 
-def merge_headers(*layers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def merge_headers(*layers: Iterable[tuple[str, _V]]) -> list[tuple[str, _V]]:
     """Merge header layers, lowest first: a later layer replaces a name (any case)."""
-    merged: dict[str, tuple[str, str]] = {}
+    merged: dict[str, tuple[str, _V]] = {}
     for layer in layers:
         for name, value in layer:
             merged[name.lower()] = (name, value)
@@ -447,15 +452,16 @@ class Job:
         self.env = os.environ if env is None else env
         self.columns = columns
         self.url_template = compile_template(spec.url) if spec.url else None
+        self._url_quoted = self.url_template.userinfo() if self.url_template else frozenset()
         self.out_template = compile_template(spec.out) if spec.out else None
         self.header_templates = [
             (name, compile_template(value))
             for name, value in merge_headers(DEFAULT_HEADERS, spec.headers, extra_headers)
         ]
         # Headers that render the same for every row are rendered and checked once.
-        self._constant_headers: list[tuple[str, str]] | None = None
+        self._constant_headers: list[tuple[str, Rendered]] | None = None
         self._constant_tuple: tuple[tuple[str, str], ...] = ()
-        self._constant_secrets: frozenset[str] = frozenset()
+        self._constant_shown: tuple[tuple[str, str], ...] | None = None
         self._constant_checked = False
         self._constant_problem: str | None = None
 
@@ -480,19 +486,20 @@ class Job:
         go only to the origin of ``seed``, the URL of the row it is fetched for, as a
         redirect to another origin drops them.
         """
-        headers, secrets = self._run_headers()
-        request = Request(line=0, method="GET", url=url, headers=headers, secrets=secrets)
+        headers = self._run_headers()
         here = _origin(url)
         if here is None or here != _origin(seed):
-            hidden = request.secret_header_names()
-            kept = tuple(h for h in headers if h[0].lower() not in hidden)
-            request = dataclasses.replace(request, headers=kept, secrets=frozenset())
-        return request
+            headers = [
+                (name, rendered)
+                for name, rendered in headers
+                if not rendered.secret and name.lower() not in SECRET_HEADERS
+            ]
+        sent, shown = _split_headers(headers)
+        return Request(line=0, method="GET", url=url, headers=sent, redacted_headers=shown)
 
-    def _run_headers(self) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
-        """The headers of every request, rendered, and the secrets in them."""
-        headers: list[tuple[str, str]] = []
-        secrets: set[str] = set()
+    def _run_headers(self) -> list[tuple[str, Rendered]]:
+        """The headers of every request, rendered: those that read no column."""
+        headers: list[tuple[str, Rendered]] = []
         for name, template in self.header_templates:
             if template.columns:
                 continue
@@ -501,9 +508,8 @@ class Job:
             except TemplateError:
                 continue
             if check_header(name, rendered.text) is None:
-                headers.append((name, rendered.text))
-                secrets.update(rendered.secrets)
-        return tuple(merge_headers(DEFAULT_HEADERS, headers)), frozenset(secrets)
+                headers.append((name, rendered))
+        return merge_headers(_DEFAULT_RENDERED, headers)
 
     # -- the stream ---------------------------------------------------------------
 
@@ -536,22 +542,17 @@ class Job:
         requests = []
         file = str(self.spec.source)
         for entry in self.spec.setup:
-            secrets: set[str] = set()
-
-            def fill(source: str, secrets: set[str] = secrets) -> str:
-                rendered = compile_template(source).render({}, self.env)
-                secrets.update(rendered.secrets)
-                return rendered.text
-
             try:
-                url = fill(entry.url)
-                headers = [(name, fill(value)) for name, value in entry.headers]
-                form = tuple((k, fill(v)) for k, v in entry.form) if entry.form else None
-                body = fill(entry.body) if entry.body is not None else None
+                url = self._fill(entry.url, url=True)
+                headers = [(name, self._fill(value)) for name, value in entry.headers]
+                form = tuple((k, self._fill(v).text) for k, v in entry.form) if entry.form else None
+                body = self._fill(entry.body).text if entry.body is not None else None
             except TemplateError as exc:
                 raise JobError([Problem(file, entry.line, f"setup: {exc}")]) from None
-            problem = check_url(url)
-            for name, value in headers:
+            sent, shown = _split_headers(merge_headers(_DEFAULT_RENDERED, headers))
+            safe_url = _redact_password(url.safe)
+            problem = check_url(url.text, safe_url)
+            for name, value in sent:
                 problem = problem or check_header(name, value)
             if problem:
                 raise JobError([Problem(file, entry.line, f"setup: {problem}")])
@@ -559,11 +560,12 @@ class Job:
                 Request(
                     line=entry.line,
                     method=entry.method,
-                    url=url,
-                    headers=tuple(merge_headers(DEFAULT_HEADERS, headers)),
+                    url=url.text,
+                    headers=sent,
                     body=body,
                     form=form,
-                    secrets=frozenset(secrets),
+                    redacted_url=safe_url if safe_url != url.text else None,
+                    redacted_headers=shown,
                 )
             )
         return requests
@@ -645,48 +647,53 @@ class Job:
             return Request(
                 line=row.line, method=method, url=values.get("url", ""), invalid=row.problem
             )
-        secrets: set[str] = set()
         try:
-            if self.url_template is not None:
-                rendered = self.url_template.render(values, self.env)
-                url, secrets = rendered.text, set(rendered.secrets)
-            else:
-                url = values.get("url", "")
-            headers = self._headers(values, secrets)
-            if row.headers:
-                headers = merge_headers(headers, row.headers)
+            url = self._url(values)
+            headers = self._headers(values)
             out_source = values.get("out") or self.spec.out
-            out = None
-            if out_source:
-                rendered = compile_template(out_source).render(values, self.env)
-                out, secrets = rendered.text, secrets | rendered.secrets
+            out = compile_template(out_source).render(values, self.env) if out_source else None
         except TemplateError as exc:
             return Request(
                 line=row.line, method=method, url=values.get("url", ""), invalid=str(exc)
             )
-        password = _password(url)
-        if password:  # a password in the URL is a secret too
-            secrets.add(password)
-        problem = check_url(url)
+        if row.headers:
+            headers = merge_headers(headers, [(n, Rendered(v, v)) for n, v in row.headers])
+        if headers is self._constant_headers:
+            sent, shown = self._constant_tuple, self._constant_shown
+        else:
+            sent, shown = _split_headers(headers)
+        safe_url = _redact_password(url.safe)
+        problem = check_url(url.text, safe_url)
         if problem is None and method not in _COMMON_METHODS and not is_token(method):
             problem = f"method {method!r} is not valid"
         if problem is None:
-            problem = self._check_headers(headers)
-        request = Request(
+            problem = self._check_headers(sent)
+        return Request(
             line=row.line,
             method=method,
-            url=url,
-            headers=self._constant_tuple if headers is self._constant_headers else tuple(headers),
+            url=url.text,
+            headers=sent,
             body=values.get("body") or None,
-            out=out,
-            secrets=frozenset(secrets) if secrets else _NO_SECRETS,
+            out=out.text if out else None,
+            redacted_url=safe_url if safe_url != url.text else None,
+            redacted_headers=shown,
+            redacted_out=out.safe if out and out.secret else None,
+            invalid=problem,
         )
-        if problem is not None:  # the message may quote a URL holding a secret
-            request = dataclasses.replace(request, invalid=request.redact(problem))
-        return request
 
-    def _check_headers(self, headers: list[tuple[str, str]]) -> str | None:
-        constant = headers is self._constant_headers
+    def _url(self, values: Mapping[str, str]) -> Rendered:
+        if self.url_template is None:
+            url = values.get("url", "")
+            return Rendered(url, url)
+        return self.url_template.render(values, self.env, quoted=self._url_quoted)
+
+    def _fill(self, source: str, *, url: bool = False) -> Rendered:
+        """Render a ``[[setup]]`` template, which sees only the environment."""
+        template = compile_template(source)
+        return template.render({}, self.env, quoted=template.userinfo() if url else frozenset())
+
+    def _check_headers(self, headers: tuple[tuple[str, str], ...]) -> str | None:
+        constant = headers is self._constant_tuple and self._constant_headers is not None
         if constant and self._constant_checked:
             return self._constant_problem
         problem = None
@@ -698,20 +705,15 @@ class Job:
             self._constant_checked, self._constant_problem = True, problem
         return problem
 
-    def _headers(self, values: Mapping[str, str], secrets: set[str]) -> list[tuple[str, str]]:
+    def _headers(self, values: Mapping[str, str]) -> list[tuple[str, Rendered]]:
         if self._constant_headers is not None:
-            secrets.update(self._constant_secrets)
             return self._constant_headers
-        headers = []
-        found: set[str] = set()
-        for name, template in self.header_templates:
-            rendered = template.render(values, self.env)
-            found.update(rendered.secrets)
-            headers.append((name, rendered.text))
-        secrets.update(found)
+        headers = [
+            (name, template.render(values, self.env)) for name, template in self.header_templates
+        ]
         if not any(template.columns for _, template in self.header_templates):
-            self._constant_headers, self._constant_secrets = headers, frozenset(found)
-            self._constant_tuple = tuple(headers)
+            self._constant_headers = headers
+            self._constant_tuple, self._constant_shown = _split_headers(headers)
         return headers
 
 
@@ -722,16 +724,30 @@ def _origin(url: str) -> str | None:
         return None
 
 
-def _password(url: str) -> str | None:
-    """The password of ``scheme://user:password@host/...``, if the URL has one."""
+_DEFAULT_RENDERED = [(name, Rendered(value, value)) for name, value in DEFAULT_HEADERS]
+
+
+def _split_headers(
+    headers: Sequence[tuple[str, Rendered]],
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...] | None]:
+    """The headers to send, and the headers to show when a template put a secret in one."""
+    sent = tuple((name, rendered.text) for name, rendered in headers)
+    if not any(rendered.secret for _, rendered in headers):
+        return sent, None
+    return sent, tuple((name, rendered.safe) for name, rendered in headers)
+
+
+def _redact_password(url: str) -> str:
+    """``url`` with the password of ``scheme://user:password@host/...`` redacted."""
     if "@" not in url:
-        return None
-    authority = url.partition("//")[2].split("/", 1)[0].split("?", 1)[0]
-    if "@" not in authority:
-        return None
-    userinfo = authority.rpartition("@")[0]
-    _, sep, password = userinfo.partition(":")
-    return password if sep and password else None
+        return url
+    scheme, slashes, rest = url.partition("//")
+    authority_end = len(rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0])
+    userinfo, at, _ = rest[:authority_end].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (slashes and at and colon and password) or password == REDACTED:
+        return url
+    return f"{scheme}//{user}:{REDACTED}@{rest[len(userinfo) + 1 :]}"
 
 
 def _json_row(number: int, data: object) -> _Row:

@@ -78,8 +78,10 @@ class Problem:
 class Request:
     """One rendered request: a row of the job, or a ``[[setup]]`` entry.
 
-    ``secrets`` holds the values rendered from ``{env.*}``; every printed or stored
-    copy of the request goes through ``redact``.
+    The ``redacted_*`` fields are the request as it may be printed and stored, made when
+    it was rendered: each value a template took from ``{env.*}`` reads ``<redacted>``
+    where the template put it (and so does a password in the URL). ``None`` means the
+    field shows as it is sent. No other text is ever searched for a secret's value.
     """
 
     line: Final[int]
@@ -89,37 +91,41 @@ class Request:
     body: Final[str | None] = None
     form: Final[tuple[tuple[str, str], ...] | None] = None
     out: Final[str | None] = None
-    secrets: Final[frozenset[str]] = frozenset()
+    redacted_url: Final[str | None] = None
+    redacted_headers: Final[tuple[tuple[str, str], ...] | None] = None  # parallel to headers
+    redacted_out: Final[str | None] = None
     invalid: Final[str | None] = None  # set for a row kept by --skip-invalid: why it is invalid
     depth: Final[int | None] = None  # crawl mode: hops from the seed (0 for a seed); else None
     parent: Final[str | None] = None  # crawl mode: the page whose link led here
 
-    def redact(self, text: str) -> str:
-        """Return ``text`` with every secret value replaced by ``<redacted>``."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
-
     @property
     def safe_url(self) -> str:
         """The URL as it may be printed and stored."""
-        return self.redact(self.url) if self.secrets else self.url
+        return self.url if self.redacted_url is None else self.redacted_url
+
+    @property
+    def safe_out(self) -> str | None:
+        """The row's ``out`` path as it may be printed and stored."""
+        return self.out if self.redacted_out is None else self.redacted_out
 
     def safe_headers(self) -> list[tuple[str, str]]:
         """The headers as they may be printed and stored."""
+        shown = self.headers if self.redacted_headers is None else self.redacted_headers
         return [
-            (name, REDACTED if name.lower() in SECRET_HEADERS else self.redact(value))
-            for name, value in self.headers
+            (name, REDACTED if name.lower() in SECRET_HEADERS else value) for name, value in shown
         ]
 
     def secret_header_names(self) -> frozenset[str]:
-        """Lower-cased names of headers that must not follow a redirect to another origin."""
+        """Lower-cased names of headers that must not follow a redirect to another origin:
+        the secret ones by name, and those a template rendered an ``{env.*}`` into."""
         names = {name.lower() for name, _ in self.headers if name.lower() in SECRET_HEADERS}
-        if self.secrets:
+        if self.redacted_headers is not None:
             names.update(
                 name.lower()
-                for name, value in self.headers
-                if any(secret in value for secret in self.secrets)
+                for (name, value), (_, shown) in zip(
+                    self.headers, self.redacted_headers, strict=True
+                )
+                if value != shown
             )
         return frozenset(names)
 

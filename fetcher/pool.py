@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
+from typing import TypeVar
 
 import aiohttp
 from aiohttp.typedefs import RawHeaders
@@ -56,11 +57,12 @@ __all__ = [
     "send_setup",
 ]
 
+_T = TypeVar("_T")
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 RETRY_AFTER_CAP = 300.0
-REDACTED_BYTES = REDACTED.encode("ascii")
 
 
 _SECOND: list[object] = [None, ""]  # the last whole second formatted, and its text
@@ -346,8 +348,7 @@ async def fetch_one(
                     attempts=attempt,
                     elapsed_ms=_ms(started),
                     fetched_at=fetched_at,
-                    # aiohttp's messages may quote the URL: redact before anyone prints it.
-                    error=Failure(kind=failure.kind, message=request.redact(failure.message)),
+                    error=Failure(kind=failure.kind, message=failure.message),
                 )
             await asyncio.sleep(delay)
             continue
@@ -422,16 +423,24 @@ async def _attempt(
     """One attempt: the final response of the redirect chain, its body streamed."""
     started = time.monotonic()
     started_at = now_iso()
-    hops: list[Hop] = []
+    chain = _Chain()
     conditional = _conditional(request, prior, config)
     kept = prior if conditional else None  # a 304 keeps a copy only when it was asked
     async with _final_response(
-        session, request, limits, config, hops, conditional, raw=True
+        session, request, limits, config, chain, conditional, raw=True
     ) as resp:
         ttfb = _ms(started)
         return await _finish(
-            resp, request, config, sink, kept, hops, attempt, started, started_at, ttfb
+            resp, request, config, sink, kept, chain, attempt, started, started_at, ttfb
         )
+
+
+@dataclass(slots=True)
+class _Chain:
+    """The redirects of one attempt, and its final URL as it may be shown."""
+
+    hops: list[Hop] = field(default_factory=list)
+    final_url: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -440,13 +449,13 @@ async def _final_response(
     request: Request,
     limits: Limits,
     config: FetchConfig,
-    hops: list[Hop],
+    chain: _Chain,
     conditional: Sequence[tuple[str, str]] = (),
     *,
     raw: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send ``request`` and follow its redirects by hand, each hop in its host's slot,
-    recording each in ``hops``; yield the final response.
+    recording each in ``chain``; yield the final response.
 
     ``raw``: the final body comes as the server sent it, its content codings on (the
     caller decodes it with ``codings.decoder``); the request offers the codings that
@@ -454,9 +463,11 @@ async def _final_response(
 
     ``--timeout`` bounds the whole chain, the final body included: each hop gets what the
     hops before it left. Secret headers and validators do not follow a redirect to
-    another origin. Failures, the caller's included, are raised as ``_Attempt``.
+    another origin. Failures, the caller's included, are raised as ``_Attempt``; their
+    messages quote a hop's URL as it may be shown.
     """
     method, url, resend = request.method, URL(request.url, encoded=False), True
+    shown = _shown_url(request)  # None while the URL holds nothing a template hid
     headers = CIMultiDict(request.headers)
     headers.extend(conditional)
     if raw:
@@ -483,25 +494,23 @@ async def _final_response(
                     if resp.status in REDIRECT_STATUSES:
                         location = resp.headers.get("Location")
                     if not location:
+                        chain.final_url = str(resp.url if shown is None else _bare(shown))
                         yield resp
                         return
                     seen = seen or {str(first)}
-                    target = _redirect_target(url, location, hops, seen, resp.status)
-                    hops.append(
-                        Hop(
-                            url=request.redact(str(url)),
-                            status=resp.status,
-                            location=request.redact(location),
-                        )
-                    )
+                    target = _redirect_target(url, location, chain.hops, seen, resp.status)
+                    shown_target = _shown_target(url, shown, target)
+                    chain.hops.append(_hop(url, shown, resp.status, location, shown_target))
                     if _becomes_get(resp.status, method):
                         method, resend = "GET", False  # the body (or form) stays behind
-                    url = target
+                    url, shown = target, shown_target
             except _Attempt as failure:
                 failure.host = host_key(url)
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
                 kind, message, retry = classify(exc)
+                if shown is not None:  # aiohttp's messages may quote the URL
+                    message = _shown_in(message, url, shown)
                 raise _Attempt(kind, message, retry=retry) from exc
             left -= time.monotonic() - sent
         if url.origin() != first.origin():
@@ -517,6 +526,75 @@ def _becomes_get(status: int, method: str) -> bool:
     if status == 303:
         return method != "HEAD"
     return status in (301, 302) and method == "POST"
+
+
+def _shown_url(request: Request) -> URL | None:
+    """The request's URL as it may be shown, beside the one sent; None when it is the same.
+
+    A template may have put a secret anywhere in the URL; where it put it in the port,
+    no URL can hold ``<redacted>`` and only the scheme is shown.
+    """
+    if request.redacted_url is None:
+        return None
+    try:
+        return URL(request.redacted_url, encoded=True)
+    except ValueError:
+        return URL(f"{URL(request.url).scheme}://{REDACTED}", encoded=True)
+
+
+def _shown_target(url: URL, shown: URL | None, target: URL) -> URL | None:
+    """A redirect's target as it may be shown, ``url`` being shown as ``shown``; None
+    when nothing of it is hidden.
+
+    A part of the target that is the very part of ``url`` where a secret is hidden (a
+    relative Location keeps the host and userinfo; an http-to-https or a trailing-slash
+    redirect keeps the query) stays hidden; the rest is the server's own.
+    """
+    if shown is None:
+        return None
+    built = URL.build(
+        scheme=target.scheme,
+        user=_kept(url.raw_user, shown.raw_user, target.raw_user),
+        password=_kept(url.raw_password, shown.raw_password, target.raw_password),
+        host=_kept(url.raw_host, shown.raw_host, target.raw_host) or "",
+        port=_kept(url.explicit_port, shown.explicit_port, target.explicit_port),
+        path=_kept(url.raw_path, shown.raw_path, target.raw_path),
+        query_string=_kept(url.raw_query_string, shown.raw_query_string, target.raw_query_string),
+        fragment=target.raw_fragment,
+        encoded=True,
+    )
+    return None if str(built) == str(target) else built
+
+
+def _kept(sent: _T, shown: _T, target: _T) -> _T:
+    """A part of a redirect's target: shown hidden when it is the part sent hidden."""
+    return shown if target == sent and sent != shown else target
+
+
+def _hop(url: URL, shown: URL | None, status: int, location: str, target: URL | None) -> Hop:
+    """A redirect as it may be shown: the Location as sent, unless it keeps a hidden part."""
+    if target is not None:
+        location = str(target if URL(location).absolute else target.relative())
+    return Hop(url=str(url if shown is None else shown), status=status, location=location)
+
+
+def _bare(url: URL) -> URL:
+    """``url`` without its userinfo, as aiohttp sends it and reports it."""
+    return url.with_user(None)
+
+
+def _shown_in(message: str, url: URL, shown: URL) -> str:
+    """``message`` with ``url`` quoted as ``shown``: as it was asked for, without its
+    userinfo (as aiohttp sends it), without its fragment (as aiohttp's ``req.url``), and
+    its host alone only when a template hid a secret in the host."""
+    pairs = [(url, shown), (_bare(url), _bare(shown))]
+    pairs += [(sent.with_fragment(None), seen.with_fragment(None)) for sent, seen in pairs]
+    for sent, seen in pairs:
+        message = message.replace(str(sent), str(seen))
+    for host, shown_host in ((url.raw_host, shown.raw_host), (url.host, shown.host)):
+        if host and host != shown_host:
+            message = message.replace(host, shown_host or REDACTED)
+    return message
 
 
 def _payload(request: Request) -> object:
@@ -555,7 +633,7 @@ async def _finish(
     config: FetchConfig,
     sink: Callable[[], BodySink],
     prior: PriorCopy | None,
-    hops: list[Hop],
+    chain: _Chain,
     attempt: int,
     started: float,
     started_at: str,
@@ -565,7 +643,7 @@ async def _finish(
     status = resp.status
     if status == 304 and prior is not None:
         return _Fetched(
-            response=_response(resp, request, hops, attempt, started_at, ttfb),
+            response=_response(resp, request, chain, attempt, started_at, ttfb),
             path=prior.path,
             size=prior.size,
             sha256=prior.sha256,
@@ -588,7 +666,7 @@ async def _finish(
         )
     if request.method == "HEAD":  # no body: nothing stored, and no copy replaced
         return _Fetched(
-            response=_response(resp, request, hops, attempt, started_at, ttfb, _ms(started))
+            response=_response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
         )
     # The length the body must have: none for a 204 (the header describes a body not
     # sent), none for an encoded body (it counts encoded bytes, we read decoded).
@@ -618,7 +696,7 @@ async def _finish(
                 retry=True,
                 status=status,
             )
-        final = _response(resp, request, hops, attempt, started_at, ttfb, _ms(started))
+        final = _response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
         try:
             stored = await body.commit(final)
         except OSError as exc:
@@ -672,7 +750,7 @@ async def _decoded(chunks: AsyncIterator[bytes], layers: Decoder) -> AsyncIterat
 def _response(
     resp: aiohttp.ClientResponse,
     request: Request,
-    hops: list[Hop],
+    chain: _Chain,
     attempt: int,
     started_at: str,
     ttfb: int,
@@ -681,9 +759,9 @@ def _response(
     return Response(
         status=resp.status,
         reason=resp.reason or "",
-        final_url=request.redact(str(resp.url)),
-        redirects=tuple(hops),
-        headers=_headers(request, resp.raw_headers),
+        final_url=chain.final_url,
+        redirects=tuple(chain.hops),
+        headers=_headers(resp.raw_headers),
         attempts=attempt,
         started_at=started_at,
         ttfb_ms=ttfb,
@@ -691,24 +769,14 @@ def _response(
     )
 
 
-def _headers(request: Request, raw: RawHeaders) -> tuple[tuple[str, str], ...]:
-    """The response's headers, all, in order; a server may echo a secret back, so they
-    are stored redacted.
+def _headers(raw: RawHeaders) -> tuple[tuple[str, str], ...]:
+    """The response's headers, all, in order, as the server sent them.
 
     Each byte is one character (latin-1, what HTTP/1.1 carries): the only decoding that
     gives every value's bytes back (``value.encode("latin-1")``). Decoding UTF-8 where it
     is valid would not: ``é`` could then be the bytes C3 A9 or E9.
     """
-    if request.secrets:
-        return tuple((k.decode("latin-1"), _redacted(request, v)) for k, v in raw)
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
-
-
-def _redacted(request: Request, value: bytes) -> str:
-    # A secret echoed back comes as the UTF-8 it was sent as: look for those bytes.
-    for secret in sorted(request.secrets, key=len, reverse=True):
-        value = value.replace(secret.encode("utf-8"), REDACTED_BYTES)
-    return value.decode("latin-1")
 
 
 def _too_large(limit: int) -> str:
@@ -724,7 +792,7 @@ async def send_setup(
     """Send one ``[[setup]]`` request, redirects followed as a row's are (secrets stay
     with the origin); return ``(status, reason)``, or ``(0, why)`` when none came."""
     try:
-        async with _final_response(session, request, limits, config, [], raw=True) as resp:
+        async with _final_response(session, request, limits, config, _Chain(), raw=True) as resp:
             await resp.read()  # a login page, read as sent: only its cookies matter
             return resp.status, resp.reason or ""
     except _Attempt as failure:
@@ -750,7 +818,7 @@ async def fetch_file(
     response came.
     """
     try:
-        async with _final_response(session, request, limits, config, []) as resp:
+        async with _final_response(session, request, limits, config, _Chain()) as resp:
             return resp.status, await _head(resp.content, max_bytes)
     except _Attempt:
         return 0, b""

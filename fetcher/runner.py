@@ -194,7 +194,7 @@ async def _setup(
         status, reason = await send_setup(session, request, limits=limits, config=config)
         if not 200 <= status < 400:
             where = f"{job.spec.source}:{request.line}"
-            got = f"HTTP {status} {reason}".strip() if status else request.redact(reason)
+            got = f"HTTP {status} {reason}".strip() if status else reason
             raise SetupError(
                 f"{where}: setup request {request.method} {request.safe_url} failed ({got}); "
                 "no row was sent"

@@ -281,14 +281,9 @@ _body_path = functools.lru_cache(maxsize=4096)(body_path)
 
 
 def request_path(request: Request) -> str:
-    """Where ``request``'s body is stored, relative to the output directory."""
-    if request.secrets:
-        return _redacted_path(request)
-    return _body_path(request.url, request.out)
-
-
-def _redacted_path(request: Request) -> str:
-    return body_path(request.safe_url, request.redact(request.out) if request.out else None)
+    """Where ``request``'s body is stored, relative to the output directory: from its URL
+    and ``out`` as they may be shown, so no secret is in a path."""
+    return _body_path(request.safe_url, request.safe_out)
 
 
 def path_collisions(
@@ -338,7 +333,7 @@ def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
     # A HEAD stores nothing. Each row once: request_path's cache would only churn.
     if request.invalid is None and request.method != "HEAD":
-        path = _redacted_path(request) if request.secrets else body_path(request.url, request.out)
+        path = body_path(request.safe_url, request.safe_out)
         collisions.add(path)
 
 
@@ -1062,7 +1057,7 @@ def manifest_record(outcome: Outcome, run: str) -> dict[str, Any]:
         "elapsed_ms": outcome.elapsed_ms,
         "fetched_at": outcome.fetched_at,
         "error": (
-            {"kind": outcome.error.kind.value, "message": request.redact(outcome.error.message)}
+            {"kind": outcome.error.kind.value, "message": outcome.error.message}
             if outcome.error
             else None
         ),
@@ -1235,7 +1230,7 @@ class _Staged:
             meta=None,
             size=None,
             sha256=None,
-            error=Failure(kind=ErrorKind.INVALID, message=self.request.redact(why)),
+            error=Failure(kind=ErrorKind.INVALID, message=why),
         )
 
     def copy_row(self) -> tuple[object, ...]:

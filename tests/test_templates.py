@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fetcher.errors import TemplateError
+from fetcher.models import REDACTED
 from fetcher.templates import compile_template
 
 ENV = {"API_TOKEN": "s3cret", "EMPTY": ""}
@@ -23,7 +24,8 @@ def test_columns_and_env_are_filled_in_order() -> None:
         {"id": "7", "name": "seven"}, ENV
     )
     assert rendered.text == "https://x/7/seven?t=s3cret"
-    assert rendered.secrets == {"s3cret"}
+    assert rendered.safe == f"https://x/7/seven?t={REDACTED}"
+    assert rendered.secret
 
 
 def test_a_template_names_the_columns_and_env_vars_it_reads() -> None:
@@ -43,8 +45,8 @@ def test_doubled_braces_are_literal_braces() -> None:
 def test_a_value_containing_braces_is_never_rendered_again() -> None:
     row = {"a": "{b}", "b": "SHOULD-NOT-APPEAR", "c": "{env.API_TOKEN}"}
     rendered = compile_template("{a}|{c}").render(row, ENV)
-    assert rendered.text == "{b}|{env.API_TOKEN}"
-    assert rendered.secrets == frozenset()
+    assert rendered.text == rendered.safe == "{b}|{env.API_TOKEN}"
+    assert not rendered.secret
 
 
 @pytest.mark.parametrize(
@@ -80,10 +82,11 @@ def test_missing_environment_variable_is_a_template_error() -> None:
         render("{env.NOPE}")
 
 
-def test_an_empty_env_value_renders_and_is_not_a_secret() -> None:
+def test_an_empty_env_value_renders_and_is_shown_redacted() -> None:
+    # Shown as any other: a reader cannot tell that the variable was empty.
     rendered = compile_template("a{env.EMPTY}b").render({}, ENV)
     assert rendered.text == "ab"
-    assert rendered.secrets == frozenset()
+    assert rendered.safe == f"a{REDACTED}b"
 
 
 @pytest.mark.parametrize(
@@ -174,7 +177,11 @@ def test_a_template_that_renders_reads_only_the_names_it_contains(
         text if kind == "lit" else value for kind, text in parts
     )  # every placeholder holds the same value here
     assert rendered.text == expected
-    assert rendered.secrets == ({value} if env_names and value else set())
+    shown = "".join(
+        text if kind == "lit" else REDACTED if kind == "env" or text.startswith("env.") else value
+        for kind, text in parts
+    )  # each value taken from the environment, and it only, reads <redacted>
+    assert rendered.safe == shown
 
 
 @settings(max_examples=200, deadline=None)
@@ -201,3 +208,25 @@ def test_doubling_every_brace_makes_any_text_literal(text: str) -> None:
     template = compile_template(escaped)
     assert template.is_literal
     assert template.render({}, {}).text == text
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # The userinfo ends at the last "@" of the literal authority; values cannot move it.
+        ("http://{user}:{env.PW}@{host}/p?q={q}", "http://a%40b:p%40ss%2Fw:rd%3F%23%25@h/p?q=@/"),
+        ("http://u:{env.PW}@h/{user}", "http://u:p%40ss%2Fw:rd%3F%23%25@h/a@b"),
+        ("http://{env.CREDS}@h/", "http://ann:pw@h/"),  # ":" parts user and password
+        # No userinfo of the template's own: every value goes in as it is.
+        ("{base}/x", "http://u:p@h/x"),
+        ("http://h/{user}@{q}", "http://h/a@b@@/"),
+        ("http://{host}/a@b", "http://h/a@b"),
+    ],
+)
+def test_a_value_in_a_url_userinfo_is_percent_encoded(source: str, expected: str) -> None:
+    template = compile_template(source)
+    row = {"user": "a@b", "host": "h", "q": "@/", "base": "http://u:p@h"}
+    env = {"PW": "p@ss/w:rd?#%", "CREDS": "ann:pw"}
+    rendered = template.render(row, env, quoted=template.userinfo())
+    assert rendered.text == expected
+    assert "p@ss" not in rendered.safe
