@@ -1,5 +1,29 @@
 """Where a body is stored: ``<host>/<path>`` from its URL, or the row's ``out`` template.
 
+A URL's path is a function of the URL alone: the same whatever else a job holds and
+whatever order URLs come in, so ``--skip-existing``, ``--resume``, a refresh and a later
+run find a copy where it was put. And no two URLs share a file, nor need one name as a
+file and as a folder, even on a disk that ignores case (macOS, Windows):
+
+- every name but the last is a folder; the last is the file, and a URL that ends in
+  ``/`` stores ``index.html`` in its folder;
+- a file name without an extension gets ``.body`` (``/docs`` -> ``docs.body``, beside the
+  folder ``docs/`` that ``/docs/intro`` needs) and a folder name with one gets ``.d``
+  (``/v1.2/x`` -> ``v1.2.d/x``): a file name always has an extension, a folder name has
+  none or ``.d``;
+- a file name gets ``-<hash>`` before its extension (a hash of the URL's path and query)
+  when the URL has a query (``list.json?page=2`` -> ``list-<hash>.json``), when its path
+  has a capital letter (``/A.html`` and ``/a.html`` are one file on macOS), and when the
+  name is one these rules make (``index.html``, an extension ``.body`` or ``.d``), so
+  ``/blog/index.html`` -> ``blog/index-<hash>.html``, apart from ``/blog/``'s
+  ``blog/index.html``.
+
+wget keeps more names as they are, but decides clashes by what is already on disk: it
+deletes a file that is in the way of a folder, and numbers a file whose name a folder
+holds (``docs.1``), so a URL's path depends on which URLs came first. A rule of the URL
+alone cannot keep both ``/docs`` as ``docs`` and ``/docs/intro`` below ``docs/``; this one
+leaves the most common names as they are: folders without a dot, files with an extension.
+
 Every path goes through ``safe_relpath``: whatever a URL or template holds (``..``,
 ``%2e%2e``, absolute paths, backslashes, NUL, control characters, lone surrogates,
 overlong or reserved names), the result is a relative path of plain segments that
@@ -15,12 +39,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import posixpath
 import re
 from array import array
 from urllib.parse import unquote
 
 __all__ = [
+    "FILE_SUFFIX",
+    "FOLDER_SUFFIX",
+    "INDEX",
     "META_SUFFIX",
     "RESERVED_TOP",
     "TEMP_PREFIX",
@@ -32,6 +58,10 @@ __all__ = [
 ]
 
 META_SUFFIX = ".meta.json"
+INDEX = "index.html"  # the file of a URL that ends in /
+FILE_SUFFIX = ".body"  # added to a file name without an extension
+FOLDER_SUFFIX = ".d"  # added to a folder name with one
+_MADE = frozenset({FILE_SUFFIX[1:], FOLDER_SUFFIX[1:]})  # extensions the rules make
 TEMP_PREFIX = ".~fetch-"
 RESERVED_TOP = frozenset({"manifest.jsonl", "runs", ".fetch"})
 MAX_NAME_BYTES = 200  # under NAME_MAX (255) with room for the sidecar suffix
@@ -151,28 +181,28 @@ def _host(scheme: str, authority: str) -> str:
 
 
 def url_path(url: str) -> str:
-    """The default relative path of a URL's body: ``<host>/<path>``.
+    """The default relative path of a URL's body: ``<host>/<path>``, by the rules of the
+    module docstring.
 
-    A path ending in ``/`` gets ``index.html``; a query adds a short hash of it before
-    the extension (``list.json?page=2`` -> ``list-<hash>.json``); a port other than the
-    scheme's default is kept as ``<host>_<port>``. Percent-escapes are decoded and dot
-    segments resolved the way a server would (``/a/%2e%2e/b`` -> ``b``).
+    A port other than the scheme's default is kept as ``<host>_<port>``. Percent-escapes
+    are decoded and dot segments resolved the way a server would (``/a/%2e%2e/b.txt`` ->
+    ``b.txt``).
     """
     # The common case: a plain name in a folder many URLs share. The folder is worked
     # out once, and only the name is checked (the same result, at a third of the cost).
     folder_url, slash, name = url.rpartition("/")
     if slash and _NAME.fullmatch(name):
         folder = _folder(folder_url)
-        if folder is not None and len(folder) + len(name) <= MAX_NAME_BYTES:
-            return folder + name
+        stem, ext, made = _file_parts(name)
+        if folder is not None and not made and len(folder) + len(stem) + len(ext) < MAX_NAME_BYTES:
+            return f"{folder}{stem}.{ext}"
     return _url_path(url)
 
 
-# A plain name, not a device name and not ending like a sidecar (see ``_CAREFUL``).
+# A plain lower-case name, not a device name and not ending like a sidecar (``_CAREFUL``).
 _NAME = re.compile(
-    r"(?!(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.|$))[A-Za-z0-9_\-][A-Za-z0-9._\-]*"
-    r"(?<!\.meta\.json)",
-    re.IGNORECASE,
+    r"(?!(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.|$))[a-z0-9_\-][a-z0-9._\-]*"
+    r"(?<!\.meta\.json)"
 )
 
 
@@ -182,32 +212,56 @@ def _folder(folder_url: str) -> str | None:
     None when a name in it would not simply be appended."""
     if "://" not in folder_url or any(c in folder_url for c in "?#%\\"):
         return None
-    probe = _url_path(folder_url + "/x")
-    if not probe.endswith("/x") or probe.count("/") >= MAX_DEPTH:
+    probe = _url_path(folder_url + "/x.y")
+    if not probe.endswith("/x.y") or probe.count("/") >= MAX_DEPTH:
         return None
-    return probe[:-1]
+    return probe[:-3]
 
 
 def _url_path(url: str) -> str:
     match = _URL.match(url)
     if match is None:
         return safe_relpath(url)
-    scheme, authority, path, query = match.groups()
+    scheme, authority, raw, query = match.groups()
     host = _host(scheme, authority or "")
-    if "%" in path:
-        path = unquote(path, errors="replace")
-    if not path or path.endswith(("/", "\\")):
-        path += "index.html"
-    if "\\" in path or "/." in path or "//" in path or path.startswith("."):
-        path = posixpath.normpath("/" + path.replace("\\", "/")).lstrip("/") or "index.html"
-    if query:
-        head, name = posixpath.split(path)
-        stem, dot, ext = name.rpartition(".")
-        if not dot or not stem:
-            stem, ext = name, ""
-        name = f"{stem}-{_short_hash(query, 8)}" + (f".{ext}" if ext else "")
-        path = posixpath.join(head, name)
-    return safe_relpath(f"{host}/{path.lstrip('/')}")
+    path = unquote(raw, errors="replace") if "%" in raw else raw
+    folders, name = _split(path)
+    stem, ext, made = _file_parts(name or INDEX)
+    if query or (made and name) or path != path.lower():
+        stem = f"{stem}-{_short_hash(raw if query is None else f'{raw}?{query}', 8)}"
+    names = [host, *(f"{f}{FOLDER_SUFFIX}" if _has_extension(f) else f for f in folders)]
+    return safe_relpath("/".join([*names, f"{stem}.{ext}"]))
+
+
+def _split(path: str) -> tuple[list[str], str]:
+    """A URL path's folders and last name (empty for a URL that ends in ``/``), its dot
+    segments resolved as a server resolves them (RFC 3986, 5.2.4)."""
+    *parts, name = path.replace("\\", "/").split("/")
+    if name in (".", ".."):
+        parts.append(name)
+        name = ""
+    folders: list[str] = []
+    for part in parts:
+        if part == "..":
+            if folders:
+                folders.pop()
+        elif part not in ("", "."):
+            folders.append(part)
+    return folders, name
+
+
+def _has_extension(name: str) -> bool:
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot and stem and ext)
+
+
+def _file_parts(name: str) -> tuple[str, str, bool]:
+    """A file name's stem and extension (``body`` when it has none), and whether the
+    name is one the layout makes (``index.html``, an extension ``.body`` or ``.d``)."""
+    if not _has_extension(name):
+        return name, FILE_SUFFIX[1:], False
+    stem, _, ext = name.rpartition(".")
+    return stem, ext, ext.lower() in _MADE or name.lower() == INDEX
 
 
 def body_path(url: str, out: str | None) -> str:
