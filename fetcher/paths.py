@@ -193,9 +193,14 @@ def url_path(url: str) -> str:
     folder_url, slash, name = url.rpartition("/")
     if slash and _NAME.fullmatch(name):
         folder = _folder(folder_url)
-        stem, ext, made = _file_parts(name)
-        if folder is not None and not made and len(folder) + len(stem) + len(ext) < MAX_NAME_BYTES:
-            return f"{folder}{stem}.{ext}"
+        dot = name.rfind(".")
+        if 0 < dot < len(name) - 1:  # an extension: kept, unless the layout makes it
+            if name[dot + 1 :] in _MADE or name == INDEX:
+                folder = None
+        else:
+            name += FILE_SUFFIX
+        if folder is not None and len(folder) + len(name) <= MAX_NAME_BYTES:
+            return folder + name
     return _url_path(url)
 
 
