@@ -30,8 +30,10 @@ overlong or reserved names), the result is a relative path of plain segments tha
 cannot leave the output directory and cannot hit the tool's own files (the manifest,
 ``runs/``, ``.fetch/``, a sidecar, a temp file).
 
-``PathCollisions`` finds two rows of a job that would store to the same path, in about
-eight bytes per row.
+``PathCollisions`` finds rows of a job whose paths one disk cannot hold together (``out``
+templates can clash; URLs do not): the same path, paths that differ only in case, a path
+that another needs as a folder. Case counts on every disk, so an output directory can be
+copied to macOS or Windows whole.
 """
 
 from __future__ import annotations
@@ -280,20 +282,28 @@ def meta_path(body: str) -> str:
 
 
 _MASK = (1 << 64) - 1
+_RECENT = 4096
 
 
 class PathCollisions:
-    """Finds paths given more than once among many, in about eight bytes per path.
+    """Finds paths that one disk cannot hold together, among many, in about eight bytes
+    a path: the same path twice, paths that differ only in case, a path that another
+    needs as a folder.
 
-    Pass 1: ``add`` every path (a 64-bit hash goes into one of 256 arrays). Then
-    ``suspects()`` sorts each array in turn and returns the few hashes seen twice; a
-    second pass over the rows confirms them by the paths themselves (``confirm``).
+    Pass 1: ``add`` every path: a 64-bit hash of it (lower-cased) goes into one of 256
+    arrays, and so does the hash of each of its folders not added just before. Then
+    ``suspects()`` sorts each array in turn and keeps the few hashes seen twice as a path,
+    or as a path and a folder; a second pass over the rows confirms them by the paths
+    themselves (``confirm``).
     """
 
     def __init__(self) -> None:
-        self._buckets = [array("Q") for _ in range(256)]
+        self._paths = [array("Q") for _ in range(256)]
+        self._folders = [array("Q") for _ in range(256)]
+        self._recent: set[str] = set()  # folders added lately: rows share a few
         self._suspects: set[int] = set()
-        self._first: dict[str, int] = {}
+        self._files: dict[str, tuple[int, str]] = {}  # lower-cased path -> its first row
+        self._above: dict[str, tuple[int, str]] = {}  # lower-cased folder -> a row below
 
     @staticmethod
     def _key(path: str) -> int:
@@ -301,22 +311,50 @@ class PathCollisions:
 
     def add(self, path: str) -> None:
         """Count one path (pass 1)."""
-        key = self._key(path)
-        self._buckets[key >> 56].append(key)
+        folded = path.lower()
+        key = self._key(folded)
+        self._paths[key >> 56].append(key)
+        folder = folded.rpartition("/")[0]
+        while folder and folder not in self._recent:  # its own folders were added with it
+            if len(self._recent) >= _RECENT:
+                self._recent.clear()
+            self._recent.add(folder)
+            key = self._key(folder)
+            self._folders[key >> 56].append(key)
+            folder = folder.rpartition("/")[0]
 
     def suspects(self) -> int:
-        """End pass 1: keep the hashes seen more than once; return how many."""
-        for index, bucket in enumerate(self._buckets):
-            ordered = sorted(bucket)
-            self._buckets[index] = array("Q")
-            self._suspects.update(a for a, b in itertools.pairwise(ordered) if a == b)
+        """End pass 1: keep the hashes seen twice as a path, or as a path and a folder;
+        return how many."""
+        for index in range(256):
+            paths = sorted(self._paths[index])
+            folders = set(self._folders[index])
+            self._paths[index], self._folders[index] = array("Q"), array("Q")
+            self._suspects.update(a for a, b in itertools.pairwise(paths) if a == b)
+            self._suspects.update(folders.intersection(paths))
+        self._recent.clear()
         return len(self._suspects)
 
-    def confirm(self, path: str, line: int) -> int | None:
-        """Pass 2: the line that already stores to ``path``, or None."""
-        if self._key(path) not in self._suspects:
-            return None
-        first = self._first.get(path)
-        if first is None:
-            self._first[path] = line
-        return first
+    def confirm(self, path: str, line: int) -> str | None:
+        """Pass 2: why ``path`` clashes with the path of an earlier row (``as line 3
+        does``), or None."""
+        folded = path.lower()
+        why = None
+        if self._key(folded) in self._suspects:
+            earlier = self._files.setdefault(folded, (line, path))
+            above = self._above.get(folded)
+            if earlier[1] == path and earlier[0] != line:
+                why = f"as line {earlier[0]} does"
+            elif earlier[0] != line:
+                why = f"as line {earlier[0]} does to {earlier[1]}, one file on macOS and Windows"
+            elif above is not None:
+                why = f"which line {above[0]} needs as a folder (for {above[1]})"
+        folder = folded.rpartition("/")[0]
+        while folder:
+            if self._key(folder) in self._suspects:
+                self._above.setdefault(folder, (line, path))
+                file = self._files.get(folder)
+                if why is None and file is not None:
+                    why = f"below {file[1]}, which line {file[0]} stores as a file"
+            folder = folder.rpartition("/")[0]
+        return why

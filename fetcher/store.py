@@ -274,10 +274,11 @@ def path_collisions(
     keep: int = 20,
     seen: PathCollisions | None = None,
 ) -> tuple[list[Problem], int]:
-    """Find rows that would store to the same path as an earlier row.
+    """Find rows whose paths clash with an earlier row's: the same path, one that
+    differs only in case, or a path that the other needs as a folder (``PathCollisions``).
 
     ``rows`` is called once, and a second time only when two hashes repeat; memory is
-    about eight bytes a row. ``seen``, when given, already holds every valid row's path
+    about eight bytes a row and a folder. ``seen``, when given, already holds every valid row's path
     (``add_request`` while validating), and ``rows`` is then called only to confirm.
     Returns the first ``keep`` problems (``FILE:LINE`` of the later row, naming the
     earlier) and the count of all of them.
@@ -295,16 +296,15 @@ def path_collisions(
         if request.invalid is not None:
             continue
         path = request_path(request)
-        first = collisions.confirm(path, request.line)
-        if first is not None:
+        why = collisions.confirm(path, request.line)
+        if why is not None:
             total += 1
             if len(problems) < keep:
                 problems.append(
                     Problem(
                         file,
                         request.line,
-                        f"stores to {path}, as line {first} does: "
-                        "give the rows different URLs or out paths",
+                        f"stores to {path}, {why}: give the rows different URLs or out paths",
                     )
                 )
     return problems, total

@@ -262,11 +262,31 @@ def test_path_collisions_finds_repeats_only() -> None:
         collisions.add(path)
     assert collisions.suspects() == 2
     found = [
-        (line, first)
+        (line, why)
         for line, path in enumerate(paths, start=1)
-        if (first := collisions.confirm(path, line)) is not None
+        if (why := collisions.confirm(path, line)) is not None
     ]
-    assert found == [(5001, 8), (5002, 43), (5003, 8)]
+    assert found == [(5001, "as line 8 does"), (5002, "as line 43 does"), (5003, "as line 8 does")]
+
+
+def test_path_collisions_finds_a_file_in_a_folders_place_and_case_twins() -> None:
+    collisions = PathCollisions()
+    paths = ["h/a/b/c", "h/x", "h/A", "h/a/b", "h/X/y", "h/ok/1", "h/ok/2", "h/ok", "h/OK/1"]
+    for path in paths:
+        collisions.add(path)
+    assert collisions.suspects() == 5  # h/a, h/a/b, h/x, h/ok as paths and folders; h/ok/1
+    found = {
+        line: why
+        for line, path in enumerate(paths, start=1)
+        if (why := collisions.confirm(path, line)) is not None
+    }
+    assert found == {
+        3: "which line 1 needs as a folder (for h/a/b/c)",
+        4: "which line 1 needs as a folder (for h/a/b/c)",
+        5: "below h/x, which line 2 stores as a file",
+        8: "which line 6 needs as a folder (for h/ok/1)",
+        9: "as line 6 does to h/ok/1, one file on macOS and Windows",
+    }
 
 
 # --------------------------------------------------------------------------- end to end
@@ -438,3 +458,27 @@ def test_a_name_that_is_a_file_and_a_folder_stores_every_url_in_any_order(
         shown = json.loads(run_fetch("show", "out", url, "--json").stdout)
         assert shown["record"]["path"] == paths[url]
         assert shown["sidecar"]["request"]["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("outs", "problem"),
+    [
+        (["x", "x/y.json"], "stores to x/y.json, below x, which line 2 stores as a file"),
+        (["x/y.json", "x"], "stores to x, which line 2 needs as a folder (for x/y.json)"),
+        (["a/b/c", "a/B"], "stores to a/B, which line 2 needs as a folder (for a/b/c)"),
+        (["A.html", "a.html"], "stores to a.html, as line 2 does to A.html, one file on macOS"),
+    ],
+)
+def test_out_paths_that_one_disk_cannot_hold_are_refused_before_anything_is_sent(
+    workdir: Path, server: Any, outs: list[str], problem: str
+) -> None:
+    """A name as a file and as a folder, or two names that differ only in case (one file
+    on macOS and Windows, where an output directory may be copied), whatever the order."""
+    job = workdir / "clash.csv"
+    rows = [f"{server.at(f'/{n}.txt')},{out}\n" for n, out in enumerate(outs)]
+    job.write_text("url,out\n" + "".join(rows))
+    result = run_fetch("run", job, "-o", "out")
+    assert result.exit_code == 2
+    assert f"{job}:3: {problem}" in result.stderr
+    assert server.requests == []
+    assert not (workdir / "out").exists()
