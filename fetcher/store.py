@@ -630,8 +630,9 @@ class DiskStore:
         index them (steps 2-4 of the module docstring).
 
         A row cancelled after its copy was staged is recorded as the fetch it was; a
-        copy that cannot reach its path (a file or directory in the way) makes its row
-        fail as ``invalid``. Returns the outcomes as recorded.
+        copy that cannot reach its path (a file or directory in the way, or another
+        URL's copy at it) makes its row fail as ``invalid``. Returns the outcomes as
+        recorded.
         """
         final = list(outcomes)
         staged: list[tuple[int, _Staged]] = []
@@ -647,14 +648,38 @@ class DiskStore:
         placed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
         if staged:
+            staged, taken = self._claim(staged)
             placed, failures = self._place(staged, lines)
-            for index, copy, failure in failures:
-                refused.append((copy.stored.path, copy.stored.sha256))
+            refused = [(copy.stored.path, copy.stored.sha256) for _, copy, _ in failures]
+            for index, copy, failure in [*taken, *failures]:
                 final[index] = copy.refused(final[index], failure)
                 records[index] = manifest_record(final[index], run)
                 lines[index] = _json_line(records[index])
         self._append(records, lines, placed=placed, refused=refused)
         return final
+
+    def _claim(
+        self, staged: Sequence[tuple[int, _Staged]]
+    ) -> tuple[list[tuple[int, _Staged]], list[tuple[int, _Staged, str]]]:
+        """Split the copies into those free to take their paths and those whose path
+        holds another URL's copy: that copy is never replaced, so the record that points
+        at a path is always the one that wrote it."""
+        owners: dict[str, str] = {}
+        for batch in _batched([copy.stored.path for _, copy in staged], 500):
+            owners.update(self.db.execute(_owners_of(len(batch)), batch).fetchall())
+        free, taken = [], []
+        for index, copy in staged:
+            path, url = copy.stored.path, copy.request.safe_url
+            owner = owners.setdefault(path, url)
+            if owner == url:
+                free.append((index, copy))
+            else:
+                copy.discard()
+                why = f"{path} holds the copy of {owner}"
+                if copy.request.out:
+                    why += ": give this row another out path"
+                taken.append((index, copy, why))
+        return free, taken
 
     def _place(
         self, staged: Sequence[tuple[int, _Staged]], lines: Sequence[bytes]
@@ -895,6 +920,11 @@ class DiskStore:
             )
             db.execute("COMMIT")
             after = rows[-1][0]
+
+
+@functools.lru_cache(maxsize=4)
+def _owners_of(count: int) -> str:
+    return f"SELECT path, url FROM copies WHERE path IN ({', '.join('?' * count)})"
 
 
 @functools.lru_cache(maxsize=4)

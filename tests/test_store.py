@@ -253,6 +253,34 @@ def test_a_file_in_the_way_fails_the_row_not_the_run(
     assert (workdir / "out/a").read_bytes() == body_of("1") + b"v1"
 
 
+def test_a_copy_is_never_put_over_another_urls_copy(
+    workdir: Path, served: tuple[dict[str, object], str]
+) -> None:
+    """A later run whose row stores to a path that holds another URL's copy fails that
+    row: the copy stays, and so does the record that points at it."""
+    state, base = served
+    job = workdir / "job.csv"
+    job.write_text(f"url,out\n{base}/items/1,latest.txt\n")
+    assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
+    job.write_text(f"url,out\n{base}/items/2,latest.txt\n")
+    result = run_fetch("run", job, "-o", "out", "-q")
+    assert result.exit_code == 1
+    first, failed = records_of(workdir / "out")
+    assert failed["ok"] is False
+    assert failed["error"] == {
+        "kind": "invalid",
+        "message": f"latest.txt holds the copy of {base}/items/1: give this row another out path",
+    }
+    assert (workdir / "out/latest.txt").read_bytes() == body_of("1") + b"v1"
+    shown = json.loads(run_fetch("show", workdir / "out", f"{base}/items/1", "--json").stdout)
+    assert shown["record"] == first
+    assert shown["sidecar"]["request"]["url"] == f"{base}/items/1"
+    state["version"] = "v2"  # the URL whose copy it is still refreshes it
+    job.write_text(f"url,out\n{base}/items/1,latest.txt\n")
+    assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
+    assert (workdir / "out/latest.txt").read_bytes() == body_of("1") + b"v2"
+
+
 def test_files_follow_the_umask_and_the_cookie_jar_is_private(
     workdir: Path, served: tuple[dict[str, object], str]
 ) -> None:
