@@ -546,9 +546,14 @@ def test_a_folder_linked_without_its_slash_stores_the_pages_below_it(workdir: Pa
     with serve_in_thread(_pages_app(pages, {"/docs": "/docs/"})) as server:
         job = _job(workdir, server, "depth = 4\n", [server.at("/")])
         result = run_fetch("run", job, *FAST)
+        paths = {r["url"]: r["path"] for r in _records(workdir)}
+        again = run_fetch("run", job, *FAST)  # a refresh: each page again, where it was
     assert result.exit_code == 0, result.stderr
     urls = {server.at(path) for path in [*pages, "/docs"]}
     _assert_every_page_stored(workdir, pages, urls)
+    assert again.exit_code == 0, again.stderr
+    assert len(_records(workdir)) == 2 * len(urls)
+    assert {r["url"]: r["path"] for r in _records(workdir)} == paths
 
 
 def test_a_folder_and_its_index_html_are_two_pages_stored_apart(workdir: Path) -> None:
