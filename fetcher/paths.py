@@ -9,7 +9,7 @@ file and as a folder, even on a disk that ignores case (macOS, Windows):
   ``/`` stores ``index.html`` in its folder;
 - a file name without an extension gets ``.body`` (``/docs`` -> ``docs.body``, beside the
   folder ``docs/`` that ``/docs/intro`` needs) and a folder name with one gets ``.d``
-  (``/v1.2/x`` -> ``v1.2.d/x``): a file name always has an extension, a folder name has
+  (``/v1.2/x.txt`` -> ``v1.2.d/x.txt``): a file name always has an extension, a folder has
   none or ``.d``;
 - a file name gets ``-<hash>`` before its extension (a hash of the URL's path and query)
   when the URL has a query (``list.json?page=2`` -> ``list-<hash>.json``), when its path
@@ -17,6 +17,10 @@ file and as a folder, even on a disk that ignores case (macOS, Windows):
   name is one these rules make (``index.html``, an extension ``.body`` or ``.d``), so
   ``/blog/index.html`` -> ``blog/index-<hash>.html``, apart from ``/blog/``'s
   ``blog/index.html``.
+
+Only URLs that a sanitised name or a decoded ``%2F`` makes one (``/a:b`` and ``/a_b``,
+``/a%2Fb`` and ``/a/b``), or a name made to carry another URL's hash, can still meet:
+validation refuses two such rows, and the store never puts one URL's copy over another's.
 
 wget keeps more names as they are, but decides clashes by what is already on disk: it
 deletes a file that is in the way of a folder, and numbers a file whose name a folder
