@@ -25,7 +25,7 @@ from fetcher.paths import (
     url_path,
 )
 from fetcher.store import read_manifest
-from tests.conftest import files_under, run_fetch, serve_in_thread
+from tests.conftest import Served, files_under, run_fetch, serve_in_thread
 
 TRICKY = [
     "..",
@@ -470,7 +470,7 @@ def test_a_name_that_is_a_file_and_a_folder_stores_every_url_in_any_order(
     ],
 )
 def test_out_paths_that_one_disk_cannot_hold_are_refused_before_anything_is_sent(
-    workdir: Path, server: Any, outs: list[str], problem: str
+    workdir: Path, server: Served, outs: list[str], problem: str
 ) -> None:
     """A name as a file and as a folder, or two names that differ only in case (one file
     on macOS and Windows, where an output directory may be copied), whatever the order."""
