@@ -293,10 +293,11 @@ def path_collisions(
     keep: int = 20,
     seen: PathCollisions | None = None,
 ) -> tuple[list[Problem], int]:
-    """Find rows that would store to the same path as an earlier row.
+    """Find rows whose paths clash with an earlier row's: the same path, one that
+    differs only in case, or a path that the other needs as a folder (``PathCollisions``).
 
     ``rows`` is called once, and a second time only when two hashes repeat; memory is
-    about eight bytes a row. ``seen``, when given, already holds every valid row's path
+    about eight bytes a row and a folder. ``seen``, when given, already holds every valid row's path
     (``add_request`` while validating), and ``rows`` is then called only to confirm.
     Returns the first ``keep`` problems (``FILE:LINE`` of the later row, naming the
     earlier) and the count of all of them.
@@ -314,16 +315,15 @@ def path_collisions(
         if request.invalid is not None or request.method == "HEAD":
             continue
         path = request_path(request)
-        first = collisions.confirm(path, request.line)
-        if first is not None:
+        why = collisions.confirm(path, request.line)
+        if why is not None:
             total += 1
             if len(problems) < keep:
                 problems.append(
                     Problem(
                         file,
                         request.line,
-                        f"stores to {path}, as line {first} does: "
-                        "give the rows different URLs or out paths",
+                        f"stores to {path}, {why}: give the rows different URLs or out paths",
                     )
                 )
     return problems, total
@@ -657,8 +657,9 @@ class DiskStore:
         index them (steps 2-4 of the module docstring).
 
         A row cancelled after its copy was staged is recorded as the fetch it was; a
-        copy that cannot reach its path (a file or directory in the way) makes its row
-        fail as ``invalid``. Returns the outcomes as recorded.
+        copy that cannot reach its path (a file or directory in the way, or another
+        URL's copy at it) makes its row fail as ``invalid``. Returns the outcomes as
+        recorded.
         """
         final = list(outcomes)
         staged: list[tuple[int, _Staged]] = []
@@ -674,14 +675,38 @@ class DiskStore:
         placed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
         if staged:
+            staged, taken = self._claim(staged)
             placed, failures = self._place(staged, lines)
-            for index, copy, failure in failures:
-                refused.append((copy.stored.path, copy.stored.sha256))
+            refused = [(copy.stored.path, copy.stored.sha256) for _, copy, _ in failures]
+            for index, copy, failure in [*taken, *failures]:
                 final[index] = copy.refused(final[index], failure)
                 records[index] = manifest_record(final[index], run)
                 lines[index] = _json_line(records[index])
         self._append(records, lines, placed=placed, refused=refused)
         return final
+
+    def _claim(
+        self, staged: Sequence[tuple[int, _Staged]]
+    ) -> tuple[list[tuple[int, _Staged]], list[tuple[int, _Staged, str]]]:
+        """Split the copies into those free to take their paths and those whose path
+        holds another URL's copy: that copy is never replaced, so the record that points
+        at a path is always the one that wrote it."""
+        owners: dict[str, str] = {}
+        for batch in _batched([copy.stored.path for _, copy in staged], 500):
+            owners.update(self.db.execute(_owners_of(len(batch)), batch).fetchall())
+        free, taken = [], []
+        for index, copy in staged:
+            path, url = copy.stored.path, copy.request.safe_url
+            owner = owners.setdefault(path, url)
+            if owner == url:
+                free.append((index, copy))
+            else:
+                copy.discard()
+                why = f"{path} holds the copy of {owner}"
+                if copy.request.out:
+                    why += ": give this row another out path"
+                taken.append((index, copy, why))
+        return free, taken
 
     def _place(
         self, staged: Sequence[tuple[int, _Staged]], lines: Sequence[bytes]
@@ -923,6 +948,11 @@ class DiskStore:
             )
             db.execute("COMMIT")
             after = rows[-1][0]
+
+
+@functools.lru_cache(maxsize=4)
+def _owners_of(count: int) -> str:
+    return f"SELECT path, url FROM copies WHERE path IN ({', '.join('?' * count)})"
 
 
 @functools.lru_cache(maxsize=4)

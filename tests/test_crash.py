@@ -130,8 +130,8 @@ def test_sigkill_then_resume(
     child.wait(10)
 
     assert_files_match_records(out, pending_sha256(out))
-    for path in (p for p in out.glob("127.0.0.1_*/items/*") if not p.name.endswith(".json")):
-        assert path.read_bytes() in (body("v1", path.name), body("v2", path.name))  # whole
+    for path in out.glob("127.0.0.1_*/items/*.body"):
+        assert path.read_bytes() in (body("v1", path.stem), body("v2", path.stem))  # whole
     killed = {p.stem for p in (out / "runs").iterdir()} - {str(records(out)[0]["run"])}
     (killed_run,) = killed
     assert json.loads((out / f"runs/{killed_run}.json").read_text())["state"] == "running"
@@ -157,9 +157,8 @@ def test_sigkill_then_resume(
     assert summary["outcomes"] == {"fetched": ROWS - len(finished), "skipped": len(finished)}
     killed_record = json.loads((out / f"runs/{killed_run}.json").read_text())
     assert killed_record["state"] == "interrupted"
-    for path in out.glob("127.0.0.1_*/items/*"):
-        if not path.name.endswith(".json"):
-            assert path.read_bytes() == body("v2", path.name)
+    for path in out.glob("127.0.0.1_*/items/*.body"):
+        assert path.read_bytes() == body("v2", path.stem)
 
 
 def test_sigkill_mid_body_leaves_a_temp_file_that_the_next_run_removes(
@@ -176,7 +175,7 @@ def test_sigkill_mid_body_leaves_a_temp_file_that_the_next_run_removes(
     wait_for(lambda: bool(state.get("stalled")) and any(temp.glob("*")), child)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(10)
-    final = out / f"127.0.0.1_{server.port}/stream"
+    final = out / f"127.0.0.1_{server.port}/stream.body"
     assert not final.exists()
     assert records(out) == []
     assert list(temp.iterdir())

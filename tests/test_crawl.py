@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -500,3 +502,68 @@ def test_a_stop_cuts_a_stalled_robots_txt_short(workdir: Path) -> None:
     want = expected([server.at("/p/0.html")], N, server.port, depth=1)
     fetched = {r["url"] for r in _records(workdir) if r["outcome"] == "fetched"}
     assert fetched == set(want)
+
+
+def _pages_app(pages: dict[str, str], redirects: dict[str, str]) -> web.Application:
+    """A site of HTML pages (path -> body) and 301s (path -> location)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path in redirects:
+            raise web.HTTPMovedPermanently(redirects[request.path])
+        if request.path not in pages:
+            raise web.HTTPNotFound()
+        return web.Response(text=pages[request.path], content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
+def _assert_every_page_stored(workdir: Path, pages: dict[str, str], urls: set[str]) -> None:
+    """Each URL has one ok record whose file holds its page, with its size and sha256,
+    and ``fetch show`` finds it there."""
+    records = {r["url"]: r for r in _records(workdir)}
+    assert set(records) == urls
+    for url, record in records.items():
+        assert record["outcome"] == "fetched", (url, record["error"])
+        body = (workdir / "output/seeds" / record["path"]).read_bytes()
+        assert body == pages[urlsplit(record["final_url"] or url).path].encode(), url
+        assert (record["size"], record["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+        shown = json.loads(run_fetch("show", "output/seeds", url, "--json").stdout)
+        assert shown["record"]["path"] == record["path"]
+    assert len({r["path"] for r in records.values()}) == len(records)
+
+
+def test_a_folder_linked_without_its_slash_stores_the_pages_below_it(workdir: Path) -> None:
+    """``/docs`` answers 301 to ``/docs/`` (as nginx and Apache do), whose page links
+    below it: ``/docs`` is stored as a file, and so are the pages in the folder."""
+    pages = {
+        "/": '<a href="/docs">docs</a>',
+        "/docs/": '<a href="intro">intro</a> <a href="/docs/">here</a> <a href="/docs">up</a>',
+        "/docs/intro": '<a href="/docs/intro/part-1">one</a>',
+        "/docs/intro/part-1": "the end",
+    }
+    with serve_in_thread(_pages_app(pages, {"/docs": "/docs/"})) as server:
+        job = _job(workdir, server, "depth = 4\n", [server.at("/")])
+        result = run_fetch("run", job, *FAST)
+        paths = {r["url"]: r["path"] for r in _records(workdir)}
+        again = run_fetch("run", job, *FAST)  # a refresh: each page again, where it was
+    assert result.exit_code == 0, result.stderr
+    urls = {server.at(path) for path in [*pages, "/docs"]}
+    _assert_every_page_stored(workdir, pages, urls)
+    assert again.exit_code == 0, again.stderr
+    assert len(_records(workdir)) == 2 * len(urls)
+    assert {r["url"]: r["path"] for r in _records(workdir)} == paths
+
+
+def test_a_folder_and_its_index_html_are_two_pages_stored_apart(workdir: Path) -> None:
+    pages = {
+        "/": '<a href="/blog/">blog</a> <a href="/blog/index.html">old blog</a>',
+        "/blog/": "the blog as it is now",
+        "/blog/index.html": "the blog as it was, a much longer page than the new one",
+    }
+    with serve_in_thread(_pages_app(pages, {})) as server:
+        job = _job(workdir, server, "depth = 1\n", [server.at("/")])
+        result = run_fetch("run", job, *FAST)
+    assert result.exit_code == 0, result.stderr
+    _assert_every_page_stored(workdir, pages, {server.at(path) for path in pages})

@@ -127,7 +127,7 @@ def test_skip_existing_sends_nothing_for_good_copies(
     assert _summary(job, "--skip-existing")["outcomes"] == {"fetched": 1, "skipped": 2}
     assert [r.path for r in server.requests] == ["/fail/1"]
     server.requests.clear()
-    (next((workdir / "out").glob("127.0.0.1_*/lm/1"))).unlink()  # a copy deleted by hand
+    (next((workdir / "out").glob("127.0.0.1_*/lm/1.body"))).unlink()  # a copy deleted by hand
     assert _summary(job, "--skip-existing")["outcomes"] == {"fetched": 1, "skipped": 2}
     assert [r.path for r in server.requests] == ["/lm/1"]
 

@@ -4,9 +4,11 @@ two rows of a job that would store to one path are refused before anything is se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -22,7 +24,8 @@ from fetcher.paths import (
     safe_relpath,
     url_path,
 )
-from tests.conftest import files_under, run_fetch, serve_in_thread
+from fetcher.store import read_manifest
+from tests.conftest import Served, files_under, run_fetch, serve_in_thread
 
 TRICKY = [
     "..",
@@ -140,20 +143,29 @@ def test_url_path_fast_path_is_the_slow_path(
         ("http://Example.COM/", "example.com/index.html"),
         ("http://example.com", "example.com/index.html"),
         ("http://example.com/dir/", "example.com/dir/index.html"),
-        ("http://example.com:80/x", "example.com/x"),
-        ("https://example.com:443/x", "example.com/x"),
-        ("http://example.com:8080/x", "example.com_8080/x"),
-        ("http://user:secret@example.com/x", "example.com/x"),
-        ("http://example.com/a/../../../etc/passwd", "example.com/etc/passwd"),
-        ("http://example.com/a/%2e%2e/%2E%2E/%2e%2e/etc", "example.com/etc"),
-        ("http://example.com/a%2fb", "example.com/a/b"),
-        ("http://example.com/a\\..\\..\\b", "example.com/b"),
-        ("http://example.com/a%00b", "example.com/a_b"),
+        ("http://example.com:80/x.txt", "example.com/x.txt"),
+        ("https://example.com:443/x.txt", "example.com/x.txt"),
+        ("http://example.com:8080/x.txt", "example.com_8080/x.txt"),
+        ("http://user:secret@example.com/x.txt", "example.com/x.txt"),
+        ("http://example.com/a/../../../etc/passwd", "example.com/etc/passwd.body"),
+        ("http://example.com/a/%2e%2e/%2E%2E/%2e%2e/etc", "example.com/etc.body"),
+        ("http://example.com/a/b/..", "example.com/a/index.html"),
+        ("http://example.com/a%2fb", "example.com/a/b.body"),
+        ("http://example.com/a\\..\\..\\b", "example.com/b.body"),
+        ("http://example.com/a%00b.txt", "example.com/a_b.txt"),
         ("http://example.com/x.meta.json", "example.com/x.meta.json_"),
-        ("http://example.com/.~fetch-1-1", "example.com/_.~fetch-1-1"),
-        ("http://example.com/caf%C3%A9", "example.com/café"),
-        ("http://[::1]:8080/x", "__1_8080/x"),
+        ("http://example.com/.~fetch-1-1", "example.com/_.~fetch-1-1.body"),
+        ("http://example.com/caf%C3%A9.txt", "example.com/café.txt"),
+        ("http://[::1]:8080/x.txt", "__1_8080/x.txt"),
         ("http://example.com/#frag", "example.com/index.html"),
+        # A name that could be a file and a folder: a file always has an extension, a
+        # folder has none (or .d), so the two never meet.
+        ("http://example.com/docs", "example.com/docs.body"),
+        ("http://example.com/docs/intro", "example.com/docs/intro.body"),
+        ("http://example.com/docs/", "example.com/docs/index.html"),
+        ("http://example.com/v1.2", "example.com/v1.2"),
+        ("http://example.com/v1.2/notes.txt", "example.com/v1.2.d/notes.txt"),
+        ("http://example.com/.well-known/x.txt", "example.com/.well-known/x.txt"),
     ],
 )
 def test_url_paths(url: str, expected: str) -> None:
@@ -181,6 +193,40 @@ def test_url_paths(url: str, expected: str) -> None:
 )
 def test_out_paths(out: str, expected: str) -> None:
     assert safe_relpath(out) == expected
+
+
+_names = st.text(alphabet="aAb.-", max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(_names, max_size=4),
+            st.booleans(),
+            st.one_of(st.none(), st.sampled_from(["", "q=1", "Q=1"])),
+        ),
+        min_size=2,
+        max_size=12,
+    )
+)
+def test_urls_never_share_a_file_or_need_one_as_a_folder(
+    urls: list[tuple[list[str], bool, str | None]],
+) -> None:
+    """Two URLs a server tells apart get two paths that stay apart on a disk that ignores
+    case, and no URL's file is a folder another URL needs."""
+    from fetcher import paths
+
+    stored: dict[str, tuple[tuple[str, ...], str, str | None]] = {}
+    for names, slash, query in urls:
+        raw = "/" + "/".join(names) + ("/" if slash else "")
+        url = f"http://h{raw}" + ("" if query is None else f"?{query}")
+        folders, name = paths._split(raw)
+        resource = (tuple(folders), name, query or None)  # what the server serves
+        path = url_path(url).lower()
+        assert stored.setdefault(path, resource) == resource, (url, path)
+    for path in stored:
+        assert not [other for other in stored if other.startswith(path + "/")], path
 
 
 def test_a_query_adds_a_short_hash_before_the_extension() -> None:
@@ -216,11 +262,31 @@ def test_path_collisions_finds_repeats_only() -> None:
         collisions.add(path)
     assert collisions.suspects() == 2
     found = [
-        (line, first)
+        (line, why)
         for line, path in enumerate(paths, start=1)
-        if (first := collisions.confirm(path, line)) is not None
+        if (why := collisions.confirm(path, line)) is not None
     ]
-    assert found == [(5001, 8), (5002, 43), (5003, 8)]
+    assert found == [(5001, "as line 8 does"), (5002, "as line 43 does"), (5003, "as line 8 does")]
+
+
+def test_path_collisions_finds_a_file_in_a_folders_place_and_case_twins() -> None:
+    collisions = PathCollisions()
+    paths = ["h/a/b/c", "h/x", "h/A", "h/a/b", "h/X/y", "h/ok/1", "h/ok/2", "h/ok", "h/OK/1"]
+    for path in paths:
+        collisions.add(path)
+    assert collisions.suspects() == 5  # h/a, h/a/b, h/x, h/ok as paths and folders; h/ok/1
+    found = {
+        line: why
+        for line, path in enumerate(paths, start=1)
+        if (why := collisions.confirm(path, line)) is not None
+    }
+    assert found == {
+        3: "which line 1 needs as a folder (for h/a/b/c)",
+        4: "which line 1 needs as a folder (for h/a/b/c)",
+        5: "below h/x, which line 2 stores as a file",
+        8: "which line 6 needs as a folder (for h/ok/1)",
+        9: "as line 6 does to h/ok/1, one file on macOS and Windows",
+    }
 
 
 # --------------------------------------------------------------------------- end to end
@@ -291,8 +357,128 @@ def test_two_rows_to_one_path_are_refused_before_anything_is_sent(workdir: Path)
         dry = run_fetch("run", job, "-o", "out", "--dry-run")
     assert result.exit_code == 2
     assert f"{job}:5: stores to same.txt, as line 3 does" in result.stderr
-    assert f"{job}:6: stores to 127.0.0.1_{server.port}/a, as line 2 does" in result.stderr
+    assert f"{job}:6: stores to 127.0.0.1_{server.port}/a.body, as line 2 does" in result.stderr
     assert dry.exit_code == 2
     assert f"{job}:5:" in dry.stderr
+    assert server.requests == []
+    assert not (workdir / "out").exists()
+
+
+# ------------------------------------------------------- a name that is a file and a folder
+
+
+def _site_app() -> web.Application:
+    """Every path answers a body of its own (with an ETag, so a rerun can refresh)."""
+
+    async def anything(request: web.Request) -> web.Response:
+        body = f"the page at {request.path_qs}\n".encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, headers={"ETag": etag})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", anything)
+    return app
+
+
+# Pairs a server tells apart and a file system may not: a name as a file and as a folder
+# (in both orders), a folder's index page and its index.html, names that differ in case.
+CLASHING = [
+    "/a",
+    "/a/b",
+    "/c/d",
+    "/c",
+    "/blog/",
+    "/blog/index.html",
+    "/v1.2",
+    "/v1.2/notes",
+    "/A.html",
+    "/a.html",
+    "/Docs/x",
+    "/docs/x",
+    "/list?page=1",
+    "/list/?page=1",
+]
+
+
+def _stored(out: Path) -> dict[str, dict[str, Any]]:
+    return {str(r["url"]): r for _, r in read_manifest(out / "manifest.jsonl")}
+
+
+def _assert_each_body_at_its_record(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    """Every record is ok and its file holds that URL's body, with its size and sha256;
+    no two paths are one file on a case-insensitive disk, none is another's folder."""
+    for url, record in records.items():
+        assert record["ok"], (url, record["error"])
+        body = (out / record["path"]).read_bytes()
+        assert body == f"the page at /{url.split('/', 3)[3]}\n".encode(), url
+        assert (len(body), hashlib.sha256(body).hexdigest()) == (record["size"], record["sha256"])
+    folded = [str(r["path"]).lower() for r in records.values()]
+    assert len(set(folded)) == len(folded), "two URLs share a path"
+    for path in folded:
+        assert not [other for other in folded if other.startswith(path + "/")], path
+
+
+def test_a_name_that_is_a_file_and_a_folder_stores_every_url_in_any_order(
+    workdir: Path,
+) -> None:
+    with serve_in_thread(_site_app()) as server:
+        urls = [server.at(path) for path in CLASHING]
+        forward, backward = workdir / "forward.txt", workdir / "backward.txt"
+        forward.write_text("".join(f"{url}\n" for url in urls))
+        backward.write_text("".join(f"{url}\n" for url in reversed(urls)))
+        first = run_fetch("run", forward, "-o", "out", "-q")
+        other = run_fetch("run", backward, "-o", "out2", "-q")
+        server.requests.clear()
+        again = run_fetch("run", backward, "-o", "out", "-q")
+        conditional = [r for r in server.requests if "If-None-Match" in r.headers]
+    assert first.exit_code == 0, first.stderr
+    assert other.exit_code == 0, other.stderr
+    records = _stored(workdir / "out")
+    assert set(records) == set(urls)
+    _assert_each_body_at_its_record(workdir / "out", records)
+    # The path is the URL's alone: the same in a run that met the URLs in the other order,
+    # and in a rerun, which refreshes each copy where it is.
+    paths = {url: record["path"] for url, record in records.items()}
+    assert {url: r["path"] for url, r in _stored(workdir / "out2").items()} == paths
+    assert again.exit_code == 0, again.stderr
+    rerun = _stored(workdir / "out")
+    assert {url: r["outcome"] for url, r in rerun.items()} == dict.fromkeys(urls, "not_modified")
+    assert {url: r["path"] for url, r in rerun.items()} == paths
+    assert len(conditional) == len(urls)
+    _assert_each_body_at_its_record(workdir / "out", rerun)
+    # Each copy is found through its record.
+    listed = {
+        entry["url"]: entry["path"]
+        for entry in map(json.loads, run_fetch("ls", "out", "--json").stdout.splitlines())
+    }
+    assert listed == paths
+    for url in (server.at("/a"), server.at("/blog/index.html"), server.at("/A.html")):
+        shown = json.loads(run_fetch("show", "out", url, "--json").stdout)
+        assert shown["record"]["path"] == paths[url]
+        assert shown["sidecar"]["request"]["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("outs", "problem"),
+    [
+        (["x", "x/y.json"], "stores to x/y.json, below x, which line 2 stores as a file"),
+        (["x/y.json", "x"], "stores to x, which line 2 needs as a folder (for x/y.json)"),
+        (["a/b/c", "a/B"], "stores to a/B, which line 2 needs as a folder (for a/b/c)"),
+        (["A.html", "a.html"], "stores to a.html, as line 2 does to A.html, one file on macOS"),
+    ],
+)
+def test_out_paths_that_one_disk_cannot_hold_are_refused_before_anything_is_sent(
+    workdir: Path, server: Served, outs: list[str], problem: str
+) -> None:
+    """A name as a file and as a folder, or two names that differ only in case (one file
+    on macOS and Windows, where an output directory may be copied), whatever the order."""
+    job = workdir / "clash.csv"
+    rows = [f"{server.at(f'/{n}.txt')},{out}\n" for n, out in enumerate(outs)]
+    job.write_text("url,out\n" + "".join(rows))
+    result = run_fetch("run", job, "-o", "out")
+    assert result.exit_code == 2
+    assert f"{job}:3: {problem}" in result.stderr
     assert server.requests == []
     assert not (workdir / "out").exists()

@@ -234,7 +234,8 @@ def test_reindex_skips_a_copy_whose_file_changed(
     _, base = served
     job = write_job(workdir, [f"{base}/items/1", f"{base}/items/2"])
     assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
-    (workdir / f"out/127.0.0.1_{base.rsplit(':', 1)[1]}/items/1").write_bytes(b"edited by hand")
+    (first, _) = records_of(workdir / "out")
+    (workdir / "out" / str(first["path"])).write_bytes(b"edited by hand")
     assert "1 good copies" in run_fetch("reindex", workdir / "out").stdout
 
 
@@ -250,6 +251,34 @@ def test_a_file_in_the_way_fails_the_row_not_the_run(
     assert result.exit_code == 1
     assert json.loads(result.stdout)["outcomes"] == {"failed": 1, "fetched": 1}
     assert (workdir / "out/a").read_bytes() == body_of("1") + b"v1"
+
+
+def test_a_copy_is_never_put_over_another_urls_copy(
+    workdir: Path, served: tuple[dict[str, object], str]
+) -> None:
+    """A later run whose row stores to a path that holds another URL's copy fails that
+    row: the copy stays, and so does the record that points at it."""
+    state, base = served
+    job = workdir / "job.csv"
+    job.write_text(f"url,out\n{base}/items/1,latest.txt\n")
+    assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
+    job.write_text(f"url,out\n{base}/items/2,latest.txt\n")
+    result = run_fetch("run", job, "-o", "out", "-q")
+    assert result.exit_code == 1
+    first, failed = records_of(workdir / "out")
+    assert failed["ok"] is False
+    assert failed["error"] == {
+        "kind": "invalid",
+        "message": f"latest.txt holds the copy of {base}/items/1: give this row another out path",
+    }
+    assert (workdir / "out/latest.txt").read_bytes() == body_of("1") + b"v1"
+    shown = json.loads(run_fetch("show", workdir / "out", f"{base}/items/1", "--json").stdout)
+    assert shown["record"] == first
+    assert shown["sidecar"]["request"]["url"] == f"{base}/items/1"
+    state["version"] = "v2"  # the URL whose copy it is still refreshes it
+    job.write_text(f"url,out\n{base}/items/1,latest.txt\n")
+    assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
+    assert (workdir / "out/latest.txt").read_bytes() == body_of("1") + b"v2"
 
 
 def test_files_follow_the_umask_and_the_cookie_jar_is_private(
@@ -268,7 +297,7 @@ def test_files_follow_the_umask_and_the_cookie_jar_is_private(
     for path in [out / p for p in files_under(out)] + folders:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o027 == 0, (path, oct(mode))
-    body = next(out.glob("127.0.0.1_*/items/1"))
+    body = next(out.glob("127.0.0.1_*/items/1.body"))
     assert stat.S_IMODE(body.stat().st_mode) == 0o640
     assert stat.S_IMODE(next(out.glob("127.0.0.1_*")).stat().st_mode) == 0o750
     assert stat.S_IMODE((workdir / "jar.txt").stat().st_mode) == 0o600
@@ -329,9 +358,9 @@ async def test_a_row_interrupted_after_its_body_was_placed_is_recorded_as_fetche
         assert store.db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
     (record,) = records_of(tmp_path / "out")
     assert record["outcome"] == "fetched"
-    assert record["path"] == stored.path == "h/x"
+    assert record["path"] == stored.path == "h/x.body"
     assert record["sha256"] == hashlib.sha256(b"new body").hexdigest()
-    assert (tmp_path / "out/h/x").read_bytes() == b"new body"
+    assert (tmp_path / "out/h/x.body").read_bytes() == b"new body"
 
 
 def test_the_index_holds_a_skipped_row_as_the_manifest_does(tmp_path: Path) -> None:

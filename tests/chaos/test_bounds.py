@@ -180,7 +180,7 @@ def test_max_size_counts_decoded_bytes(
     }
     assert record["status"] == 200
     assert record["path"] is None
-    assert not (out / f"127.0.0.1_{served.port}" / "bomb").exists()
+    assert not (out / f"127.0.0.1_{served.port}" / "bomb.body").exists()
     assert_clean(out)
 
 

@@ -231,4 +231,4 @@ def test_cells_are_rendered_once_and_env_values_stay_off_the_wire(
         assert "hostile-home" not in request.path_qs
     # The out cell is a template: the secret it names is stored redacted.
     paths = {r["line"]: r["path"] for r in manifest_records(tmp_path / "out")}
-    assert paths == {2: "_redacted_/x", 3: f"127.0.0.1_{server.port}/b/{{id}}"}
+    assert paths == {2: "_redacted_/x", 3: f"127.0.0.1_{server.port}/b/{{id}}.body"}
