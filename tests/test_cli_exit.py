@@ -75,6 +75,7 @@ def test_a_run_exits_with_its_code_and_a_whole_summary(workdir: Path) -> None:
     assert summary["outcomes"] == {"fetched": 1, "failed": 1}
     assert summary["exit_code"] == 1
     records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
+    records.sort(key=lambda record: record["line"])  # in the order the rows finished
     assert [(r["outcome"], r["status"]) for r in records] == [("fetched", 200), ("failed", 404)]
     stored = workdir / "out" / f"127.0.0.1_{served.port}" / "items" / "a.body"
     assert stored.read_text() == "item a"
