@@ -36,6 +36,7 @@ from fetcher.models import (
     Request,
     interrupted_outcome,
     invalid_outcome,
+    same_origin,
     skipped_outcome,
 )
 from fetcher.paths import meta_path
@@ -174,7 +175,7 @@ class CrawlSource:
             )
         if entry.depth == 0 and entry.parent is None and entry.url == self._seed_url(seed):
             return dataclasses.replace(seed, url=entry.url, depth=0)
-        return dataclasses.replace(
+        page = dataclasses.replace(
             seed,
             url=entry.url,
             redacted_url=None,  # a found URL is the page's: no template put a secret in it
@@ -185,6 +186,8 @@ class CrawlSource:
             depth=entry.depth,
             parent=entry.parent,
         )
+        # The row's secrets go to its own origin only, as over a redirect.
+        return page if same_origin(entry.url, seed.url) else page.without_secrets()
 
     def _seed_of(self, entry: Entry) -> str:
         """The URL of the row an entry came from ("" when a resumed job lost it)."""

@@ -26,7 +26,7 @@ import yarl
 from fetcher._version import __version__
 from fetcher.config import TUNABLE
 from fetcher.errors import JobError, TemplateError
-from fetcher.models import REDACTED, SECRET_HEADERS, Problem, Request
+from fetcher.models import REDACTED, Problem, Request, same_origin
 from fetcher.templates import Rendered, Template, compile_template
 
 __all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
@@ -486,16 +486,9 @@ class Job:
         go only to the origin of ``seed``, the URL of the row it is fetched for, as a
         redirect to another origin drops them.
         """
-        headers = self._run_headers()
-        here = _origin(url)
-        if here is None or here != _origin(seed):
-            headers = [
-                (name, rendered)
-                for name, rendered in headers
-                if not rendered.secret and name.lower() not in SECRET_HEADERS
-            ]
-        sent, shown = _split_headers(headers)
-        return Request(line=0, method="GET", url=url, headers=sent, redacted_headers=shown)
+        sent, shown = _split_headers(self._run_headers())
+        request = Request(line=0, method="GET", url=url, headers=sent, redacted_headers=shown)
+        return request if same_origin(url, seed) else request.without_secrets()
 
     def _run_headers(self) -> list[tuple[str, Rendered]]:
         """The headers of every request, rendered: those that read no column."""
@@ -715,13 +708,6 @@ class Job:
             self._constant_headers = headers
             self._constant_tuple, self._constant_shown = _split_headers(headers)
         return headers
-
-
-def _origin(url: str) -> str | None:
-    try:
-        return str(yarl.URL(url).origin())  # the text: a default port given or not, alike
-    except ValueError:  # relative, or not a URL
-        return None
 
 
 _DEFAULT_RENDERED = [(name, Rendered(value, value)) for name, value in DEFAULT_HEADERS]

@@ -11,9 +11,11 @@ which was a sixth of a million-row ``--skip-existing`` run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final, Protocol
+
+from yarl import URL
 
 __all__ = [
     "REDACTED",
@@ -32,6 +34,7 @@ __all__ = [
     "Stored",
     "interrupted_outcome",
     "invalid_outcome",
+    "same_origin",
     "skipped_outcome",
 ]
 
@@ -116,8 +119,9 @@ class Request:
         ]
 
     def secret_header_names(self) -> frozenset[str]:
-        """Lower-cased names of headers that must not follow a redirect to another origin:
-        the secret ones by name, and those a template rendered an ``{env.*}`` into."""
+        """Lower-cased names of headers that go to no other origin than the request's own
+        (``same_origin``): the secret ones by name, and those a template rendered an
+        ``{env.*}`` into."""
         names = {name.lower() for name, _ in self.headers if name.lower() in SECRET_HEADERS}
         if self.redacted_headers is not None:
             names.update(
@@ -128,6 +132,34 @@ class Request:
                 if value != shown
             )
         return frozenset(names)
+
+    def without_secrets(self) -> Request:
+        """This request minus its ``secret_header_names``: what may go to another origin."""
+        secret = self.secret_header_names()
+        if not secret:
+            return self
+        headers = tuple(item for item in self.headers if item[0].lower() not in secret)
+        # Every header a template put a secret in is gone: the rest show as they are sent.
+        return replace(self, headers=headers, redacted_headers=None)
+
+
+def same_origin(url: str | URL, other: str | URL) -> bool:
+    """Whether two URLs have one origin (RFC 6454): scheme, host and port alike, a default
+    port given or not. A request's secret headers go to its own origin only: a redirect
+    to another drops them, and so does a page or file a crawl finds on another. A URL
+    that is not absolute has no origin."""
+    origin = _origin(url)
+    return origin is not None and origin == _origin(other)
+
+
+def _origin(url: str | URL) -> tuple[str, str, int | None] | None:
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+    except ValueError:
+        return None
+    if not parsed.absolute or parsed.host is None:
+        return None
+    return parsed.scheme, parsed.host, parsed.port
 
 
 @dataclass(slots=True, kw_only=True)

@@ -41,6 +41,7 @@ from fetcher.models import (
     PriorCopy,
     Request,
     Response,
+    same_origin,
 )
 
 __all__ = [
@@ -513,7 +514,7 @@ async def _final_response(
                     message = _shown_in(message, url, shown)
                 raise _Attempt(kind, message, retry=retry) from exc
             left -= time.monotonic() - sent
-        if url.origin() != first.origin():
+        if not same_origin(url, first):
             for name in request.secret_header_names():
                 headers.popall(name, None)
             headers.popall("If-None-Match", None)
