@@ -18,11 +18,9 @@ from typing import Any, NoReturn
 import click
 
 from fetcher._version import __version__
-from fetcher.config import FetchConfig, parse_duration, parse_size
-from fetcher.crawl import CrawlSettings
-from fetcher.errors import FetcherError, JobError, UsageError
-from fetcher.jobs import Job, load_job
-from fetcher.models import Problem
+from fetcher.config import configure, parse_duration, parse_size
+from fetcher.errors import FetcherError, JobError
+from fetcher.jobs import load_job
 
 __all__ = ["main"]
 
@@ -209,12 +207,10 @@ def run(
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose exclude each other")
     headers = options["headers"]  # load_job renders them; the config records them
-    crawl_flags = {key: options.pop(key) for key in _CRAWL_FLAGS}
+    options.update(verbosity=0 if quiet else 2 if verbose else 1, json=as_json)
     try:
         loaded = load_job(job, config=config_file, headers=headers)
-        config = _config(loaded.spec.fetch, loaded.spec.source, options)
-        config = config.merge({"verbosity": 0 if quiet else 2 if verbose else 1, "json": as_json})
-        config = _crawl_config(config, loaded, crawl_flags, given={**loaded.spec.fetch, **options})
+        config = configure(loaded, options)
         if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
             click.echo(
                 "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
@@ -246,51 +242,6 @@ def _writing_output() -> Iterator[None]:
         raise
     except OSError as exc:
         _fail(FetcherError(f"cannot write the output: {exc}"))
-
-
-_CRAWL_FLAGS = (
-    "depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query",
-    "ignore_robots",
-)  # fmt: skip
-
-
-def _crawl_config(
-    config: FetchConfig, job: Job, flags: dict[str, Any], *, given: dict[str, Any]
-) -> FetchConfig:
-    """Crawl settings from the ``[crawl]`` table and the flags (flags win); a crawl is
-    polite unless told otherwise: 2 requests in flight and 1 per second per host."""
-    flags = {key: value for key, value in flags.items() if value not in (None, ())}
-    if job.spec.crawl is None and not flags:
-        return config
-    table = dict(job.spec.crawl or {})
-    try:
-        settings = CrawlSettings.parse(table)
-    except ValueError as exc:
-        key = str(exc).split(" ", 1)[0].rstrip(":")
-        raise JobError([Problem(str(job.spec.source), job.spec.line_of(key), str(exc))]) from None
-    try:
-        settings = CrawlSettings.parse({**table, **flags})
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    polite: dict[str, object] = {"crawl": settings}
-    if given.get("per_host") is None:
-        polite["per_host"] = 2
-    if given.get("per_host_rate") is None:
-        polite["per_host_rate"] = 1.0
-    return config.merge(polite)
-
-
-def _config(
-    fetch: dict[str, object] | Any, source: Path | None, flags: dict[str, Any]
-) -> FetchConfig:
-    try:
-        config = FetchConfig().merge(fetch)
-    except ValueError as exc:  # load_spec checked each value; this is a safety net
-        raise JobError([Problem(str(source), 1, str(exc))]) from None
-    try:
-        return config.merge(flags)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- looking at output

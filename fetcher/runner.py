@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
-from fetcher.config import FetchConfig
+from fetcher.config import FetchConfig, configure
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
 from fetcher.jobs import Job
 from fetcher.models import (
@@ -133,17 +133,21 @@ def _options(config: FetchConfig) -> dict[str, object]:
     return options
 
 
-async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
+async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
     """Run a job: validate it, then fetch every row into the output directory.
 
     Args:
         job: a job from ``load_job``.
-        config: the run's options.
+        config: the run's options, taken as they are; by default ``configure(job)``:
+            the job's ``[fetch]`` and ``[crawl]`` tables over the defaults, as
+            ``fetch run`` takes them (``configure(job, options)`` adds flags on top).
 
     Returns the run's ``RunSummary``; its ``exit_code`` is 0 when every row is ok, 1
     when some failed, 128 + the signal number when a signal stopped the run.
     Raises ``JobError`` (nothing sent), ``LockedError``, ``SetupError``, ``StoreError``.
     """
+    if config is None:
+        config = configure(job)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
@@ -349,8 +353,8 @@ def _source(
         agent = job.user_agent()
 
         def on_delay(origin: str, seconds: float) -> None:
-            if config.per_host_rate is not None:
-                seconds = max(seconds, 1 / config.per_host_rate)
+            if config.host_rate is not None:
+                seconds = max(seconds, 1 / config.host_rate)
             limits.set_host_delay(host_key(origin), seconds)
 
         robots = RobotsCache(
