@@ -9,7 +9,8 @@ code that ``fetch`` ends with when it escapes a command::
     ├── TemplateError            exit 2   a template cannot be parsed or rendered
     ├── LockedError              exit 3   another run holds the output directory
     ├── SetupError               exit 1   a [[setup]] request failed; no row was sent
-    ├── StoreError               exit 1   the output directory cannot be written or read
+    ├── StoreError               exit 1   the output directory (or the cookie jar) cannot be
+    │                                     written or read: the run's record says failed
     │   └── PathConflict         (a row)  a body's path is taken by a directory or a file
     └── Interrupted              exit 130 / 143   SIGINT / SIGTERM stopped the run
 
@@ -88,7 +89,7 @@ class SetupError(FetcherError):
 
 
 class StoreError(FetcherError):
-    """The output directory cannot be used."""
+    """The output directory (or the cookie jar) cannot be written or read."""
 
     exit_code = 1
 

@@ -237,6 +237,24 @@ def write_atomic(
         raise
 
 
+def _overwrite(path: Path, data: bytes) -> bool:
+    """Rewrite a file in place; return False when that fails too. For a full disk only:
+    the blocks a run record already holds (its state ``running``) take its final state,
+    which is a few hundred bytes longer, where a temp file finds no room. Not atomic: a
+    reader may see a torn record, which it skips as unreadable."""
+    try:
+        with open(path, "r+b") as handle:
+            if os.fstat(handle.fileno()).st_blocks * 512 < len(data):
+                return False  # it would take a block more: a torn record is worse than none
+            handle.write(data)
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        return False
+    return True
+
+
 def _sha256_of(path: Path) -> str | None:
     digest = hashlib.sha256()
     try:
@@ -512,22 +530,44 @@ class DiskStore:
         )
 
     def finish_run(
-        self, summary: RunSummary, options: dict[str, object], *, aborted: bool = False
+        self,
+        summary: RunSummary,
+        options: dict[str, object],
+        *,
+        aborted: bool = False,
+        error: str | None = None,
     ) -> None:
-        """Write the run's record and mark it finished, or interrupted (a signal, the
-        deadline left rows unstarted, or an error ``aborted`` it: ``--resume`` continues
-        it)."""
+        """Write the run's record, then mark the run in the index: ``finished``;
+        ``interrupted`` (a signal, the deadline left rows unstarted, or it was
+        ``aborted``); or ``failed``, with the ``error`` that ended it. ``--resume``
+        continues a run that did not finish.
+
+        The record goes first: the index is a cache, the record is what a person reads.
+        After an error, the copies not yet placed are let go first, so that on a full
+        disk their space is free for the record.
+        """
+        if aborted or error:
+            for staged in self._staged.values():
+                staged.discard()
+            self._staged.clear()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
-        state = "interrupted" if stopped else "finished"
-        self.db.execute(
-            "UPDATE runs SET ended_at = ?, state = ?, exit_code = ? WHERE run = ?",
-            (summary.ended_at, state, summary.exit_code, summary.run),
-        )
+        state = "failed" if error else "interrupted" if stopped else "finished"
         record = summary.as_dict()
         record["state"] = state
+        if error:
+            record["error"] = error
         record["resumed"] = self.resuming
         record["options"] = options
         self._write_run(record)
+        try:
+            if self.db.in_transaction:  # one that the error cut short
+                self.db.execute("ROLLBACK")
+            self.db.execute(
+                "UPDATE runs SET ended_at = ?, state = ?, exit_code = ? WHERE run = ?",
+                (summary.ended_at, state, summary.exit_code, summary.run),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use {self.state}: {exc}") from exc
 
     def _mark_crashed(self, run: str) -> None:
         """A run that never finished (killed): say so in its record."""
@@ -543,10 +583,12 @@ class DiskStore:
 
     def _write_run(self, record: dict[str, object]) -> None:
         path = self.root / RUNS_DIR / f"{record['run']}.json"
+        data = json.dumps(record, indent=2).encode() + b"\n"
         try:
-            write_atomic(path, json.dumps(record, indent=2).encode() + b"\n", self.temp_dir)
+            write_atomic(path, data, self.temp_dir)
         except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite(path, data):
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 

@@ -1,0 +1,167 @@
+"""No traceback, ever: a cookie jar that cannot be saved is refused before anything is
+sent, and a disk that fills up (the index's SQLite, a body) ends the run with one line
+on stderr, exit 1 and a run record that says what happened.
+
+The full disks are real: a small tmpfs mounted for the test (root only; skipped with
+the reason otherwise)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from fetcher.store import read_manifest
+from tests.conftest import Served, run_fetch, serve_in_thread
+
+Mount = Callable[..., Path]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Mount]:
+    """``tmpfs("1m")`` mounts a tmpfs of that size (``read_only=True``: read-only) and
+    returns its path; unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *, read_only: bool = False) -> Path:
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: cannot make a small filesystem to fill")
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (root only): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], timeout=30, check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Write to ``folder`` until its filesystem is full."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+def _run_record(out: Path) -> dict[str, Any]:
+    (path,) = (out / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert isinstance(record, dict)
+    return record
+
+
+# --------------------------------------------------------------------------- --cookie-jar
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a directory", "read-only filesystem"])
+def test_a_cookie_jar_that_cannot_be_saved_is_refused_before_anything_is_sent(
+    workdir: Path, server: Served, tmpfs: Mount, where: str
+) -> None:
+    job = workdir / "j.txt"
+    job.write_text(server.at("/a") + "\n")
+    if where == "missing folder":
+        jar = workdir / "no" / "such" / "jar.txt"
+    elif where == "a directory":  # the sidecar's path: click checks only the flag's
+        jar = workdir / "jars"
+        jar.mkdir()
+    else:
+        jar = tmpfs("64k", read_only=True) / "jar.txt"
+    (workdir / "j.toml").write_text(f'[fetch]\ncookie_jar = "{jar}"\n')
+    result = run_fetch("run", job, "-o", "out")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith(f"fetch: --cookie-jar {jar}: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert server.requests == []
+    assert not (workdir / "out").exists()
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def _filling_app(disk: Path) -> web.Application:
+    """``/fill`` fills ``disk`` and answers 404 (no body to store: the index is what
+    finds the disk full), once; after that, every path answers 200 ``ok <path>``."""
+    filled: list[bool] = []
+
+    async def page(request: web.Request) -> web.Response:
+        if request.path == "/fill" and not filled:
+            filled.append(True)
+            _fill(disk)
+            raise web.HTTPNotFound()
+        return web.Response(text=f"ok {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    return app
+
+
+def test_a_full_index_ends_the_run_with_one_line_and_a_failed_record(
+    workdir: Path, tmpfs: Mount
+) -> None:
+    disk = tmpfs("1m")
+    out = disk / "out"
+    with serve_in_thread(_filling_app(disk)) as server:
+        job = workdir / "j.txt"
+        job.write_text(server.at("/a") + "\n" + server.at("/fill") + "\n")
+        result = run_fetch("run", job, "-o", out, "-c", "1", "--no-progress")
+        assert result.exit_code == 1
+        assert result.stderr == f"fetch: cannot use {out}/.fetch: database or disk is full\n"
+        assert result.stdout == ""
+        record = _run_record(out)
+        assert record["state"] == "failed"
+        assert record["error"] == f"cannot use {out}/.fetch: database or disk is full"
+        assert record["exit_code"] == 1
+        assert not list((out / ".fetch").glob("tmp/*"))
+        # room again: --resume finishes the job
+        (disk / "filler").unlink()
+        resumed = run_fetch("run", job, "-o", out, "-c", "1", "-q", "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    # /a was recorded before the disk filled up, or not: skipped, or fetched again
+    assert json.loads(resumed.stdout)["outcomes"].get("failed") is None
+    records = [r for _, r in read_manifest(out / "manifest.jsonl")]
+    assert {r["url"] for r in records if r["ok"]} == {server.at("/a"), server.at("/fill")}
+
+
+def test_a_body_that_fills_the_disk_ends_the_run_with_one_line_and_a_failed_record(
+    workdir: Path, tmpfs: Mount
+) -> None:
+    disk = tmpfs("1m")
+    out = disk / "out"
+
+    async def page(request: web.Request) -> web.Response:
+        size = 4 << 20 if request.path == "/big" else 10
+        return web.Response(body=b"b" * size)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    with serve_in_thread(app) as server:
+        job = workdir / "j.txt"
+        job.write_text(server.at("/small") + "\n" + server.at("/big") + "\n")
+        result = run_fetch("run", job, "-o", out, "-c", "1", "--no-progress")
+    assert result.exit_code == 1
+    message = "cannot write a body: [Errno 28] No space left on device"
+    assert result.stderr == f"fetch: {message}\n"
+    record = _run_record(out)
+    assert (record["state"], record["error"], record["exit_code"]) == ("failed", message, 1)
+    assert (out / f"127.0.0.1_{server.port}" / "small").read_bytes() == b"b" * 10
+    assert not (out / f"127.0.0.1_{server.port}" / "big").exists()
+    assert not list((out / ".fetch").glob("tmp/*"))
