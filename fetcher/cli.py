@@ -53,8 +53,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _fail(exc: FetcherError) -> None:
+def _fail(exc: FetcherError, *, as_json: bool = False) -> None:
+    """Say what went wrong on stderr (and with ``--json`` as an object on stdout, the
+    exit code in it), then exit with the error's code."""
     click.echo(str(exc) if isinstance(exc, JobError) else f"fetch: {exc}", err=True)
+    if as_json:
+        with contextlib.suppress(OSError):
+            click.echo(json.dumps(exc.as_dict()))
     sys.exit(exc.exit_code)
 
 
@@ -224,7 +229,7 @@ def run(
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             summary = runner.run(run_batch(loaded, config))
     except FetcherError as exc:
-        _fail(exc)
+        _fail(exc, as_json=bool(as_json))
         return
     if config.json:
         with _writing_output():

@@ -193,7 +193,7 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
             except StoreError:
                 if not (aborted or error):  # else the error that ended the run says more
                     raise
-        progress.summary(summary)
+        progress.summary(summary, store.root)
     return summary
 
 

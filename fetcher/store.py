@@ -5,7 +5,7 @@ Layout of an output directory::
     manifest.jsonl          one JSON line per row outcome per run, appended as they happen
     runs/<run>.json         one record per run
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
-    .fetch/lock             held (flock) by the run writing here; holds its pid
+    .fetch/lock             held (flock) by the run writing here; holds its pid and host
     .fetch/index.sqlite     a cache of the above: good copies, the latest record of each
                             URL, the runs (where each starts in the manifest, for
                             --resume); rebuilt from them when lost
@@ -55,6 +55,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sqlite3
 from array import array
 from bisect import bisect_left
@@ -235,6 +236,22 @@ def write_atomic(
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _locked(root: Path, holder: Sequence[str]) -> LockedError:
+    """The error for a directory whose lock ``holder`` (the pid and host it wrote) has."""
+    pid = int(holder[0]) if holder and holder[0].isdigit() else None
+    host = holder[1] if len(holder) > 1 else None
+    if pid is None:
+        who = "another run"
+    elif host is None or host == socket.gethostname():
+        who = f"another run (pid {pid})"
+    else:
+        who = f"another run (pid {pid} on {host})"
+    stop = f"stop it (kill {pid})" if pid is not None else "stop it"
+    return LockedError(
+        f"{root} is in use by {who}: wait for it to finish, or {stop}", pid=pid, host=host
+    )
 
 
 def _overwrite(path: Path, data: bytes) -> bool:
@@ -431,17 +448,20 @@ class DiskStore:
             self._lock_fd = None
 
     def _lock(self) -> None:
+        """Take the directory's lock, an ``flock`` on ``.fetch/lock``, and write our pid
+        and host in it. The kernel lets go of an flock when its process ends, however
+        it ends (SIGKILL included): a lock is never stale, so none is ever broken."""
         fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").split()
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError(f"{self.root} is in use by another run (pid {holder})") from None
+                raise _locked(self.root, holder) from None
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
 
     def _repair_manifest(self) -> None:
