@@ -250,11 +250,8 @@ class FetchConfig:
         return CRAWL_PER_HOST_RATE
 
     def as_dict(self) -> dict[str, object]:
-        """The options as JSON-ready data (paths and patterns as strings); ``per_host``
-        and ``per_host_rate`` as the run uses them."""
-        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        data.update(per_host=self.host_slots, per_host_rate=self.host_rate)
-        return data
+        """The options as JSON-ready data (paths and patterns as strings)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # The options of ``fetch run`` that the ``[crawl]`` table may also give.

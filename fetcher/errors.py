@@ -9,8 +9,7 @@ code that ``fetch`` ends with when it escapes a command::
     ├── TemplateError            exit 2   a template cannot be parsed or rendered
     ├── LockedError              exit 3   another run holds the output directory
     ├── SetupError               exit 1   a [[setup]] request failed; no row was sent
-    ├── StoreError               exit 1   the output directory (or the cookie jar) cannot be
-    │                                     written or read: the run's record says failed
+    ├── StoreError               exit 1   the output directory (or cookie jar) cannot be written
     │   └── PathConflict         (a row)  a body's path is taken by a directory or a file
     └── Interrupted              exit 130 / 143   SIGINT / SIGTERM stopped the run
 

@@ -128,6 +128,7 @@ def _run_id() -> str:
 
 def _options(config: FetchConfig) -> dict[str, object]:
     options = config.as_dict()
+    options.update(per_host=config.host_slots, per_host_rate=config.host_rate)  # as used
     headers = []
     for header in config.headers:
         name, _, _ = header.partition(":")

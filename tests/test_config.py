@@ -85,7 +85,6 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.host_rate is None
     crawl = FetchConfig(crawl=CrawlSettings(depth=1))  # polite, wherever a crawl is made
     assert (crawl.host_slots, crawl.host_rate) == (2, 1.0)
-    assert (crawl.as_dict()["per_host"], crawl.as_dict()["per_host_rate"]) == (2, 1.0)
     assert crawl.merge({"per_host": 6}).host_slots == 6
     assert config.max_size is None
     assert config.output is None
