@@ -18,9 +18,10 @@ from typing import Any, NoReturn
 import click
 
 from fetcher._version import __version__
-from fetcher.config import configure, parse_duration, parse_size
+from fetcher.config import FetchConfig, configure, parse_duration, parse_size
 from fetcher.errors import FetcherError, JobError
-from fetcher.jobs import load_job
+from fetcher.jobs import FORMAT_NAMES, Job, load_job
+from fetcher.models import RunSummary
 
 __all__ = ["main"]
 
@@ -125,6 +126,12 @@ _RATE = click.FloatRange(min=0, min_open=True)
     type=click.Path(dir_okay=False, path_type=Path),
     help="A TOML sidecar [default: the job's <stem>.toml].",
 )
+@click.option(
+    "--format",
+    "job_format",
+    type=click.Choice(FORMAT_NAMES),
+    help="The job's format [default: its file's ending; needed for - (stdin)].",
+)
 @click.option("-c", "--concurrency", type=_POSITIVE, help="Requests in flight [default: 16].")
 @click.option("--per-host", type=_POSITIVE, help="Requests in flight per host [default: 4].")
 @click.option("--rate", type=_RATE, help="Requests started per second, overall.")
@@ -201,40 +208,50 @@ _RATE = click.FloatRange(min=0, min_open=True)
 def run(
     job: Path,
     config_file: Path | None,
+    job_format: str | None,
     quiet: bool,
     verbose: bool,
     as_json: bool | None,
     **options: Any,
 ) -> None:
-    """Fetch every request of JOB (a .csv, .txt or .jsonl file)."""
-    from fetcher.runner import dry_run, run_batch
-
+    """Fetch every request of JOB: a .csv, .txt or .jsonl file, or - (standard input,
+    with --format; its output is output/stdin)."""
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose exclude each other")
     headers = options["headers"]  # load_job renders them; the config records them
     options.update(verbosity=0 if quiet else 2 if verbose else 1, json=as_json)
     try:
-        loaded = load_job(job, config=config_file, headers=headers)
-        config = configure(loaded, options)
-        if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
-            click.echo(
-                "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
-            )
-        if config.insecure and config.verbosity:
-            click.echo("fetch: warning: --insecure: TLS certificates are not verified", err=True)
-        if config.dry_run:
-            with _writing_output():
-                dry_run(loaded, config, out=sys.stdout)
-            return
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            summary = runner.run(run_batch(loaded, config))
+        loaded = load_job(job, config=config_file, headers=headers, format=job_format)
+        try:
+            config = configure(loaded, options)
+            summary = _run_job(loaded, config)
+        finally:
+            loaded.close()  # a job read from stdin: its temp copy
     except FetcherError as exc:
         _fail(exc, as_json=bool(as_json))
+        return
+    if summary is None:  # a dry run
         return
     if config.json:
         with _writing_output():
             click.echo(json.dumps(summary.as_dict()))
     sys.exit(summary.exit_code)
+
+
+def _run_job(job: Job, config: FetchConfig) -> RunSummary | None:
+    """Warn of what is unsafe, then run the job, or print it (``--dry-run``: None)."""
+    from fetcher.runner import dry_run, run_batch
+
+    if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
+        click.echo("fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True)
+    if config.insecure and config.verbosity:
+        click.echo("fetch: warning: --insecure: TLS certificates are not verified", err=True)
+    if config.dry_run:
+        with _writing_output():
+            dry_run(job, config, out=sys.stdout)
+        return None
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(run_batch(job, config))
 
 
 @contextlib.contextmanager

@@ -73,11 +73,11 @@ def check_job(job: Job, config: FetchConfig) -> int:
     seen = PathCollisions() if config.crawl is None else None
     validation = job.validate(each=functools.partial(add_request, seen) if seen else None)
     if validation.rows == 0:
-        raise JobError([Problem(str(job.path), 1, "the job is empty: no requests")])
+        raise JobError([Problem(job.file, 1, "the job is empty: no requests")])
     if validation.invalid and not config.skip_invalid:
         raise JobError(validation.problems, total=validation.invalid)
     if seen is not None:
-        collisions, total = path_collisions(job.requests, file=str(job.path), seen=seen)
+        collisions, total = path_collisions(job.requests, file=job.file, seen=seen)
         if collisions:
             raise JobError(collisions, total=total)
     job.setup_requests()
