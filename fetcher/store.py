@@ -433,10 +433,11 @@ class DiskStore:
     def close(self) -> None:
         """Flush and release everything; remove the temp directory."""
         if self._manifest is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a full disk: the error was told already
                 self._manifest.flush()
                 os.fsync(self._manifest.fileno())
-            self._manifest.close()
+            with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
+                self._manifest.close()  # which the next open cuts off
             self._manifest = None
         if self._db is not None:
             self._db.close()

@@ -114,22 +114,31 @@ def _filling_app(disk: Path) -> web.Application:
     return app
 
 
-def test_a_full_index_ends_the_run_with_one_line_and_a_failed_record(
-    workdir: Path, tmpfs: Mount
+@pytest.mark.parametrize(
+    ("paths", "error"),
+    [
+        # /a's line leaves room in the manifest's first block: the index finds no room
+        (["/a", "/fill"], "cannot use {out}/.fetch: database or disk is full"),
+        # the manifest's first line needs a block
+        (["/fill"], "cannot write the manifest: No space left on device"),
+    ],
+    ids=["index", "manifest"],
+)
+def test_a_full_disk_ends_the_run_with_one_line_and_a_failed_record(
+    workdir: Path, tmpfs: Mount, paths: list[str], error: str
 ) -> None:
     disk = tmpfs("1m")
     out = disk / "out"
+    error = error.format(out=out)
     with serve_in_thread(_filling_app(disk)) as server:
         job = workdir / "j.txt"
-        job.write_text(server.at("/a") + "\n" + server.at("/fill") + "\n")
+        job.write_text("".join(server.at(path) + "\n" for path in paths))
         result = run_fetch("run", job, "-o", out, "-c", "1", "--no-progress")
         assert result.exit_code == 1
-        assert result.stderr == f"fetch: cannot use {out}/.fetch: database or disk is full\n"
+        assert result.stderr == f"fetch: {error}\n"
         assert result.stdout == ""
         record = _run_record(out)
-        assert record["state"] == "failed"
-        assert record["error"] == f"cannot use {out}/.fetch: database or disk is full"
-        assert record["exit_code"] == 1
+        assert (record["state"], record["error"], record["exit_code"]) == ("failed", error, 1)
         assert not list((out / ".fetch").glob("tmp/*"))
         # room again: --resume finishes the job
         (disk / "filler").unlink()
@@ -138,7 +147,7 @@ def test_a_full_index_ends_the_run_with_one_line_and_a_failed_record(
     # /a was recorded before the disk filled up, or not: skipped, or fetched again
     assert json.loads(resumed.stdout)["outcomes"].get("failed") is None
     records = [r for _, r in read_manifest(out / "manifest.jsonl")]
-    assert {r["url"] for r in records if r["ok"]} == {server.at("/a"), server.at("/fill")}
+    assert {r["url"] for r in records if r["ok"]} == {server.at(path) for path in paths}
 
 
 def test_a_body_that_fills_the_disk_ends_the_run_with_one_line_and_a_failed_record(
