@@ -171,10 +171,7 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
                         await _pipeline(
                             job, config, store, session, limits, summary, stopper, progress
                         )
-        except SetupError:
-            summary.exit_code = SetupError.exit_code
-            raise
-        except Exception as exc:  # a disk failure (or a bug) ended the run: --resume goes on
+        except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
             error = str(exc) or type(exc).__name__
             raise
         except BaseException:  # cancelled: --resume goes on
