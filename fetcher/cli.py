@@ -19,7 +19,7 @@ import click
 
 from fetcher._version import __version__
 from fetcher.config import FetchConfig, configure, parse_duration, parse_size
-from fetcher.errors import FetcherError, JobError
+from fetcher.errors import FetcherError, JobError, UsageError
 from fetcher.jobs import FORMAT_NAMES, Job, load_job
 from fetcher.models import RunSummary
 
@@ -112,7 +112,20 @@ _POSITIVE = click.IntRange(min=1)
 _RATE = click.FloatRange(min=0, min_open=True)
 
 
-@main.command()
+class _RunCommand(click.Command):
+    """``fetch run``, whose ``--json`` prints an object for a usage error too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        as_json = "--json" in args  # before the parser consumes them
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if as_json:
+                click.echo(json.dumps(UsageError(exc.format_message()).as_dict()))
+            raise
+
+
+@main.command(cls=_RunCommand)
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -216,11 +229,11 @@ def run(
 ) -> None:
     """Fetch every request of JOB: a .csv, .txt or .jsonl file, or - (standard input,
     with --format; its output is output/stdin)."""
-    if quiet and verbose:
-        raise click.UsageError("--quiet and --verbose exclude each other")
     headers = options["headers"]  # load_job renders them; the config records them
     options.update(verbosity=0 if quiet else 2 if verbose else 1, json=as_json)
     try:
+        if quiet and verbose:
+            raise UsageError("--quiet and --verbose exclude each other")
         loaded = load_job(job, config=config_file, headers=headers, format=job_format)
         try:
             config = configure(loaded, options)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Served, run_fetch
 
 
@@ -53,6 +55,25 @@ def test_json_says_why_a_job_is_invalid(workdir: Path, server: Served) -> None:
         "total": 2,
     }
     assert result.stderr.splitlines()[0].startswith(f"{job}:2: ")  # still there for people
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-c", "0"], "Invalid value for '-c' / '--concurrency': 0 is not in the range x>=1."),
+        (["-q", "-v"], "--quiet and --verbose exclude each other"),
+    ],
+)
+def test_json_says_why_the_options_are_refused(
+    workdir: Path, server: Served, args: list[str], message: str
+) -> None:
+    job = workdir / "j.txt"
+    job.write_text(server.at("/a") + "\n")
+    result = run_fetch("run", job, "--json", *args)
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {"error": "usage", "message": message, "exit_code": 2}
+    assert message in result.stderr
     assert server.requests == []
 
 
