@@ -30,7 +30,7 @@ import yarl
 
 from fetcher._version import __version__
 from fetcher.config import TUNABLE
-from fetcher.errors import JobError, TemplateError, UsageError
+from fetcher.errors import JobError, TemplateError
 from fetcher.models import Problem, Request
 from fetcher.templates import Template, compile_template
 
@@ -475,7 +475,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        """The job's name: its file's stem (``output/<name>`` is its output)."""
+        """The job's name, its file's stem or ``stdin``: ``output/<name>`` is its output."""
         return self._name
 
     def close(self) -> None:
@@ -813,29 +813,27 @@ def load_job(
     ``Job.validate``).
     """
     if format is not None and format not in FORMAT_NAMES:
-        raise UsageError(f"--format {format}: use {', '.join(FORMAT_NAMES)}")
-    given = Path(config) if config is not None else None
-    if str(path) != STDIN:
-        job_path = Path(path)
-        sidecar = given or job_path.with_suffix(".toml")
-        return _load_job(
-            job_path, sidecar, named=given is not None, headers=headers, env=env, format=format
-        )
-    if format is None:
+        message = f"unknown job format {format!r}: use csv, txt or jsonl"
+        raise JobError([Problem(str(path), 1, message)])
+    stdin = str(path) == STDIN
+    if stdin and format is None:
         raise JobError([Problem(STDIN_FILE, 1, "a job on stdin needs --format csv, txt or jsonl")])
-    spool = _spooled(sys.stdin.buffer)
+    given = Path(config) if config is not None else None
+    job_path = _spooled(sys.stdin.buffer) if stdin else Path(path)
+    spec_path = given if stdin else given or job_path.with_suffix(".toml")
     try:
         return _load_job(
-            spool,
-            given,
+            job_path,
+            spec_path,
             named=given is not None,
             headers=headers,
             env=env,
             format=format,
-            file=STDIN_FILE,
+            stdin=stdin,
         )
     except BaseException:
-        spool.unlink(missing_ok=True)
+        if stdin:
+            job_path.unlink(missing_ok=True)
         raise
 
 
@@ -854,11 +852,11 @@ def _load_job(
     headers: Sequence[str],
     env: Mapping[str, str] | None,
     format: str | None,
-    file: str | None = None,
+    stdin: bool,
 ) -> Job:
-    """``load_job`` for ``job_path`` (which messages call ``file``) and the sidecar at
-    ``spec_path``, which must exist when it was ``named``."""
-    file = file or str(job_path)
+    """``load_job`` for ``job_path`` (standard input's copy when ``stdin``) and the
+    sidecar at ``spec_path``, which must exist when it was ``named``."""
+    file = STDIN_FILE if stdin else str(job_path)
     fmt = format or FORMATS.get(job_path.suffix.lower())
     if fmt is None:
         message = "unknown job format: use a .csv, .txt or .jsonl file, or --format"
@@ -932,8 +930,8 @@ def _load_job(
         columns=columns,
         format=fmt,
         file=file,
-        name="stdin" if file == STDIN_FILE else None,
-        temporary=file == STDIN_FILE,
+        name="stdin" if stdin else None,
+        temporary=stdin,
     )
 
 
