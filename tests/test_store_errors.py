@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fetcher.store import read_manifest
+from fetcher.store import DiskStore, read_manifest
 from tests.conftest import Served, run_fetch, serve_in_thread
 
 Mount = Callable[..., Path]
@@ -174,3 +174,21 @@ def test_a_body_that_fills_the_disk_ends_the_run_with_one_line_and_a_failed_reco
     assert (out / f"127.0.0.1_{server.port}" / "small").read_bytes() == b"b" * 10
     assert not (out / f"127.0.0.1_{server.port}" / "big").exists()
     assert not list((out / ".fetch").glob("tmp/*"))
+
+
+def test_a_bug_in_a_stage_shows_its_own_traceback_not_a_task_groups(
+    workdir: Path, server: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: DiskStore, outcomes: object, run: str) -> None:
+        raise RuntimeError("a bug in the recorder")
+
+    monkeypatch.setattr(DiskStore, "record", broken)
+    job = workdir / "j.txt"
+    job.write_text(server.at("/a") + "\n")
+    with pytest.raises(RuntimeError, match="a bug in the recorder") as raised:
+        run_fetch("run", job, "-o", "out", "-q")
+    assert not isinstance(raised.value, BaseExceptionGroup)
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
+    record = _run_record(workdir / "out")
+    assert (record["state"], record["error"]) == ("failed", "a bug in the recorder")
