@@ -82,7 +82,7 @@ def check_job(job: Job, config: FetchConfig) -> int:
             raise JobError(collisions, total=total)
     job.setup_requests()
     if config.cookie_jar is not None:
-        check_cookie_jar(config.cookie_jar)
+        check_cookie_jar(config.cookie_jar, output=output_dir(job, config))
     return validation.rows
 
 

@@ -112,12 +112,15 @@ def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
     return count
 
 
-def check_cookie_jar(path: Path) -> None:
+def check_cookie_jar(path: Path, *, output: Path | None = None) -> None:
     """Refuse a ``--cookie-jar`` that cannot be saved, before anything is sent: a
     directory, or a folder where ``save_cookies`` cannot make its temp file (missing,
-    not writable, read-only). Raises ``UsageError`` naming the path."""
+    not writable, read-only), unless that folder is the ``output`` directory, which the
+    run makes. Raises ``UsageError`` naming the path."""
     if path.is_dir():
         raise UsageError(f"--cookie-jar {path}: is a directory")
+    if output is not None and not output.exists() and path.parent.absolute() == output.absolute():
+        return
     temp = _temp_of(path)
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -94,6 +94,16 @@ def test_a_cookie_jar_that_cannot_be_saved_is_refused_before_anything_is_sent(
     assert not (workdir / "out").exists()
 
 
+def test_a_cookie_jar_in_the_output_directory_the_run_makes_is_saved(
+    workdir: Path, server: Served
+) -> None:
+    job = workdir / "j.txt"
+    job.write_text(server.at("/a") + "\n")
+    result = run_fetch("run", job, "-o", "out", "--cookie-jar", "out/jar.txt", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (workdir / "out" / "jar.txt").read_text().startswith("# Netscape HTTP Cookie File")
+
+
 # --------------------------------------------------------------------------- a full disk
 
 
