@@ -839,8 +839,18 @@ def load_job(
 
 def _spooled(stream: BinaryIO) -> Path:
     """Copy ``stream`` to a temp file (mode 0600) in the system's temp folder."""
-    with tempfile.NamedTemporaryFile(prefix="fetch-stdin-", delete=False) as spool:
-        shutil.copyfileobj(stream, spool)
+    try:
+        spool = tempfile.NamedTemporaryFile(prefix="fetch-stdin-", delete=False)  # noqa: SIM115
+        try:
+            with spool:
+                shutil.copyfileobj(stream, spool)
+        except BaseException:
+            os.unlink(spool.name)
+            raise
+    except OSError as exc:
+        where = tempfile.gettempdir()
+        message = f"cannot keep a copy in {where}: {exc.strerror or exc}"
+        raise JobError([Problem(STDIN_FILE, 1, message)]) from None
     return Path(spool.name)
 
 

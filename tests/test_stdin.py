@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Served, files_under, run_fetch
+from tests.conftest import Mount, Served, files_under, run_fetch
 
 
 def _fetch_stdin(workdir: Path, text: str, *args: str | Path) -> tuple[int, str, str]:
@@ -97,3 +97,24 @@ def test_format_reads_a_file_of_any_ending(workdir: Path, server: Served) -> Non
     assert result.exit_code == 0, result.stderr
     assert [r.path for r in server.requests] == ["/a"]
     assert f"127.0.0.1_{server.port}/a" in files_under(workdir / "out")
+
+
+def test_a_temp_folder_too_small_for_the_job_is_said_in_one_line(
+    workdir: Path, server: Served, tmpfs: Mount
+) -> None:
+    small = tmpfs("8k")
+    text = "".join(server.at(f"/items/{n}") + "\n" for n in range(2000))  # ~70 KB
+    done = subprocess.run(
+        [sys.executable, "-m", "fetcher", "run", "-", "--format", "txt"],
+        input=text,
+        cwd=workdir,
+        env={**os.environ, "TMPDIR": str(small)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"<stdin>:1: cannot keep a copy in {small}: No space left on device\n"
+    assert os.listdir(small) == []
+    assert server.requests == []

@@ -2,15 +2,11 @@
 sent, and a disk that fills up (the index's SQLite, a body) ends the run with one line
 on stderr, exit 1 and a run record that says what happened.
 
-The full disks are real: a small tmpfs mounted for the test (root only; skipped with
-the reason otherwise)."""
+The full disks are real: a small tmpfs mounted for the test (conftest's ``tmpfs``)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +14,7 @@ import pytest
 from aiohttp import web
 
 from fetcher.store import DiskStore, read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
-
-Mount = Callable[..., Path]
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Mount]:
-    """``tmpfs("1m")`` mounts a tmpfs of that size (``read_only=True``: read-only) and
-    returns its path; unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(size: str, *, read_only: bool = False) -> Path:
-        if shutil.which("mount") is None:
-            pytest.skip("no mount command: cannot make a small filesystem to fill")
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (root only): {done.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], timeout=30, check=False)
+from tests.conftest import Mount, Served, run_fetch, serve_in_thread
 
 
 def _fill(folder: Path) -> None:
