@@ -819,7 +819,7 @@ def load_job(
     if stdin and format is None:
         raise JobError([Problem(STDIN_FILE, 1, "a job on stdin needs --format csv, txt or jsonl")])
     given = Path(config) if config is not None else None
-    job_path = _spooled(sys.stdin.buffer) if stdin else Path(path)
+    job_path = _spooled(sys.stdin.buffer if sys.stdin else None) if stdin else Path(path)
     spec_path = given if stdin else given or job_path.with_suffix(".toml")
     try:
         return _load_job(
@@ -837,8 +837,10 @@ def load_job(
         raise
 
 
-def _spooled(stream: BinaryIO) -> Path:
+def _spooled(stream: BinaryIO | None) -> Path:
     """Copy ``stream`` to a temp file (mode 0600) in the system's temp folder."""
+    if stream is None:
+        raise JobError([Problem(STDIN_FILE, 1, "standard input is closed")])
     try:
         spool = tempfile.NamedTemporaryFile(prefix="fetch-stdin-", delete=False)  # noqa: SIM115
         try:

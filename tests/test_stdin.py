@@ -118,3 +118,17 @@ def test_a_temp_folder_too_small_for_the_job_is_said_in_one_line(
     assert done.stderr == f"<stdin>:1: cannot keep a copy in {small}: No space left on device\n"
     assert os.listdir(small) == []
     assert server.requests == []
+
+
+def test_a_closed_stdin_is_said_in_one_line(workdir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fetcher", "run", "-", "--format", "txt"],
+        cwd=workdir,
+        preexec_fn=lambda: os.close(0),  # as `fetch run - <&-`
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (2, "<stdin>:1: standard input is closed\n")
+    assert not (workdir / "output").exists()
