@@ -167,3 +167,17 @@ def test_a_bug_in_a_stage_shows_its_own_traceback_not_a_task_groups(
     assert raised.value.__suppress_context__
     record = _run_record(workdir / "out")
     assert (record["state"], record["error"]) == ("failed", "a bug in the recorder")
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line_and_nothing_sent(
+    workdir: Path, server: Served, tmpfs: Mount
+) -> None:
+    out = tmpfs("64k", read_only=True) / "out"
+    job = workdir / "j.txt"
+    job.write_text(server.at("/a") + "\n")
+    result = run_fetch("run", job, "-o", out, "--json")
+    assert result.exit_code == 1
+    message = f"cannot use {out}: Read-only file system"
+    assert result.stderr == f"fetch: {message}\n"
+    assert json.loads(result.stdout) == {"error": "store", "message": message, "exit_code": 1}
+    assert server.requests == []
