@@ -3,11 +3,12 @@
 The library behind the ``fetch`` command::
 
     job = fetcher.load_job("jobs/example.csv")
-    summary = await fetcher.run_batch(job, fetcher.FetchConfig(concurrency=32))
+    summary = await fetcher.run_batch(job)  # as ``fetch run jobs/example.csv``
+    summary = await fetcher.run_batch(job, fetcher.configure(job, {"concurrency": 32}))
 """
 
 from fetcher._version import __version__
-from fetcher.config import FetchConfig, parse_duration, parse_size
+from fetcher.config import FetchConfig, configure, parse_duration, parse_size
 from fetcher.errors import (
     DecodeError,
     FetcherError,
@@ -59,6 +60,7 @@ __all__ = [
     "__version__",
     "check_job",
     "compile_template",
+    "configure",
     "dry_run",
     "load_job",
     "parse_duration",

@@ -18,11 +18,10 @@ from typing import Any, NoReturn
 import click
 
 from fetcher._version import __version__
-from fetcher.config import FetchConfig, parse_duration, parse_size
-from fetcher.crawl import CrawlSettings
+from fetcher.config import FetchConfig, configure, parse_duration, parse_size
 from fetcher.errors import FetcherError, JobError, UsageError
-from fetcher.jobs import Job, load_job
-from fetcher.models import Problem
+from fetcher.jobs import FORMAT_NAMES, Job, load_job
+from fetcher.models import RunSummary
 
 __all__ = ["main"]
 
@@ -55,8 +54,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _fail(exc: FetcherError) -> None:
+def _fail(exc: FetcherError, *, as_json: bool = False) -> None:
+    """Say what went wrong on stderr (and with ``--json`` as an object on stdout, the
+    exit code in it), then exit with the error's code."""
     click.echo(str(exc) if isinstance(exc, JobError) else f"fetch: {exc}", err=True)
+    if as_json:
+        with contextlib.suppress(OSError):
+            click.echo(json.dumps(exc.as_dict()))
     sys.exit(exc.exit_code)
 
 
@@ -108,7 +112,20 @@ _POSITIVE = click.IntRange(min=1)
 _RATE = click.FloatRange(min=0, min_open=True)
 
 
-@main.command()
+class _RunCommand(click.Command):
+    """``fetch run``, whose ``--json`` prints an object for a usage error too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        as_json = "--json" in args  # before the parser consumes them
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if as_json:
+                click.echo(json.dumps(UsageError(exc.format_message()).as_dict()))
+            raise
+
+
+@main.command(cls=_RunCommand)
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -121,6 +138,12 @@ _RATE = click.FloatRange(min=0, min_open=True)
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="A TOML sidecar [default: the job's <stem>.toml].",
+)
+@click.option(
+    "--format",
+    "job_format",
+    type=click.Choice(FORMAT_NAMES),
+    help="The job's format [default: its file's ending; needed for - (stdin)].",
 )
 @click.option("-c", "--concurrency", type=_POSITIVE, help="Requests in flight [default: 16].")
 @click.option("--per-host", type=_POSITIVE, help="Requests in flight per host [default: 4].")
@@ -209,42 +232,50 @@ _RATE = click.FloatRange(min=0, min_open=True)
 def run(
     job: Path,
     config_file: Path | None,
+    job_format: str | None,
     quiet: bool,
     verbose: bool,
     as_json: bool | None,
     **options: Any,
 ) -> None:
-    """Fetch every request of JOB (a .csv, .txt or .jsonl file)."""
-    from fetcher.runner import dry_run, run_batch
-
-    if quiet and verbose:
-        raise click.UsageError("--quiet and --verbose exclude each other")
+    """Fetch every request of JOB: a .csv, .txt or .jsonl file, or - (standard input,
+    with --format; its output is output/stdin)."""
     headers = options["headers"]  # load_job renders them; the config records them
-    crawl_flags = {key: options.pop(key) for key in _CRAWL_FLAGS}
+    options.update(verbosity=0 if quiet else 2 if verbose else 1, json=as_json)
     try:
-        loaded = load_job(job, config=config_file, headers=headers)
-        config = _config(loaded.spec.fetch, loaded.spec.source, options)
-        config = config.merge({"verbosity": 0 if quiet else 2 if verbose else 1, "json": as_json})
-        config = _crawl_config(config, loaded, crawl_flags, given={**loaded.spec.fetch, **options})
-        if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
-            click.echo(
-                "fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True
-            )
-        if config.insecure and config.verbosity:
-            click.echo("fetch: warning: --insecure: TLS certificates are not verified", err=True)
-        if config.dry_run:
-            with _writing_output():
-                dry_run(loaded, config, out=sys.stdout)
-            return
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            summary = runner.run(run_batch(loaded, config))
+        if quiet and verbose:
+            raise UsageError("--quiet and --verbose exclude each other")
+        loaded = load_job(job, config=config_file, headers=headers, format=job_format)
+        try:
+            config = configure(loaded, options)
+            summary = _run_job(loaded, config)
+        finally:
+            loaded.close()  # a job read from stdin: its temp copy
     except FetcherError as exc:
-        _fail(exc)
+        _fail(exc, as_json=bool(as_json))
+        return
+    if summary is None:  # a dry run
         return
     if config.json:
         with _writing_output():
             click.echo(json.dumps(summary.as_dict()))
     sys.exit(summary.exit_code)
+
+
+def _run_job(job: Job, config: FetchConfig) -> RunSummary | None:
+    """Warn of what is unsafe, then run the job, or print it (``--dry-run``: None)."""
+    from fetcher.runner import dry_run, run_batch
+
+    if config.crawl is not None and config.crawl.ignore_robots and config.verbosity:
+        click.echo("fetch: warning: --ignore-robots: robots.txt is not read or obeyed", err=True)
+    if config.insecure and config.verbosity:
+        click.echo("fetch: warning: --insecure: TLS certificates are not verified", err=True)
+    if config.dry_run:
+        with _writing_output():
+            dry_run(job, config, out=sys.stdout)
+        return None
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(run_batch(job, config))
 
 
 @contextlib.contextmanager
@@ -257,51 +288,6 @@ def _writing_output() -> Iterator[None]:
         raise
     except OSError as exc:
         _fail(FetcherError(f"cannot write the output: {exc}"))
-
-
-_CRAWL_FLAGS = (
-    "depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query",
-    "ignore_robots",
-)  # fmt: skip
-
-
-def _crawl_config(
-    config: FetchConfig, job: Job, flags: dict[str, Any], *, given: dict[str, Any]
-) -> FetchConfig:
-    """Crawl settings from the ``[crawl]`` table and the flags (flags win); a crawl is
-    polite unless told otherwise: 2 requests in flight and 1 per second per host."""
-    flags = {key: value for key, value in flags.items() if value not in (None, ())}
-    if job.spec.crawl is None and not flags:
-        return config
-    table = dict(job.spec.crawl or {})
-    try:
-        settings = CrawlSettings.parse(table)
-    except ValueError as exc:
-        key = str(exc).split(" ", 1)[0].rstrip(":")
-        raise JobError([Problem(str(job.spec.source), job.spec.line_of(key), str(exc))]) from None
-    try:
-        settings = CrawlSettings.parse({**table, **flags})
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    polite: dict[str, object] = {"crawl": settings}
-    if given.get("per_host") is None:
-        polite["per_host"] = 2
-    if given.get("per_host_rate") is None:
-        polite["per_host_rate"] = 1.0
-    return config.merge(polite)
-
-
-def _config(
-    fetch: dict[str, object] | Any, source: Path | None, flags: dict[str, Any]
-) -> FetchConfig:
-    try:
-        config = FetchConfig().merge(fetch)
-    except ValueError as exc:  # load_spec checked each value; this is a safety net
-        raise JobError([Problem(str(source), 1, str(exc))]) from None
-    try:
-        return config.merge(flags)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- looking at output

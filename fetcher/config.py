@@ -1,8 +1,9 @@
 """``FetchConfig``: every option of a run and its default, typed, in one place.
 
-Values come from three layers, lowest first: the defaults here, the job's TOML
-``[fetch]`` table, and command-line flags. ``merge`` applies the layers and checks each
-value once, so the rest of the code can trust a ``FetchConfig``.
+Values come from layers, lowest first: the defaults here (a crawl's are polite: see
+``FetchConfig.host_slots``), the job's TOML ``[fetch]`` table, and command-line flags.
+``configure`` stacks them for a job and ``merge`` checks each value once, so the rest of
+the code can trust a ``FetchConfig``.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fetcher.crawl import CrawlSettings
+from fetcher.errors import JobError, UsageError
+from fetcher.models import Problem
 from fetcher.proxies import Proxy, safe_proxy
 
-__all__ = ["TUNABLE", "FetchConfig", "parse_duration", "parse_size"]
+if TYPE_CHECKING:
+    from fetcher.jobs import Job
+
+__all__ = ["CRAWL_OPTIONS", "TUNABLE", "FetchConfig", "configure", "parse_duration", "parse_size"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _SECONDS = {"ms": 0.001, "": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_CONNECTIONS = 10_000
+PER_HOST = 4  # requests in flight per host, by default
+CRAWL_PER_HOST = 2  # a crawl's polite defaults: 2 in flight and 1 a second per host
+CRAWL_PER_HOST_RATE = 1.0
 
 
 def parse_size(value: str | int) -> int:
@@ -171,9 +180,10 @@ class FetchConfig:
     Args:
         output: the job's output directory (``output/<job stem>`` when None).
         concurrency: requests in flight, overall.
-        per_host: requests in flight to one host.
+        per_host: requests in flight to one host (None: 4, or 2 in a crawl).
         rate: requests started per second, overall (None: unlimited).
-        per_host_rate: requests started per second to one host (None: unlimited).
+        per_host_rate: requests started per second to one host (None: unlimited, or 1
+            in a crawl).
         headers: ``Name: value`` header templates sent on every request.
         timeout: seconds for one attempt, connect to last byte.
         retries: extra attempts on retryable failures.
@@ -204,7 +214,7 @@ class FetchConfig:
 
     output: Path | None = None
     concurrency: int = 16
-    per_host: int = 4
+    per_host: int | None = None
     rate: float | None = None
     per_host_rate: float | None = None
     headers: tuple[str, ...] = ()
@@ -248,12 +258,68 @@ class FetchConfig:
                 raise ValueError(f"{name}: {exc}") from None
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    @property
+    def host_slots(self) -> int:
+        """Requests in flight to one host: ``per_host``, else 4, or 2 in a crawl."""
+        if self.per_host is not None:
+            return self.per_host
+        return CRAWL_PER_HOST if self.crawl is not None else PER_HOST
+
+    @property
+    def host_rate(self) -> float | None:
+        """Requests started per second to one host: ``per_host_rate``, else unlimited,
+        or 1 in a crawl (as polite as ``wget --wait=1``)."""
+        if self.per_host_rate is not None or self.crawl is None:
+            return self.per_host_rate
+        return CRAWL_PER_HOST_RATE
+
     def as_dict(self) -> dict[str, object]:
         """The options as JSON-ready data (paths and patterns as strings, a proxy's
         credentials redacted)."""
         data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         data["proxy"] = None if self.proxy is None else safe_proxy(self.proxy)
         return data
+
+
+# The options of ``fetch run`` that the ``[crawl]`` table may also give.
+CRAWL_OPTIONS = (
+    "depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query",
+    "ignore_robots",
+)  # fmt: skip
+
+
+def configure(job: Job, options: Mapping[str, object] | None = None) -> FetchConfig:
+    """The options of a run of ``job``, from its layers, lowest first: the defaults (a
+    crawl's are polite), the job's ``[fetch]`` table, then ``options`` (as
+    ``fetch run``'s flags: None or an empty tuple means not given). The ``[crawl]``
+    table, with the crawl options in ``options`` over it, makes the run a crawl.
+
+    Raises ``JobError`` naming the TOML line of a bad table value, ``UsageError`` for a
+    bad option.
+    """
+    spec = job.spec
+    given = {key: value for key, value in (options or {}).items() if value not in (None, ())}
+    flags = {key: given.pop(key) for key in CRAWL_OPTIONS if key in given}
+    try:
+        config = FetchConfig().merge(spec.fetch)
+    except ValueError as exc:  # load_spec checked each value; this is a safety net
+        raise JobError([Problem(str(spec.source), 1, str(exc))]) from None
+    try:
+        config = config.merge(given)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if spec.crawl is None and not flags:
+        return config
+    table = dict(spec.crawl or {})
+    try:
+        CrawlSettings.parse(table)
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0].rstrip(":")
+        raise JobError([Problem(str(spec.source), spec.line_of(key), str(exc))]) from None
+    try:
+        return config.merge({"crawl": CrawlSettings.parse({**table, **flags})})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _plain(value: Any) -> Any:

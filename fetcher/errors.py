@@ -9,7 +9,7 @@ code that ``fetch`` ends with when it escapes a command::
     ├── TemplateError            exit 2   a template cannot be parsed or rendered
     ├── LockedError              exit 3   another run holds the output directory
     ├── SetupError               exit 1   a [[setup]] request failed; no row was sent
-    ├── StoreError               exit 1   the output directory cannot be written or read
+    ├── StoreError               exit 1   the output directory (or cookie jar) cannot be written
     │   └── PathConflict         (a row)  a body's path is taken by a directory or a file
     ├── DecodeError              (a row)  a body does not decode from its content codings
     └── Interrupted              exit 130 / 143   SIGINT / SIGTERM stopped the run
@@ -44,23 +44,39 @@ class FetcherError(Exception):
     """Base of every error fetcher raises on purpose."""
 
     exit_code = 1
+    kind = "error"  # what ``--json`` calls it
+
+    def as_dict(self) -> dict[str, object]:
+        """The error as ``fetch run --json`` prints it: its kind, message and exit code."""
+        return {"error": self.kind, "message": str(self), "exit_code": self.exit_code}
 
 
 class UsageError(FetcherError):
     """A command-line option or argument is not acceptable."""
 
     exit_code = 2
+    kind = "usage"
 
 
 class JobError(FetcherError):
     """The job is invalid; ``problems`` lists each one with its file and line."""
 
     exit_code = 2
+    kind = "invalid_job"
 
     def __init__(self, problems: Sequence[Problem], *, total: int | None = None) -> None:
         self.problems = list(problems)
         self.total = total if total is not None else len(self.problems)
         super().__init__(self.render())
+
+    def as_dict(self) -> dict[str, object]:
+        """The error with its first 20 problems, each ``file``, ``line`` and ``message``,
+        and the count of all of them."""
+        problems = [
+            {"file": p.file, "line": p.line, "message": p.message}
+            for p in self.problems[:MAX_PROBLEMS_SHOWN]
+        ]
+        return {**super().as_dict(), "problems": problems, "total": self.total}
 
     def render(self) -> str:
         """Return at most 20 ``FILE:LINE: message`` lines, then a count of the rest."""
@@ -75,24 +91,37 @@ class TemplateError(FetcherError):
     """A template is malformed, or names a value that does not exist."""
 
     exit_code = 2
+    kind = "template"
 
 
 class LockedError(FetcherError):
-    """Another run holds the lock on the output directory."""
+    """Another run holds the lock on the output directory: ``pid`` and ``host`` are
+    the holder's, as it wrote them in the lock (None when it had not yet)."""
 
     exit_code = 3
+    kind = "locked"
+
+    def __init__(self, message: str, *, pid: int | None = None, host: str | None = None) -> None:
+        self.pid, self.host = pid, host
+        super().__init__(message)
+
+    def as_dict(self) -> dict[str, object]:
+        """The error with the holder's ``pid`` and ``host``."""
+        return {**super().as_dict(), "pid": self.pid, "host": self.host}
 
 
 class SetupError(FetcherError):
     """A ``[[setup]]`` request failed, so the batch was not started."""
 
     exit_code = 1
+    kind = "setup"
 
 
 class StoreError(FetcherError):
-    """The output directory cannot be used."""
+    """The output directory (or the cookie jar) cannot be written or read."""
 
     exit_code = 1
+    kind = "store"
 
 
 class PathConflict(StoreError):
@@ -108,6 +137,8 @@ class DecodeError(FetcherError):
 
 class Interrupted(FetcherError):
     """A signal stopped the run; the exit code is 128 + the signal number."""
+
+    kind = "interrupted"
 
     def __init__(self, signum: int) -> None:
         self.signum = signum

@@ -15,6 +15,10 @@ import csv
 import json
 import os
 import re
+import shutil
+import sys
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,6 +36,9 @@ from fetcher.templates import Rendered, Template, compile_template
 __all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
 
 FORMATS = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMAT_NAMES = ("csv", "txt", "jsonl")
+STDIN = "-"  # the job path that means standard input
+STDIN_FILE = "<stdin>"  # what messages call it
 RESERVED_COLUMNS = frozenset({"url", "method", "body", "out", "headers"})
 HEADER_PREFIX = "header:"
 DEFAULT_HEADERS = (("User-Agent", f"fetcher/{__version__}"),)
@@ -445,9 +452,16 @@ class Job:
         extra_headers: Sequence[tuple[str, str]] = (),
         env: Mapping[str, str] | None = None,
         columns: tuple[str, ...] = (),
+        format: str | None = None,
+        file: str | None = None,
+        name: str | None = None,
+        temporary: bool = False,
     ) -> None:
         self.path = path
-        self.format = FORMATS[path.suffix.lower()]
+        self.format = format or FORMATS[path.suffix.lower()]
+        self.file = file or str(path)  # the job file as messages name it
+        self._name = name or path.stem
+        self._delete = weakref.finalize(self, path.unlink, missing_ok=True) if temporary else None
         self.spec = spec
         self.env = os.environ if env is None else env
         self.columns = columns
@@ -467,7 +481,13 @@ class Job:
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        """The job's name, its file's stem or ``stdin``: ``output/<name>`` is its output."""
+        return self._name
+
+    def close(self) -> None:
+        """Delete the temp file of a job read from standard input; a job file stays."""
+        if self._delete is not None:
+            self._delete()
 
     def user_agent(self) -> str:
         """The run's User-Agent when it is the same for every row, else the default."""
@@ -527,7 +547,7 @@ class Job:
             if request.invalid is not None:
                 invalid += 1
                 if len(problems) < keep:
-                    problems.append(Problem(str(self.path), request.line, request.invalid))
+                    problems.append(Problem(self.file, request.line, request.invalid))
         return Validation(rows, invalid, tuple(problems))
 
     def setup_requests(self) -> list[Request]:
@@ -569,7 +589,7 @@ class Job:
         try:
             stream = self.path.open("rb")
         except OSError as exc:
-            raise JobError([Problem(str(self.path), 1, f"cannot read: {exc.strerror}")]) from None
+            raise JobError([Problem(self.file, 1, f"cannot read: {exc.strerror}")]) from None
         with stream:
             if self.format == "csv":
                 yield from self._csv_rows(stream)
@@ -800,12 +820,12 @@ def _csv_records(stream: BinaryIO) -> Iterator[tuple[int, list[str] | None, str 
             yield line, fields, None
 
 
-def _csv_columns(path: Path) -> tuple[tuple[str, ...], int]:
+def _csv_columns(path: Path, file: str) -> tuple[tuple[str, ...], int]:
     """Read the CSV header row; return its columns and its line."""
     with path.open("rb") as stream:
         for line, fields, problem in _csv_records(stream):
             if fields is None:
-                raise JobError([Problem(str(path), line, f"the header row: {problem}")])
+                raise JobError([Problem(file, line, f"the header row: {problem}")])
             return tuple(name.strip() for name in fields), line
     return (), 1
 
@@ -816,30 +836,94 @@ def load_job(
     config: str | os.PathLike[str] | None = None,
     headers: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    format: str | None = None,
 ) -> Job:
     """Load a job file and its sidecar TOML, and check all that is read once.
 
     Args:
-        path: the job file (``.csv``, ``.txt`` or ``.jsonl``).
-        config: a TOML sidecar; by default ``<dir>/<stem>.toml`` when it exists.
+        path: the job file (``.csv``, ``.txt`` or ``.jsonl``), or ``-`` for standard
+            input. A job is read twice (validated, then run), so standard input is
+            copied to a temp file in the system's temp folder, which ``Job.close``
+            deletes; messages call it ``<stdin>``, its output is ``output/stdin``.
+        config: a TOML sidecar; by default ``<dir>/<stem>.toml`` when it exists (none
+            for standard input).
         headers: ``Name: value`` header templates given on the command line; a
             problem with the n-th one is reported as ``-H:n``.
         env: the environment for ``{env.*}`` (default ``os.environ``).
+        format: ``csv``, ``txt`` or ``jsonl``, whatever the file's ending; needed for
+            standard input and for a file with another ending.
 
     Raises ``JobError`` with every problem found (the rows are checked by
     ``Job.validate``).
     """
-    job_path = Path(path)
-    file = str(job_path)
-    if job_path.suffix.lower() not in FORMATS:
-        raise JobError([Problem(file, 1, "unknown job format: use a .csv, .txt or .jsonl file")])
+    if format is not None and format not in FORMAT_NAMES:
+        message = f"unknown job format {format!r}: use csv, txt or jsonl"
+        raise JobError([Problem(str(path), 1, message)])
+    stdin = str(path) == STDIN
+    if stdin and format is None:
+        raise JobError([Problem(STDIN_FILE, 1, "a job on stdin needs --format csv, txt or jsonl")])
+    given = Path(config) if config is not None else None
+    job_path = _spooled(sys.stdin.buffer if sys.stdin else None) if stdin else Path(path)
+    spec_path = given if stdin else given or job_path.with_suffix(".toml")
+    try:
+        return _load_job(
+            job_path,
+            spec_path,
+            named=given is not None,
+            headers=headers,
+            env=env,
+            format=format,
+            stdin=stdin,
+        )
+    except BaseException:
+        if stdin:
+            job_path.unlink(missing_ok=True)
+        raise
+
+
+def _spooled(stream: BinaryIO | None) -> Path:
+    """Copy ``stream`` to a temp file (mode 0600) in the system's temp folder."""
+    if stream is None:
+        raise JobError([Problem(STDIN_FILE, 1, "standard input is closed")])
+    try:
+        spool = tempfile.NamedTemporaryFile(prefix="fetch-stdin-", delete=False)  # noqa: SIM115
+        try:
+            with spool:
+                shutil.copyfileobj(stream, spool)
+        except BaseException:
+            os.unlink(spool.name)
+            raise
+    except OSError as exc:
+        where = tempfile.gettempdir()
+        message = f"cannot keep a copy in {where}: {exc.strerror or exc}"
+        raise JobError([Problem(STDIN_FILE, 1, message)]) from None
+    return Path(spool.name)
+
+
+def _load_job(
+    job_path: Path,
+    spec_path: Path | None,
+    *,
+    named: bool,
+    headers: Sequence[str],
+    env: Mapping[str, str] | None,
+    format: str | None,
+    stdin: bool,
+) -> Job:
+    """``load_job`` for ``job_path`` (standard input's copy when ``stdin``) and the
+    sidecar at ``spec_path``, which must exist when it was ``named``."""
+    file = STDIN_FILE if stdin else str(job_path)
+    fmt = format or FORMATS.get(job_path.suffix.lower())
+    if fmt is None:
+        message = "unknown job format: use a .csv, .txt or .jsonl file, or --format"
+        raise JobError([Problem(file, 1, message)])
     if not job_path.is_file():
         raise JobError([Problem(file, 1, "no such job file")])
-    spec_path = Path(config) if config is not None else job_path.with_suffix(".toml")
-    if config is not None and (not spec_path.exists() or spec_path.is_dir()):
+    spec = JobSpec()
+    if spec_path is not None and named and (not spec_path.exists() or spec_path.is_dir()):
         raise JobError([Problem(str(spec_path), 1, "no such config file")])
-    # A named config may be any readable file, /dev/null or a pipe included.
-    spec = load_spec(spec_path) if config is not None or spec_path.is_file() else JobSpec()
+    if spec_path is not None and (named or spec_path.is_file()):
+        spec = load_spec(spec_path)  # a named config may be any readable file, or a pipe
     toml = str(spec_path)
     environment = os.environ if env is None else env
 
@@ -877,10 +961,9 @@ def load_job(
                 Problem(where, line, f"{what}: environment variable {env_name} is not set")
             )
 
-    fmt = FORMATS[job_path.suffix.lower()]
     columns: tuple[str, ...] = ()
     if fmt == "csv":
-        columns, header_line = _csv_columns(job_path)
+        columns, header_line = _csv_columns(job_path, file)
         problems.extend(_check_columns(file, header_line, columns, spec, compiled))
     elif fmt == "txt":
         columns = ("url",)
@@ -895,7 +978,17 @@ def load_job(
                 )
     if problems:
         raise JobError(problems)
-    return Job(job_path, spec=spec, extra_headers=extra, env=environment, columns=columns)
+    return Job(
+        job_path,
+        spec=spec,
+        extra_headers=extra,
+        env=environment,
+        columns=columns,
+        format=fmt,
+        file=file,
+        name="stdin" if stdin else None,
+        temporary=stdin,
+    )
 
 
 def _check_columns(

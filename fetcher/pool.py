@@ -154,7 +154,7 @@ class Limits:
 
     @classmethod
     def from_config(cls, config: FetchConfig) -> Limits:
-        return cls(per_host=config.per_host, rate=config.rate, per_host_rate=config.per_host_rate)
+        return cls(per_host=config.host_slots, rate=config.rate, per_host_rate=config.host_rate)
 
     def _host(self, host: str) -> _Host:
         state = self._hosts.get(host)

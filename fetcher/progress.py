@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from fetcher.config import FetchConfig
@@ -77,9 +79,16 @@ class Progress:
             self._clear()
             self.stream.flush()
 
-    def summary(self, summary: RunSummary) -> None:
-        """Print the run's one summary line."""
+    def summary(self, summary: RunSummary, root: Path) -> None:
+        """Print the run's one summary line; with ``-q``, one line only when rows failed
+        (a cron job mails stderr: exit 1 alone gives no clue), saying where to look."""
         if self.verbosity == 0:
+            if summary.failed:
+                print(
+                    f"fetch: {summary.failed} of {summary.total} rows failed "
+                    f"(see fetch ls {shlex.quote(str(root))} --failed)",
+                    file=self.stream,
+                )
             return
         counts = ", ".join(f"{count} {name}" for name, count in sorted(summary.outcomes.items()))
         rate = summary.total / summary.duration_s if summary.duration_s else 0.0

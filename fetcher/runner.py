@@ -17,6 +17,7 @@ import functools
 import itertools
 import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
-from fetcher.config import FetchConfig
+from fetcher.config import FetchConfig, configure
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
 from fetcher.jobs import Job
 from fetcher.models import (
@@ -43,8 +44,8 @@ from fetcher.models import (
 from fetcher.paths import PathCollisions
 from fetcher.pool import Limits, RetryPolicy, fetch_file, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
-from fetcher.session import open_session, proxy_routes
-from fetcher.store import DiskStore, add_request, path_collisions
+from fetcher.session import check_cookie_jar, open_session, proxy_routes
+from fetcher.store import STATE_DIR, DiskStore, add_request, path_collisions
 
 if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
@@ -67,22 +68,24 @@ def check_job(job: Job, config: FetchConfig) -> int:
     Raises ``JobError`` for an empty job, for invalid rows (unless ``skip_invalid``),
     for two rows that would store to the same path, and for a ``[[setup]]`` request
     that does not render; ``UsageError`` for a proxy from the environment that cannot be
-    used.
+    used, or a cookie jar that cannot be saved.
     """
     # One walk renders every row: validation and the first pass of the path check.
     # A crawl fetches each URL once, so its seeds may repeat.
     seen = PathCollisions() if config.crawl is None else None
     validation = job.validate(each=functools.partial(add_request, seen) if seen else None)
     if validation.rows == 0:
-        raise JobError([Problem(str(job.path), 1, "the job is empty: no requests")])
+        raise JobError([Problem(job.file, 1, "the job is empty: no requests")])
     if validation.invalid and not config.skip_invalid:
         raise JobError(validation.problems, total=validation.invalid)
     if seen is not None:
-        collisions, total = path_collisions(job.requests, file=str(job.path), seen=seen)
+        collisions, total = path_collisions(job.requests, file=job.file, seen=seen)
         if collisions:
             raise JobError(collisions, total=total)
     job.setup_requests()
     proxy_routes(config)  # a proxy from the environment that cannot be used: nothing is sent
+    if config.cookie_jar is not None:
+        check_cookie_jar(config.cookie_jar, output=output_dir(job, config))
     return validation.rows
 
 
@@ -128,6 +131,7 @@ def _run_id() -> str:
 
 def _options(config: FetchConfig) -> dict[str, object]:
     options = config.as_dict()
+    options.update(per_host=config.host_slots, per_host_rate=config.host_rate)  # as used
     headers = []
     for header in config.headers:
         name, _, _ = header.partition(":")
@@ -136,38 +140,45 @@ def _options(config: FetchConfig) -> dict[str, object]:
     return options
 
 
-async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
+async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
     """Run a job: validate it, then fetch every row into the output directory.
 
     Args:
         job: a job from ``load_job``.
-        config: the run's options.
+        config: the run's options, taken as they are; by default ``configure(job)``:
+            the job's ``[fetch]`` and ``[crawl]`` tables over the defaults, as
+            ``fetch run`` takes them (``configure(job, options)`` adds flags on top).
 
     Returns the run's ``RunSummary``; its ``exit_code`` is 0 when every row is ok, 1
     when some failed, 128 + the signal number when a signal stopped the run.
     Raises ``JobError`` (nothing sent), ``LockedError``, ``SetupError``, ``StoreError``.
     """
+    if config is None:
+        config = configure(job)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
     options = _options(config)
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
-        store.start_run(summary.run, summary.started_at, options)
         stopper = _Stopper(config.deadline)
         progress = Progress(total=total, config=config)
         aborted = False
+        error: str | None = None
         try:
-            with stopper.on_signals():
-                async with open_session(config) as session:
-                    limits = Limits.from_config(config)
-                    await _setup(session, job, config, limits)
-                    await _pipeline(job, config, store, session, limits, summary, stopper, progress)
-        except SetupError:
-            summary.exit_code = SetupError.exit_code
+            with _one_error(store.root):
+                store.start_run(summary.run, summary.started_at, options)
+                with stopper.on_signals():
+                    async with open_session(config) as session:
+                        limits = Limits.from_config(config)
+                        await _setup(session, job, config, limits)
+                        await _pipeline(
+                            job, config, store, session, limits, summary, stopper, progress
+                        )
+        except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
+            error = str(exc) or type(exc).__name__
             raise
-        except BaseException:  # a disk failure (or a bug) ended the run: --resume goes on
+        except BaseException:  # cancelled: --resume goes on
             aborted = True
-            summary.exit_code = 1
             raise
         finally:
             progress.close()
@@ -176,15 +187,52 @@ async def run_batch(job: Job, config: FetchConfig) -> RunSummary:
             summary.interrupted_by = stopper.signum
             if stopper.signum is not None:
                 summary.exit_code = 128 + stopper.signum
-            elif summary.failed:
+            elif summary.failed or aborted or error:
                 summary.exit_code = 1
             try:
-                store.finish_run(summary, options, aborted=aborted)
+                store.finish_run(summary, options, aborted=aborted, error=error)
             except StoreError:
-                if not aborted:  # else the error that ended the run says more
+                if not (aborted or error):  # else the error that ended the run says more
                     raise
-        progress.summary(summary)
+        progress.summary(summary, store.root)
     return summary
+
+
+@contextlib.contextmanager
+def _one_error(root: Path) -> Iterator[None]:
+    """The one place where the errors that end a run become one: a ``TaskGroup``'s
+    group is unwrapped to the error that ended the run (ours before a bug), and an
+    ``OSError`` or SQLite error no stage translated (the crawl frontier's, say) becomes a
+    ``StoreError``. A bug keeps its own traceback, never a group's."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise _translated(_first(group), root) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise _translated(exc, root) from exc
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended the run: ours if any, else the first that is not the
+    cancellation of a sibling."""
+    ours, _ = group.split(FetcherError)
+    if ours is not None:
+        group = ours
+    else:
+        errors, _ = group.split(lambda exc: not isinstance(exc, asyncio.CancelledError))
+        group = errors or group
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _translated(exc: BaseException, root: Path) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"cannot use {root / STATE_DIR}: {exc}")
+    if isinstance(exc, OSError):
+        return StoreError(f"cannot write to {exc.filename or root}: {exc.strerror or exc}")
+    return exc
 
 
 async def _setup(
@@ -279,24 +327,13 @@ async def _pipeline(
 
     try:
         with stopper.on_deadline():
-            async with asyncio.TaskGroup() as group:
+            async with asyncio.TaskGroup() as group:  # its errors: see _one_error
                 group.create_task(record())
                 for _ in range(config.concurrency):
                     group.create_task(work())
                 group.create_task(produce())
-    except BaseExceptionGroup as errors:
-        ours, others = errors.split(FetcherError)
-        if ours is None or others is not None:  # a bug: show it whole
-            raise
-        raise _first(ours) from errors  # a disk failure: the CLI says what it was
     finally:
         source.close()
-
-
-def _first(errors: BaseException) -> BaseException:
-    while isinstance(errors, BaseExceptionGroup):
-        errors = errors.exceptions[0]
-    return errors
 
 
 class _Rows:
@@ -352,8 +389,8 @@ def _source(
     if not config.crawl.ignore_robots:
 
         def on_delay(origin: str, seconds: float) -> None:
-            if config.per_host_rate is not None:
-                seconds = max(seconds, 1 / config.per_host_rate)
+            if config.host_rate is not None:
+                seconds = max(seconds, 1 / config.host_rate)
             limits.set_host_delay(host_key(origin), seconds)
 
         robots = RobotsCache(fetch, agent=job.user_agent(), on_delay=on_delay)

@@ -21,10 +21,10 @@ import aiohttp
 from yarl import URL
 
 from fetcher.config import FetchConfig
-from fetcher.errors import UsageError
+from fetcher.errors import StoreError, UsageError
 from fetcher.proxies import ProxyRoutes
 
-__all__ = ["load_cookies", "open_session", "proxy_routes", "save_cookies"]
+__all__ = ["check_cookie_jar", "load_cookies", "open_session", "proxy_routes", "save_cookies"]
 
 _MAX_LINE = 16 * 1024  # response line and header field limits (aiohttp's default is 8190)
 _MAX_HEADERS = 256
@@ -179,8 +179,32 @@ def load_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
     return count
 
 
+def check_cookie_jar(path: Path, *, output: Path | None = None) -> None:
+    """Refuse a ``--cookie-jar`` that cannot be saved, before anything is sent: a
+    directory, or a folder where ``save_cookies`` cannot make its temp file (missing,
+    not writable, read-only), unless that folder is the ``output`` directory, which the
+    run makes. Raises ``UsageError`` naming the path."""
+    if path.is_dir():
+        raise UsageError(f"--cookie-jar {path}: is a directory")
+    if output is not None and not output.exists() and path.parent.absolute() == output.absolute():
+        return
+    temp = _temp_of(path)
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(temp)
+    except OSError as exc:
+        raise UsageError(f"--cookie-jar {path}: cannot write there: {exc.strerror}") from None
+
+
+def _temp_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
-    """Write the jar as a Netscape cookies.txt with mode 0600; return the count."""
+    """Write the jar as a Netscape cookies.txt with mode 0600; return the count.
+
+    Raises ``StoreError`` when it cannot be written (the disk is full).
+    """
     host_only: frozenset[tuple[str, str, str]] = frozenset(
         getattr(jar, "host_only_cookies", getattr(jar, "_host_only_cookies", ()))
     )
@@ -194,14 +218,19 @@ def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
             if expires is None or expires > now:  # not one that expired since it was set
                 lines.append(_cookie_line(morsel, key in host_only, expires))
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temp = _temp_of(path)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise StoreError(f"cannot save the cookie jar {path}: {exc.strerror or exc}") from exc
     return len(lines) - 3
 
 

@@ -5,7 +5,7 @@ Layout of an output directory::
     manifest.jsonl          one JSON line per row outcome per run, appended as they happen
     runs/<run>.json         one record per run
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
-    .fetch/lock             held (flock) by the run writing here; holds its pid
+    .fetch/lock             held (flock) by the run writing here; holds its pid and host
     .fetch/index.sqlite     a cache of the above: the copies (which method and URL
                             stored each body), the latest record of each URL, the runs
                             (where each starts in the manifest, for --resume); rebuilt
@@ -261,6 +261,40 @@ def write_atomic(
         raise
 
 
+def _locked(root: Path, holder: Sequence[str]) -> LockedError:
+    """The error for a directory whose lock ``holder`` (the pid and host it wrote) has."""
+    pid = int(holder[0]) if holder and holder[0].isdigit() else None
+    host = holder[1] if len(holder) > 1 else None
+    if pid is None:
+        who = "another run"
+    elif host is None or host == socket.gethostname():
+        who = f"another run (pid {pid})"
+    else:
+        who = f"another run (pid {pid} on {host})"
+    stop = f"stop it (kill {pid})" if pid is not None else "stop it"
+    return LockedError(
+        f"{root} is in use by {who}: wait for it to finish, or {stop}", pid=pid, host=host
+    )
+
+
+def _overwrite(path: Path, data: bytes) -> bool:
+    """Rewrite a file in place; return False when that fails too. For a full disk only:
+    the blocks a run record already holds (its state ``running``) take its final state,
+    which is a few hundred bytes longer, where a temp file finds no room. Not atomic: a
+    reader may see a torn record, which it skips as unreadable."""
+    try:
+        with open(path, "r+b") as handle:
+            if os.fstat(handle.fileno()).st_blocks * 512 < len(data):
+                return False  # it would take a block more: a torn record is worse than none
+            handle.write(data)
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        return False
+    return True
+
+
 def _sha256_of(path: Path) -> str | None:
     digest = hashlib.sha256()
     try:
@@ -418,10 +452,11 @@ class DiskStore:
     def close(self) -> None:
         """Flush and release everything; remove the temp directory."""
         if self._manifest is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a full disk: the error was told already
                 self._manifest.flush()
                 os.fsync(self._manifest.fileno())
-            self._manifest.close()
+            with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
+                self._manifest.close()  # which the next open cuts off
             self._manifest = None
         if self._db is not None:
             self._db.close()
@@ -433,17 +468,20 @@ class DiskStore:
             self._lock_fd = None
 
     def _lock(self) -> None:
+        """Take the directory's lock, an ``flock`` on ``.fetch/lock``, and write our pid
+        and host in it. The kernel lets go of an flock when its process ends, however
+        it ends (SIGKILL included): a lock is never stale, so none is ever broken."""
         fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").split()
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError(f"{self.root} is in use by another run (pid {holder})") from None
+                raise _locked(self.root, holder) from None
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
 
     def _repair_manifest(self) -> None:
@@ -534,22 +572,44 @@ class DiskStore:
         )
 
     def finish_run(
-        self, summary: RunSummary, options: dict[str, object], *, aborted: bool = False
+        self,
+        summary: RunSummary,
+        options: dict[str, object],
+        *,
+        aborted: bool = False,
+        error: str | None = None,
     ) -> None:
-        """Write the run's record and mark it finished, or interrupted (a signal, the
-        deadline left rows unstarted, or an error ``aborted`` it: ``--resume`` continues
-        it)."""
+        """Write the run's record, then mark the run in the index: ``finished``;
+        ``interrupted`` (a signal, the deadline left rows unstarted, or it was
+        ``aborted``); or ``failed``, with the ``error`` that ended it. ``--resume``
+        continues a run that did not finish.
+
+        The record goes first: the index is a cache, the record is what a person reads.
+        After an error, the copies not yet placed are let go first, so that on a full
+        disk their space is free for the record.
+        """
+        if aborted or error:
+            for staged in self._staged.values():
+                staged.discard()
+            self._staged.clear()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
-        state = "interrupted" if stopped else "finished"
-        self.db.execute(
-            "UPDATE runs SET ended_at = ?, state = ?, exit_code = ? WHERE run = ?",
-            (summary.ended_at, state, summary.exit_code, summary.run),
-        )
+        state = "failed" if error else "interrupted" if stopped else "finished"
         record = summary.as_dict()
         record["state"] = state
+        if error:
+            record["error"] = error
         record["resumed"] = self.resuming
         record["options"] = options
         self._write_run(record)
+        try:
+            if self.db.in_transaction:  # one that the error cut short
+                self.db.execute("ROLLBACK")
+            self.db.execute(
+                "UPDATE runs SET ended_at = ?, state = ?, exit_code = ? WHERE run = ?",
+                (summary.ended_at, state, summary.exit_code, summary.run),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use {self.state}: {exc}") from exc
 
     def _mark_crashed(self, run: str) -> None:
         """A run that never finished (killed): say so in its record."""
@@ -565,10 +625,12 @@ class DiskStore:
 
     def _write_run(self, record: dict[str, object]) -> None:
         path = self.root / RUNS_DIR / f"{record['run']}.json"
+        data = json.dumps(record, indent=2).encode() + b"\n"
         try:
-            write_atomic(path, json.dumps(record, indent=2).encode() + b"\n", self.temp_dir)
+            write_atomic(path, data, self.temp_dir)
         except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite(path, data):
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 

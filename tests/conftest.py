@@ -1,6 +1,7 @@
 """Shared fixtures: real aiohttp servers on 127.0.0.1, and the CLI run in-process.
 
 Async tests use pytest-aiohttp's ``aiohttp_server`` with handlers defined in the test.
+``tmpfs`` mounts a small filesystem for a test that needs a real full disk.
 CLI tests serve an app from its own thread and loop (``serve_in_thread``) and call
 ``fetch`` through click's runner, as a user would.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,3 +129,35 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def files_under(root: Path) -> set[str]:
     """Every file below ``root``, as relative paths."""
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+Mount = Callable[..., Path]  # tmpfs("1m", read_only=False) -> its path
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Mount]:
+    """``tmpfs("1m")`` mounts a tmpfs of that size (``read_only=True``: read-only) and
+    returns its path; unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *, read_only: bool = False) -> Path:
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: cannot make a small filesystem to fill")
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (root only): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], timeout=30, check=False)

@@ -9,6 +9,7 @@ import pytest
 
 from fetcher._version import __version__
 from fetcher.config import TUNABLE, FetchConfig, parse_duration, parse_size
+from fetcher.crawl import CrawlSettings
 from tests.conftest import Served, run_fetch
 
 # --------------------------------------------------------------------------- sizes, durations
@@ -79,8 +80,12 @@ def test_nonsense_durations_are_refused(text: str | float) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     config = FetchConfig()
-    assert (config.concurrency, config.per_host, config.timeout, config.retries) == (16, 4, 30, 3)
+    assert (config.concurrency, config.host_slots, config.timeout, config.retries) == (16, 4, 30, 3)
     assert config.rate is None
+    assert config.host_rate is None
+    crawl = FetchConfig(crawl=CrawlSettings(depth=1))  # polite, wherever a crawl is made
+    assert (crawl.host_slots, crawl.host_rate) == (2, 1.0)
+    assert crawl.merge({"per_host": 6}).host_slots == 6
     assert config.max_size is None
     assert config.output is None
 
@@ -322,3 +327,62 @@ def test_help_lists_the_run_options() -> None:
     assert result.exit_code == 0
     for option in ("--output", "--concurrency", "--max-size", "--dry-run", "--skip-invalid"):
         assert option in result.stdout
+
+
+# --------------------------------------------------------------------------- [fetch] layers
+
+# Each [fetch] key: its TOML value and what the run record's options must then say. None
+# of the values is a default, in a batch or in a crawl (whose per_host is 2, rate 1/s).
+FETCH_KEYS: dict[str, tuple[str, object]] = {
+    "concurrency": ("3", 3),
+    "per_host": ("5", 5),
+    "rate": ("40", 40),
+    "per_host_rate": ("30", 30),
+    "retries": ("1", 1),
+    "timeout": ("12", 12),
+    "max_size": ('"1MiB"', 1 << 20),
+    "deadline": ('"2m"', 120),
+    "skip_existing": ("true", True),
+    "force": ("true", True),
+    "skip_invalid": ("true", True),
+    "insecure": ("true", True),
+    "durable": ("true", True),
+    "cookies": ('"{dir}/in.txt"', "{dir}/in.txt"),
+    "cookie_jar": ('"{dir}/jar.txt"', "{dir}/jar.txt"),
+    "proxy": ('""', ""),  # none, whatever the environment says
+    "noproxy": ('"*"', "*"),
+}
+
+
+def test_every_fetch_key_has_a_layering_case() -> None:
+    assert set(FETCH_KEYS) == set(TUNABLE)
+
+
+@pytest.mark.parametrize("crawl", [False, True], ids=["batch", "crawl"])
+@pytest.mark.parametrize("key", sorted(FETCH_KEYS))
+def test_each_fetch_key_in_the_sidecar_takes_effect(
+    workdir: Path, server: Served, key: str, crawl: bool
+) -> None:
+    (workdir / "in.txt").write_text("# Netscape HTTP Cookie File\n")
+    toml, expected = FETCH_KEYS[key]
+    table = "[crawl]\ndepth = 1\n" if crawl else ""
+    path = make_job(workdir, server, f"{table}[fetch]\n{key} = {toml.format(dir=workdir)}\n")
+    result = run_fetch("run", path, "-q")
+    assert result.exit_code == 0, result.stderr
+    options = run_options(workdir)
+    assert options[key] == (expected.format(dir=workdir) if isinstance(expected, str) else expected)
+    settings = options["crawl"]
+    assert isinstance(settings, dict) and settings["depth"] == 1 if crawl else settings is None
+    assert len([r for r in server.requests if r.path.startswith("/items/")]) == 2
+
+
+@pytest.mark.parametrize("crawl", [False, True], ids=["batch", "crawl"])
+def test_flags_win_over_the_sidecar_in_a_crawl_too(
+    workdir: Path, server: Served, crawl: bool
+) -> None:
+    table = "[crawl]\ndepth = 0\n" if crawl else ""
+    path = make_job(workdir, server, f"{table}[fetch]\nper_host = 5\nper_host_rate = 50\n")
+    result = run_fetch("run", path, "-q", "--per-host", "3", "--per-host-rate", "7")
+    assert result.exit_code == 0, result.stderr
+    options = run_options(workdir)
+    assert (options["per_host"], options["per_host_rate"]) == (3, 7)

@@ -23,7 +23,9 @@ import pytest
 from aiohttp import web
 from click.testing import Result
 
+import fetcher
 from fetcher import runner
+from fetcher.crawl import CrawlSettings
 from fetcher.frontier import DONE
 from fetcher.store import read_manifest
 from tests.conftest import Served, run_fetch, serve_in_thread
@@ -567,3 +569,56 @@ def test_a_folder_and_its_index_html_are_two_pages_stored_apart(workdir: Path) -
         result = run_fetch("run", job, *FAST)
     assert result.exit_code == 0, result.stderr
     _assert_every_page_stored(workdir, pages, {server.at(path) for path in pages})
+
+
+def _fan_app(pages: int) -> web.Application:
+    """``/f/0`` links to ``/f/1`` ... ``/f/<pages-1>``; no robots.txt."""
+
+    async def page(request: web.Request) -> web.Response:
+        links = "".join(f'<a href="/f/{i}">{i}</a>' for i in range(pages))
+        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/f/{n}", page)
+    return app
+
+
+def test_per_host_rate_in_the_sidecar_paces_a_crawl(workdir: Path) -> None:
+    # 20 pages at the polite 1 a second would take 19 s; the sidecar says 50 a second
+    with serve_in_thread(_fan_app(20)) as server:
+        job = _job(workdir, server, "depth = 1\n", [server.at("/f/0")])
+        (workdir / "seeds.toml").write_text("[crawl]\ndepth = 1\n[fetch]\nper_host_rate = 50\n")
+        started = time.monotonic()
+        result = run_fetch("run", job, "-q", "--no-progress")
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.stderr
+    assert len(_pages_requested(server)) == 20
+    assert elapsed < 8, elapsed
+    (record,) = (workdir / "output" / "seeds" / "runs").glob("*.json")
+    options = json.loads(record.read_text())["options"]
+    assert (options["per_host"], options["per_host_rate"]) == (2, 50)
+
+
+async def test_the_library_crawls_as_fetch_run_does(
+    tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = await aiohttp_server(_fan_app(3))
+    job_path = tmp_path / "seeds.csv"
+    job_path.write_text(f"url\n{server.make_url('/f/0')}\n")
+    (tmp_path / "seeds.toml").write_text("[crawl]\ndepth = 1\n[fetch]\nper_host = 3\n")
+    job = fetcher.load_job(job_path)
+
+    def options(out: Path) -> dict[str, Any]:
+        (record,) = (out / "runs").glob("*.json")
+        return dict(json.loads(record.read_text())["options"])
+
+    # no config: the job's own [crawl] and [fetch], over a crawl's polite defaults
+    out = tmp_path / "output" / "seeds"
+    assert (await fetcher.run_batch(job)).outcomes == {"fetched": 3}
+    assert (options(out)["per_host"], options(out)["per_host_rate"]) == (3, 1.0)
+    # a config made by hand that crawls is polite too
+    out = tmp_path / "made"
+    config = fetcher.FetchConfig(output=out, crawl=CrawlSettings(depth=1))
+    assert (await fetcher.run_batch(job, config)).outcomes == {"fetched": 3}
+    assert (options(out)["per_host"], options(out)["per_host_rate"]) == (2, 1.0)

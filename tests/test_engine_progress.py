@@ -56,11 +56,12 @@ def test_progress_draws_a_live_line_on_request(workdir: Path) -> None:
     assert last.removeprefix("\x1b[K").startswith("fetch: 6 rows")  # the live line cleared
 
 
-def test_quiet_prints_nothing_even_when_rows_fail(workdir: Path) -> None:
+def test_quiet_prints_no_progress_and_one_line_when_rows_fail(workdir: Path) -> None:
     with serve_in_thread(_app()) as server:
         result = run_fetch("run", _job(workdir, server.url), "-o", "out", "-q", "--progress")
     assert result.exit_code == 1
-    assert (result.stdout, result.stderr) == ("", "")
+    message = "fetch: 1 of 6 rows failed (see fetch ls out --failed)\n"  # cron mails it
+    assert (result.stdout, result.stderr) == ("", message)
 
 
 def test_verbose_prints_each_outcome(workdir: Path) -> None:
@@ -76,7 +77,7 @@ def test_json_prints_the_summary_on_stdout(workdir: Path) -> None:
     with serve_in_thread(_app()) as server:
         result = run_fetch("run", _job(workdir, server.url), "-o", "out", "--json", "-q")
     assert result.exit_code == 1
-    assert result.stderr == ""
+    assert result.stderr == "fetch: 1 of 6 rows failed (see fetch ls out --failed)\n"
     summary = json.loads(result.stdout)
     assert summary["total"] == 6
     assert summary["outcomes"] == {"failed": 1, "fetched": 5}

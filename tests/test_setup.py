@@ -3,6 +3,7 @@ run before any row is sent."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def test_a_failing_setup_stops_the_run_before_the_batch(workdir: Path) -> None:
     assert "no row was sent" in message
     assert "pw-7f3a9c" not in message
     assert result.stdout == ""
+    (path,) = (workdir / "out" / "runs").glob("*.json")
+    record = json.loads(path.read_text())  # the run record says what happened
+    assert (record["state"], record["error"]) == ("failed", message.removeprefix("fetch: ").strip())
 
 
 def test_a_later_setup_failing_stops_the_run_too(workdir: Path) -> None:

@@ -433,7 +433,7 @@ def test_a_job_that_is_not_utf8(
 def test_unknown_job_format_and_missing_job(workdir: Path, server: Served) -> None:
     (workdir / "j.json").write_text("[]")
     assert rejected(run_fetch("run", "j.json"), server, workdir) == [
-        "j.json:1: unknown job format: use a .csv, .txt or .jsonl file"
+        "j.json:1: unknown job format: use a .csv, .txt or .jsonl file, or --format"
     ]
     assert rejected(run_fetch("run", "missing.csv"), server, workdir) == [
         "missing.csv:1: no such job file"

@@ -262,9 +262,12 @@ def _check_run_file(
     if record is None:
         problems.append(f"{where}: no runs/{info.run}.json")
         return
+    if info.stopped == "aborted":  # a disk failure: the record says so
+        if record.get("state") != "failed" or not record.get("error"):
+            problems.append(f"{where}: aborted, but its record says {record.get('state')}")
+    elif info.exit_code is None and record.get("state") not in ("running", "interrupted"):
+        problems.append(f"{where}: killed, but its record says {record.get('state')}")
     if info.exit_code is None or info.stopped == "aborted":
-        if record.get("state") not in ("running", "interrupted"):
-            problems.append(f"{where}: killed, but its record says {record.get('state')}")
         if record.get("exit_code") not in (None, 1):
             problems.append(f"{where}: aborted, but its record says exit {record['exit_code']}")
         return
