@@ -38,7 +38,7 @@ def test_a_job_on_stdin_runs_into_output_stdin_and_leaves_no_temp_file(
     assert (code, err) == (0, "")
     assert json.loads(out)["outcomes"] == {"fetched": 3}
     assert sorted(r.path for r in server.requests) == ["/items/0", "/items/1", "/items/2"]
-    stored = workdir / "output" / "stdin" / f"127.0.0.1_{server.port}" / "items" / "2"
+    stored = workdir / "output" / "stdin" / f"127.0.0.1_{server.port}" / "items" / "2.body"
     assert stored.read_text() == "ok /items/2"
     assert os.listdir(workdir / "tmp") == []
     # the same job again: --skip-existing and --resume work on output/stdin
