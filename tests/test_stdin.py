@@ -96,7 +96,7 @@ def test_format_reads_a_file_of_any_ending(workdir: Path, server: Served) -> Non
     result = run_fetch("run", job, "-o", "out", "--format", "txt", "-q")
     assert result.exit_code == 0, result.stderr
     assert [r.path for r in server.requests] == ["/a"]
-    assert f"127.0.0.1_{server.port}/a" in files_under(workdir / "out")
+    assert f"127.0.0.1_{server.port}/a.body" in files_under(workdir / "out")
 
 
 def test_a_temp_folder_too_small_for_the_job_is_said_in_one_line(

@@ -146,7 +146,7 @@ def test_a_body_that_fills_the_disk_ends_the_run_with_one_line_and_a_failed_reco
     assert result.stderr == f"fetch: {message}\n"
     record = _run_record(out)
     assert (record["state"], record["error"], record["exit_code"]) == ("failed", message, 1)
-    assert (out / f"127.0.0.1_{server.port}" / "small").read_bytes() == b"b" * 10
+    assert (out / f"127.0.0.1_{server.port}" / "small.body").read_bytes() == b"b" * 10
     assert not (out / f"127.0.0.1_{server.port}" / "big").exists()
     assert not list((out / ".fetch").glob("tmp/*"))
 
