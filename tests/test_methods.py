@@ -35,8 +35,9 @@ HEAD_HEADERS = [
 def _app(state: dict[str, int]) -> web.Application:
     """/page answers a GET with BODY and the GET's validators (304 when they match), a
     HEAD with HEAD_HEADERS (or ``state['head']`` when set); /api answers a POST with a
-    new result each time, and with 412 when it carries validators (RFC 9110 13.1.1);
-    /slow answers after ``state['slow']`` seconds."""
+    new result each time, and with 412 when it carries validators (RFC 9110 13.1.1), a
+    GET or HEAD with its page (or ``state['api']``); /slow answers after
+    ``state['slow']`` seconds."""
 
     async def page(request: web.Request) -> web.Response:
         if request.method == "HEAD":
@@ -48,7 +49,8 @@ def _app(state: dict[str, int]) -> web.Application:
 
     async def api(request: web.Request) -> web.Response:
         if request.method in ("GET", "HEAD"):
-            return web.Response(text="the api's page", headers={"ETag": GET_TAG})
+            status = state.get("api", 200)
+            return web.Response(status=status, text="the api's page", headers={"ETag": GET_TAG})
         if "If-None-Match" in request.headers or "If-Modified-Since" in request.headers:
             return web.Response(status=412)
         state["posts"] = state.get("posts", 0) + 1
@@ -192,17 +194,25 @@ def test_show_after_a_head_prints_its_headers_and_names_the_get_copy(
     assert not [line for line in lines if line.startswith("stored copy:")]
 
 
-def test_show_after_a_head_names_the_gets_copy_not_a_posts(
+def test_show_after_a_failed_get_or_a_head_names_the_gets_copy_not_a_posts(
     workdir: Path, served: tuple[dict[str, int], Served]
 ) -> None:
-    """A POST's answer stored for the URL is no copy of it: the GET's is what a HEAD keeps."""
-    _, server = served
-    out = workdir / "out"
+    """A POST's answer stored for the URL is no copy of it: the GET's is what a failed
+    GET or a HEAD left."""
+    state, server = served
+    out, url = workdir / "out", server.at("/api")
     posted = _run(workdir, server, "POST", "/api")
     got = _run(workdir, server, "GET", "/api", out="zz/api.txt")
     assert (posted["path"], got["path"]) == (f"127.0.0.1_{server.port}/api.body", "zz/api.txt")
+    state["api"] = 500
+    failed = _run(workdir, server, "GET", "/api", "--retries", "0", out="zz/api.txt")
+    assert failed["outcome"] == "failed"
+    assert f"stored copy: zz/api.txt (run {got['run']})" in _show(out, url)
+    shown = json.loads(run_fetch("show", out, url, "--json").stdout)
+    assert shown["sidecar"]["request"]["method"] == "GET"
+    state["api"] = 200
     _run(workdir, server, "HEAD", "/api")
-    shown = json.loads(run_fetch("show", out, server.at("/api"), "--json").stdout)
+    shown = json.loads(run_fetch("show", out, url, "--json").stdout)
     assert shown["copy"]["path"] == "zz/api.txt"
     assert shown["sidecar"]["request"]["method"] == "HEAD"
 
@@ -348,8 +358,9 @@ def test_reindex_finds_the_get_copy_and_takes_no_head_sidecar_for_one(
     out = workdir / "out"
     got = _run(workdir, server, "GET", "/page")
     head = _run(workdir, server, "HEAD", "/page")
-    _run(workdir, server, "HEAD", "/api")  # a URL with a HEAD sidecar and no copy
+    api = _run(workdir, server, "HEAD", "/api")  # a URL with a HEAD sidecar and no copy
     stored = _stored(out)
+    assert set(stored) == {got["path"], got["meta"], head["meta"], api["meta"]}
     for path in (out / ".fetch").glob("index.sqlite*"):
         path.unlink()
     result = run_fetch("reindex", out)
