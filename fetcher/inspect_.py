@@ -564,8 +564,12 @@ def show_lines(found: Found) -> list[str]:
     if meta.get("sha256") != record.get("sha256") or not record.get("ok"):
         lines += ["", f"stored copy: {meta.get('path')} (run {meta.get('run')})"]
     elif found.copy is not None:  # a HEAD's own sidecar: the GET's copy is kept apart
-        copy = found.copy
-        lines += ["", f"stored copy: {copy.path} ({copy.method}, run {copy.run}): kept, {_KEPT}"]
+        kept = found.copy
+        lines += [
+            "",
+            f"stored copy: {kept.path} ({kept.method}, run {kept.run}): kept, "
+            "a HEAD stores no body",
+        ]
     for hop in meta.get("redirects") or []:
         lines.append(f"redirect  {hop.get('status')} {hop.get('url')} -> {hop.get('location')}")
     request = meta.get("request") or {}
@@ -574,9 +578,6 @@ def show_lines(found: Found) -> list[str]:
     lines += ["", f"response  {meta.get('status')} {meta.get('reason') or ''}".rstrip()]
     lines += [f"  {name}: {value}" for name, value in meta.get("headers") or []]
     return lines
-
-
-_KEPT = "a HEAD stores no body"
 
 
 def _facts(record: dict[str, Any], meta: dict[str, Any] | None) -> list[tuple[str, object]]:

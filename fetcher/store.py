@@ -1338,9 +1338,13 @@ class _Staged:
         return (self.target, self.request.line, self.sha256, line[:-1].decode(), self.meta)
 
     def place(self, store: DiskStore) -> None:
-        """Rename the body, then its sidecar, into place."""
+        """Rename the body, then its sidecar, into place. Once the body is in place a
+        failure is the store's, not the row's: the pending note finishes the copy."""
         os.replace(self.body_temp, store.ensure_dir(self.target))
-        os.replace(self.meta_temp, store.ensure_dir(self.stored.meta))
+        try:
+            os.replace(self.meta_temp, store.ensure_dir(self.stored.meta))
+        except OSError as exc:
+            raise StoreError(f"cannot store {self.stored.meta}: {exc}") from exc
 
     def copy_row(self) -> tuple[object, ...]:
         """The copy's row in the ``copies`` table."""
