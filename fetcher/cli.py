@@ -371,11 +371,10 @@ def show(directory: Path, url: str, as_json: bool) -> None:
     if found is None:
         click.echo(f"fetch: no record of {url} in {directory}", err=True)
         sys.exit(1)
-    record, meta = found
     if as_json:
-        _echo_lines([json.dumps({"record": record, "sidecar": meta}, indent=2)])
+        _echo_lines([json.dumps(found.as_dict(), indent=2)])
     else:
-        _echo_lines(show_lines(record, meta))
+        _echo_lines(show_lines(found))
 
 
 @main.command()

@@ -38,7 +38,9 @@ from fetcher.store import (
 )
 
 __all__ = [
+    "Copy",
     "Entry",
+    "Found",
     "OutputDir",
     "Stats",
     "entry_lines",
@@ -88,6 +90,46 @@ class Entry:
             "elapsed_ms": self.elapsed_ms,
             "depth": self.depth,
             "fetched_at": self.fetched_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Copy:
+    """A body an earlier fetch of a URL stored, and still there by the index."""
+
+    path: str
+    method: str
+    run: str | None
+    fetched_at: str | None
+
+    @property
+    def meta(self) -> str:
+        return meta_path(self.path)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "meta": self.meta,
+            "method": self.method,
+            "run": self.run,
+            "fetched_at": self.fetched_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Found:
+    """What ``fetch show`` describes: a URL's latest record, the sidecar that tells of
+    it, and the URL's copy when that record stored none (a HEAD, a failure)."""
+
+    record: dict[str, Any]
+    sidecar: dict[str, Any] | None  # the record's own, else the copy's
+    copy: Copy | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "record": self.record,
+            "sidecar": self.sidecar,
+            "copy": self.copy.as_dict() if self.copy else None,
         }
 
 
@@ -269,9 +311,10 @@ class OutputDir:
         ).fetchone()
         return int(row[0] or 1), int(row[1] or 7)
 
-    def find(self, key: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        """The latest record of a URL (or of the body at a relative path) and the
-        sidecar of its stored copy; None when the directory has no such record."""
+    def find(self, key: str) -> Found | None:
+        """The latest record of a URL (or of the body at a relative path), its sidecar
+        (a failure's: that of the copy it left) and the URL's copy when the record
+        stored none; None when the directory has no such record."""
         row = self.db.execute("SELECT offset FROM entries WHERE url = ?", (key,)).fetchone()
         if row is None:
             row = self.db.execute(
@@ -283,16 +326,24 @@ class OutputDir:
         with open(self.manifest, "rb") as handle:
             handle.seek(int(row[0]))
             record = json.loads(handle.readline())
-        path = record.get("path") or self._copy_of(str(record.get("url")))
-        meta = record.get("meta") or (meta_path(path) if path else None)
-        return record, _read_json(self.root / meta) if meta else None
+        copy = None if record.get("path") else self._copy_of(record)
+        meta = record.get("meta") or (copy.meta if copy else None)
+        return Found(
+            record=record, sidecar=_read_json(self.root / meta) if meta else None, copy=copy
+        )
 
-    def _copy_of(self, url: str) -> str | None:
-        """The good copy an earlier run stored for ``url`` (its latest record failed)."""
+    def _copy_of(self, record: dict[str, Any]) -> Copy | None:
+        """The copy an earlier fetch stored for the URL of ``record``, which stored none:
+        its own method's (a POST's answer is no copy of a GET), a GET's for a HEAD."""
         if not self.indexed:
             return None
-        row = self.db.execute("SELECT path FROM idx.copies WHERE url = ?", (url,)).fetchone()
-        return str(row[0]) if row else None
+        method = "GET" if record.get("method") == "HEAD" else str(record.get("method"))
+        row = self.db.execute(
+            "SELECT path, run, fetched_at FROM idx.copies WHERE url = ? AND method = ? "
+            "ORDER BY fetched_at DESC LIMIT 1",
+            (str(record.get("url")), method),
+        ).fetchone()
+        return Copy(path=row[0], method=method, run=row[1], fetched_at=row[2]) if row else None
 
     def stats(self) -> Stats:
         """Counts per outcome, status class, error kind and host, bytes stored, latency
@@ -496,8 +547,10 @@ def stats_lines(root: Path, stats: Stats) -> list[str]:
     return lines
 
 
-def show_lines(record: dict[str, Any], meta: dict[str, Any] | None) -> list[str]:
-    """``fetch show``: the record, then the request and response of the stored copy."""
+def show_lines(found: Found) -> list[str]:
+    """``fetch show``: the record, then the request and response its sidecar holds (a
+    failure's: those of the stored copy)."""
+    record, meta = found.record, found.sidecar
     facts = _facts(record, meta)
     if "depth" in record:
         facts += [("depth", record.get("depth")), ("parent", record.get("parent"))]
@@ -510,6 +563,13 @@ def show_lines(record: dict[str, Any], meta: dict[str, Any] | None) -> list[str]
         return lines
     if meta.get("sha256") != record.get("sha256") or not record.get("ok"):
         lines += ["", f"stored copy: {meta.get('path')} (run {meta.get('run')})"]
+    elif found.copy is not None:  # a HEAD's own sidecar: the GET's copy is kept apart
+        kept = found.copy
+        lines += [
+            "",
+            f"stored copy: {kept.path} ({kept.method}, run {kept.run}): kept, "
+            "a HEAD stores no body",
+        ]
     for hop in meta.get("redirects") or []:
         lines.append(f"redirect  {hop.get('status')} {hop.get('url')} -> {hop.get('location')}")
     request = meta.get("request") or {}

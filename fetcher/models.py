@@ -224,6 +224,10 @@ class BodySink(Protocol):
     async def commit(self, response: Response) -> Stored:
         """Put the body and its sidecar at their final paths, atomically."""
 
+    async def commit_headers(self, response: Response) -> str:
+        """Put only the sidecar of a response that has no body (a HEAD's) at its final
+        path, atomically; return that path. No copy is touched."""
+
     def discard(self) -> None:
         """Forget the body; remove anything written so far."""
 

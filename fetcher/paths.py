@@ -34,6 +34,12 @@ overlong or reserved names), the result is a relative path of plain segments tha
 cannot leave the output directory and cannot hit the tool's own files (the manifest,
 ``runs/``, ``.fetch/``, a sidecar, a temp file).
 
+A body's sidecar is ``<body>.meta.json``. A HEAD stores no body, and keeps its sidecar at
+``<body>.head.meta.json.meta.json`` (``head_meta_path``): the sidecar of a name that no
+body can have, since no body's name ends in ``.meta.json``, so it is never a body's path
+nor any body's sidecar (``<body>.head.meta.json`` would be the sidecar of a URL ending in
+``.head``).
+
 ``PathCollisions`` finds rows of a job whose paths one disk cannot hold together (``out``
 templates can clash; URLs do not): the same path, paths that differ only in case, a path
 that another needs as a folder. Case counts on every disk, so an output directory can be
@@ -58,6 +64,7 @@ __all__ = [
     "TEMP_PREFIX",
     "PathCollisions",
     "body_path",
+    "head_meta_path",
     "meta_path",
     "safe_relpath",
     "url_path",
@@ -283,6 +290,12 @@ def body_path(url: str, out: str | None) -> str:
 def meta_path(body: str) -> str:
     """The sidecar's relative path for a body's relative path."""
     return body + META_SUFFIX
+
+
+def head_meta_path(body: str) -> str:
+    """Where a HEAD keeps its sidecar, for the relative path a GET would store its body
+    at: ``<body>.head.meta.json.meta.json`` (see the module docstring)."""
+    return meta_path(f"{body}.head{META_SUFFIX}")
 
 
 _MASK = (1 << 64) - 1

@@ -665,10 +665,9 @@ async def _finish(
             status=status,
             retry_after=retry_after,
         )
-    if request.method == "HEAD":  # no body: nothing stored, and no copy replaced
-        return _Fetched(
-            response=_response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
-        )
+    if request.method == "HEAD":  # no body: only its sidecar is stored, no copy replaced
+        final = _response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
+        return _Fetched(response=final, meta=await _commit_headers(sink(), final))
     # The length the body must have: none for a 204 (the header describes a body not
     # sent), none for an encoded body (it counts encoded bytes, we read decoded).
     expected = resp.content_length
@@ -716,6 +715,18 @@ async def _finish(
     return _Fetched(
         response=final, path=stored.path, meta=stored.meta, size=size, sha256=stored.sha256
     )
+
+
+async def _commit_headers(sink: BodySink, response: Response) -> str:
+    """Store the sidecar of a response that has no body; return its path."""
+    try:
+        return await sink.commit_headers(response)
+    except OSError as exc:
+        sink.discard()
+        raise StoreError(f"cannot store a sidecar: {exc}") from exc
+    except BaseException:
+        sink.discard()
+        raise
 
 
 def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

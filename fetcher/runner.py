@@ -464,6 +464,7 @@ def _skipped(request: Request, store: DiskStore) -> Outcome:
         request=request,
         kind=OutcomeKind.SKIPPED,
         path=prior.path if prior else None,
+        meta=store.head_sidecar(request) if request.method == "HEAD" else None,
         size=prior.size if prior else None,
         sha256=prior.sha256 if prior else None,
         fetched_at=now_iso(),

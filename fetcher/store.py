@@ -5,6 +5,8 @@ Layout of an output directory::
     manifest.jsonl          one JSON line per row outcome per run, appended as they happen
     runs/<run>.json         one record per run
     <host>/<path>           bodies, each beside <name>.meta.json, its sidecar
+    <path>.head.meta.json.meta.json
+                            the sidecar of a HEAD (which has no body; see paths.py)
     .fetch/lock             held (flock) by the run writing here; holds its pid and host
     .fetch/index.sqlite     a cache of the above: the copies (which method and URL
                             stored each body), the latest record of each URL, the runs
@@ -33,6 +35,14 @@ the body at each final path is the pending one (by its sha256); if so it rewrite
 sidecar and appends the manifest line, if not it drops the note and the copy's row (the
 old body is still there, so the next run fetches it without conditional headers). So
 every body at a final path ends up matching its latest manifest record.
+
+A HEAD stores no body, only its sidecar, which lands the same way as one file: the
+worker writes it to a temp file and stages it (1); the recorder notes it as pending with
+the sha256 of its bytes, and no ``copies`` row (2); renames it into place (3); appends
+the manifest line (4). A crash before 3 leaves the old sidecar (if any), which still
+matches its record: the note is dropped. After 3, the sidecar at its path is the pending
+one: its line is appended. After the line, the next open finds the line and drops the
+note. So a HEAD's sidecar, too, always has the record that points at it.
 
 Durability: a process crash (SIGKILL, an OOM kill) loses nothing written, since the page
 cache outlives the process. Surviving a power cut too needs each temp file fsynced before
@@ -63,7 +73,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeAlias, TypeVar
 
 from fetcher import _json
 from fetcher.errors import LockedError, PathConflict, StoreError
@@ -81,7 +91,14 @@ from fetcher.models import (
     RunSummary,
     Stored,
 )
-from fetcher.paths import META_SUFFIX, TEMP_PREFIX, PathCollisions, body_path, meta_path
+from fetcher.paths import (
+    META_SUFFIX,
+    TEMP_PREFIX,
+    PathCollisions,
+    body_path,
+    head_meta_path,
+    meta_path,
+)
 
 __all__ = [
     "BUSY_MS",
@@ -118,6 +135,7 @@ BUSY_MS = 10_000  # how long a statement waits for another connection's lock
 CACHE_KIB = 32 * 1024  # the index's page cache: lookups of a million rows stay in memory
 _BATCH = 2_000
 _T = TypeVar("_T")
+_StagedCopy: TypeAlias = "_Staged | _StagedHead"  # a body and its sidecar, or a HEAD's
 
 LATEST_COLUMNS = (
     "url",
@@ -346,9 +364,9 @@ def path_collisions(
     problems: list[Problem] = []
     total = 0
     for request in rows():
-        if request.invalid is not None or request.method == "HEAD":
+        if request.invalid is not None:
             continue
-        path = request_path(request)
+        path = _claimed(request, request_path(request))
         why = collisions.confirm(path, request.line)
         if why is not None:
             total += 1
@@ -365,10 +383,15 @@ def path_collisions(
 
 def add_request(collisions: PathCollisions, request: Request) -> None:
     """Count a row's path in ``collisions`` (pass 1 of ``path_collisions``)."""
-    # A HEAD stores nothing. Each row once: request_path's cache would only churn.
-    if request.invalid is None and request.method != "HEAD":
-        path = body_path(request.safe_url, request.safe_out)
-        collisions.add(path)
+    # Each row once: request_path's cache would only churn.
+    if request.invalid is None:
+        collisions.add(_claimed(request, body_path(request.safe_url, request.safe_out)))
+
+
+def _claimed(request: Request, path: str) -> str:
+    """The file a row writes for ``path`` that no other row may: its body, or a HEAD's
+    sidecar (a HEAD and a GET of one URL write apart; two HEADs of it do not)."""
+    return head_meta_path(path) if request.method == "HEAD" else path
 
 
 def _validators(headers: Iterable[Sequence[str]]) -> tuple[str | None, str | None]:
@@ -410,7 +433,7 @@ class DiskStore:
         self._manifest_end = 0
         self._made_dirs: set[str] = set()
         self._finished: array[int] = array("q")  # see _finished_rows
-        self._staged: dict[int, _Staged] = {}  # id(request) -> its copy, ready to place
+        self._staged: dict[int, _StagedCopy] = {}  # id(request) -> its copy
         self._ahead: dict[str, tuple[Any, ...] | None] = {}  # path -> copies row (look_ahead)
         self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
@@ -678,6 +701,11 @@ class DiskStore:
             return os.path.isfile(f"{self._root}/{path}")
         return name in names
 
+    def head_sidecar(self, request: Request) -> str | None:
+        """The sidecar an earlier HEAD of ``request``'s URL left, if it is there."""
+        path = head_meta_path(request_path(request))
+        return path if os.path.isfile(f"{self._root}/{path}") else None
+
     def finished(self, request: Request) -> bool:
         if not self.resuming:
             return False
@@ -710,8 +738,8 @@ class DiskStore:
     def temp_path(self) -> str:
         return _temp_name(self._temp_dir)
 
-    def stage(self, staged: _Staged) -> None:
-        """Hold a sink's complete copy until ``record`` places it."""
+    def stage(self, staged: _StagedCopy) -> None:
+        """Hold a sink's complete copy (or a HEAD's sidecar) until ``record`` places it."""
         self._staged[id(staged.request)] = staged
 
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
@@ -724,7 +752,7 @@ class DiskStore:
         recorded.
         """
         final = list(outcomes)
-        staged: list[tuple[int, _Staged]] = []
+        staged: list[tuple[int, _StagedCopy]] = []
         if self._staged:
             for index, outcome in enumerate(final):
                 copy = self._staged.pop(id(outcome.request), None)
@@ -739,50 +767,59 @@ class DiskStore:
         if staged:
             staged, taken = self._claim(staged)
             placed, failures = self._place(staged, lines)
-            refused = [(copy.stored.path, copy.stored.sha256) for _, copy, _ in failures]
-            for index, copy, failure in [*taken, *failures]:
-                final[index] = copy.refused(final[index], failure)
+            refused = [(copy.target, copy.sha256) for _, copy, _ in failures]
+            for index, _, failure in [*taken, *failures]:
+                final[index] = _refused(final[index], failure)
                 records[index] = manifest_record(final[index], run)
                 lines[index] = _json_line(records[index])
         self._append(records, lines, placed=placed, refused=refused)
         return final
 
     def _claim(
-        self, staged: Sequence[tuple[int, _Staged]]
-    ) -> tuple[list[tuple[int, _Staged]], list[tuple[int, _Staged, str]]]:
+        self, staged: Sequence[tuple[int, _StagedCopy]]
+    ) -> tuple[list[tuple[int, _StagedCopy]], list[tuple[int, _StagedCopy, str]]]:
         """Split the copies into those free to take their paths and those whose path
-        holds another URL's copy: that copy is never replaced, so the record that points
-        at a path is always the one that wrote it."""
-        owners: dict[str, str] = {}
-        for batch in _batched([copy.stored.path for _, copy in staged], 500):
-            owners.update(self.db.execute(_owners_of(len(batch)), batch).fetchall())
+        holds another URL's copy (or HEAD sidecar): that file is never replaced, so the
+        record that points at a path is always the one that wrote it."""
+        owners = self._owners([copy for _, copy in staged])
         free, taken = [], []
         for index, copy in staged:
-            path, url = copy.stored.path, copy.request.safe_url
+            path, url = copy.target, copy.request.safe_url
             owner = owners.setdefault(path, url)
             if owner == url:
                 free.append((index, copy))
             else:
                 copy.discard()
-                why = f"{path} holds the copy of {owner}"
+                why = f"{path} holds the {copy.holds} of {owner}"
                 if copy.request.out:
                     why += ": give this row another out path"
                 taken.append((index, copy, why))
         return free, taken
 
+    def _owners(self, staged: Sequence[_StagedCopy]) -> dict[str, str]:
+        """The URL whose file is at each path the copies go to: a body's by the index, a
+        HEAD sidecar's by what it says."""
+        bodies = [copy.target for copy in staged if isinstance(copy, _Staged)]
+        owners: dict[str, str] = {}
+        for batch in _batched(bodies, 500):
+            owners.update(self.db.execute(_owners_of(len(batch)), batch).fetchall())
+        for copy in staged:
+            if isinstance(copy, _StagedHead):
+                owner = _requested_url(f"{self._root}/{copy.target}")
+                if owner is not None:
+                    owners.setdefault(copy.target, owner)
+        return owners
+
     def _place(
-        self, staged: Sequence[tuple[int, _Staged]], lines: Sequence[bytes]
-    ) -> tuple[list[tuple[str, str]], list[tuple[int, _Staged, str]]]:
+        self, staged: Sequence[tuple[int, _StagedCopy]], lines: Sequence[bytes]
+    ) -> tuple[list[tuple[str, str]], list[tuple[int, _StagedCopy, str]]]:
         """Note the copies as pending, then rename each body and sidecar into place.
 
-        Returns the ``(path, sha256)`` of the placed copies and the ``(index, copy,
-        why)`` of those refused by a file or directory in the way.
+        Returns the ``(path, sha256)`` of the placed files (a body, or a HEAD's sidecar)
+        and the ``(index, copy, why)`` of those refused by a file or directory in the way.
         """
-        notes = [
-            (c.stored.path, c.request.line, c.stored.sha256, lines[i][:-1].decode(), c.meta)
-            for i, c in staged
-        ]
-        copies = [copy.copy_row() for _, copy in staged]
+        notes = [copy.note(lines[index]) for index, copy in staged]
+        copies = [copy.copy_row() for _, copy in staged if isinstance(copy, _Staged)]
 
         db = self.db
         db.execute("BEGIN")  # one transaction: the pending notes and the copies' rows
@@ -791,9 +828,9 @@ class DiskStore:
         db.execute("COMMIT")
         placed, failures = [], []
         for index, copy in staged:
-            path = copy.stored.path
+            path = copy.target
             try:
-                os.replace(copy.body_temp, self.ensure_dir(path))
+                copy.place(self)
             except (PathConflict, IsADirectoryError, NotADirectoryError) as exc:
                 copy.discard()
                 why = str(exc) if isinstance(exc, PathConflict) else None
@@ -801,9 +838,8 @@ class DiskStore:
                 continue
             except OSError as exc:
                 copy.discard()
-                raise StoreError(f"cannot store a body: {exc}") from exc
-            os.replace(copy.meta_temp, f"{self._root}/{copy.stored.meta}")
-            placed.append((path, copy.stored.sha256))
+                raise StoreError(f"cannot store {path}: {exc}") from exc
+            placed.append((path, copy.sha256))
         return placed, failures
 
     def _append(
@@ -876,6 +912,9 @@ class DiskStore:
             target = self.root / path
             if target.is_file() and _sha256_of(target) == sha256:
                 record = json.loads(line)
+                if record.get("path") is None:  # a HEAD's sidecar, in place: no body
+                    recovered.append(record)
+                    continue
                 write_atomic(self.root / meta_path(path), bytes(meta), self.temp_dir)
                 etag, last_modified = _validators(_sidecar_headers(bytes(meta)))
                 self.db.execute(
@@ -903,15 +942,20 @@ class DiskStore:
 
         A copy whose line is among them is no longer pending: ``_recover`` must not
         append its line a second time."""
-        latest, recorded = [], []
+        latest, recorded, heads = [], [], []
         for offset, record in read_manifest(self.root / MANIFEST, start=start):
             latest.append(latest_row(offset, record))
-            if record.get("outcome") == "fetched":
+            if record.get("outcome") != "fetched":
+                continue
+            if record.get("path") is not None:
                 recorded.append((record.get("path"), record.get("sha256")))
+            elif record.get("meta") is not None:  # a HEAD's: its note is its sidecar's
+                heads.append((record.get("meta"),))
         db = self.db
         db.execute("BEGIN")
         db.executemany(_LATEST_UPSERT, latest)
         db.executemany("DELETE FROM pending WHERE path = ? AND sha256 = ?", recorded)
+        db.executemany("DELETE FROM pending WHERE path = ?", heads)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)", (self._manifest_end,))
         db.execute("COMMIT")
 
@@ -1108,7 +1152,8 @@ def _sidecar_headers(meta: bytes) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- records
 
 
-def _fetched(request: Request, response: Response, stored: Stored) -> Outcome:
+def _fetched(request: Request, response: Response, stored: Stored | None, meta: str) -> Outcome:
+    """The fetch a staged copy is (``stored`` None: a HEAD's sidecar ``meta`` alone)."""
     return Outcome(
         request=request,
         kind=OutcomeKind.FETCHED,
@@ -1116,10 +1161,10 @@ def _fetched(request: Request, response: Response, stored: Stored) -> Outcome:
         reason=response.reason,
         final_url=response.final_url,
         redirects=response.redirects,
-        path=stored.path,
-        meta=stored.meta,
-        size=stored.size,
-        sha256=stored.sha256,
+        path=stored.path if stored else None,
+        meta=meta,
+        size=stored.size if stored else None,
+        sha256=stored.sha256 if stored else None,
         attempts=response.attempts,
         elapsed_ms=response.elapsed_ms,
         fetched_at=response.started_at,
@@ -1259,8 +1304,10 @@ def _safe_response_value(name: str, value: str) -> str:
     return f"{cookie_name}={REDACTED}{sep}{attributes}"
 
 
-def sidecar(request: Request, response: Response, stored: Stored, run: str) -> dict[str, Any]:
-    """The sidecar of one stored body."""
+def sidecar(
+    request: Request, response: Response, stored: Stored | None, run: str
+) -> dict[str, Any]:
+    """The sidecar of one stored body, or of a response with none (``stored`` None)."""
     return {
         "run": run,
         "request": {
@@ -1281,20 +1328,46 @@ def sidecar(request: Request, response: Response, stored: Stored, run: str) -> d
             "ttfb_ms": response.ttfb_ms,
             "elapsed_ms": response.elapsed_ms,
         },
-        "size": stored.size,
-        "sha256": stored.sha256,
+        "size": stored.size if stored else None,
+        "sha256": stored.sha256 if stored else None,
         "attempts": response.attempts,
-        "path": stored.path,
+        "path": stored.path if stored else None,
     }
 
 
 # --------------------------------------------------------------------------- the sink
 
 
+def _refused(outcome: Outcome, why: str) -> Outcome:
+    """The row failed: its copy (or HEAD sidecar) could not reach its path."""
+    return dataclasses.replace(
+        outcome,
+        kind=OutcomeKind.FAILED,
+        path=None,
+        meta=None,
+        size=None,
+        sha256=None,
+        error=Failure(kind=ErrorKind.INVALID, message=why),
+    )
+
+
+def _requested_url(meta: str) -> str | None:
+    """The URL a sidecar's request names; None when there is no readable sidecar."""
+    try:
+        with open(meta, "rb") as handle:
+            data = _json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    request = data.get("request") if isinstance(data, dict) else None
+    url = request.get("url") if isinstance(request, dict) else None
+    return url if isinstance(url, str) else None
+
+
 class _Staged:
     """A complete copy in temp files, waiting for ``DiskStore.record`` to place it."""
 
     __slots__ = ("body_temp", "meta", "meta_temp", "request", "response", "run", "stored")
+    holds = "copy"
 
     def __init__(
         self,
@@ -1309,21 +1382,31 @@ class _Staged:
         self.body_temp, self.meta_temp = temps
         self.meta = meta
 
+    @property
+    def target(self) -> str:
+        """The body's path: what no other URL's copy may be put over."""
+        return self.stored.path
+
+    @property
+    def sha256(self) -> str:
+        return self.stored.sha256
+
     def outcome(self) -> Outcome:
         """The fetch this copy is, for a row cancelled after its copy was staged."""
-        return _fetched(self.request, self.response, self.stored)
+        return _fetched(self.request, self.response, self.stored, self.stored.meta)
 
-    def refused(self, outcome: Outcome, why: str) -> Outcome:
-        """The row failed: its copy could not reach its path."""
-        return dataclasses.replace(
-            outcome,
-            kind=OutcomeKind.FAILED,
-            path=None,
-            meta=None,
-            size=None,
-            sha256=None,
-            error=Failure(kind=ErrorKind.INVALID, message=why),
-        )
+    def note(self, line: bytes) -> tuple[object, ...]:
+        """The copy's row in the ``pending`` table, ``line`` its manifest line."""
+        return (self.target, self.request.line, self.sha256, line[:-1].decode(), self.meta)
+
+    def place(self, store: DiskStore) -> None:
+        """Rename the body, then its sidecar, into place. Once the body is in place a
+        failure is the store's, not the row's: the pending note finishes the copy."""
+        os.replace(self.body_temp, store.ensure_dir(self.target))
+        try:
+            os.replace(self.meta_temp, store.ensure_dir(self.stored.meta))
+        except OSError as exc:
+            raise StoreError(f"cannot store {self.stored.meta}: {exc}") from exc
 
     def copy_row(self) -> tuple[object, ...]:
         """The copy's row in the ``copies`` table."""
@@ -1345,6 +1428,36 @@ class _Staged:
         for temp in (self.body_temp, self.meta_temp):
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+
+
+class _StagedHead:
+    """A HEAD's sidecar in a temp file (a HEAD has no body), waiting for
+    ``DiskStore.record`` to place it at ``target``."""
+
+    __slots__ = ("meta", "meta_temp", "request", "response", "sha256", "target")
+    holds = "headers"
+
+    def __init__(
+        self, request: Request, response: Response, target: str, temp: str, meta: bytes
+    ) -> None:
+        self.request, self.response, self.target = request, response, target
+        self.meta_temp, self.meta = temp, meta
+        self.sha256 = hashlib.sha256(meta).hexdigest()  # what recovery finds at target
+
+    def outcome(self) -> Outcome:
+        """The fetch this HEAD is, for a row cancelled after its sidecar was staged."""
+        return _fetched(self.request, self.response, None, self.target)
+
+    def note(self, line: bytes) -> tuple[object, ...]:
+        """The sidecar's row in the ``pending`` table, ``line`` its manifest line."""
+        return (self.target, self.request.line, self.sha256, line[:-1].decode(), self.meta)
+
+    def place(self, store: DiskStore) -> None:
+        os.replace(self.meta_temp, store.ensure_dir(self.target))
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.meta_temp)
 
 
 class _DiskSink:
@@ -1426,6 +1539,19 @@ class _DiskSink:
         self.store.stage(_Staged(self.request, response, stored, self.run, temps, meta))
         self._temps = []  # the store owns them now
         return stored
+
+    async def commit_headers(self, response: Response) -> str:
+        target = head_meta_path(self.path)
+        meta = _json.dumps(sidecar(self.request, response, None, self.run))
+        temp = self.store.temp_path()
+        self._temps.append(temp)
+        if self.store.durable:
+            await asyncio.to_thread(_write_file, temp, meta, durable=True)
+        else:
+            _write_file(temp, meta, durable=False)
+        self.store.stage(_StagedHead(self.request, response, target, temp, meta))
+        self._temps = []  # the store owns it now
+        return target
 
     def _write_small(self, body: bytes, meta: bytes) -> None:
         durable = self.store.durable

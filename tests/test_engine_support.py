@@ -204,6 +204,9 @@ class MemorySink:
             sha256=hashlib.sha256(body).hexdigest(),
         )
 
+    async def commit_headers(self, response: Response) -> str:
+        return self.url + ".head.meta.json.meta.json"
+
     def discard(self) -> None:
         self.chunks.clear()
 

@@ -255,6 +255,7 @@ async def test_a_head_stays_a_head_after_every_redirect(aiohttp_server, tmp_path
     records = manifest(out)
     assert [(r["method"], r["status"], r["size"]) for r in records] == [("HEAD", 200, None)] * 5
     assert all(r["final_url"].startswith(str(server.make_url("/to"))) for r in records)
+    assert [sidecar(out, r)["redirects"][0]["status"] for r in records] == list(statuses)
 
 
 async def test_the_timeout_bounds_the_whole_chain_not_each_hop(

@@ -253,6 +253,30 @@ def test_a_file_in_the_way_fails_the_row_not_the_run(
     assert (workdir / "out/a").read_bytes() == body_of("1") + b"v1"
 
 
+def test_a_sidecar_that_cannot_be_placed_ends_the_run_and_the_next_open_finishes_the_copy(
+    workdir: Path, served: tuple[dict[str, object], str]
+) -> None:
+    """Once the body is in place, its sidecar's failure is the disk's, not the row's: one
+    line, exit 1, and the copy left pending for the next open, which writes its sidecar
+    and its record."""
+    _, base = served
+    out = workdir / "out"
+    job = workdir / "job.csv"
+    job.write_text(f"url,out\n{base}/items/1,a.txt\n")
+    (out / "a.txt.meta.json").mkdir(parents=True)  # made by hand where the sidecar goes
+    result = run_fetch("run", job, "-o", out, "-q")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("fetch: cannot store a.txt.meta.json: [Errno 21]")
+    assert result.stderr.count("\n") == 1
+    assert records_of(out) == []
+    (out / "a.txt.meta.json").rmdir()
+    assert run_fetch("reindex", out).exit_code == 0  # opens the directory: recovers
+    (record,) = records_of(out)
+    assert (record["outcome"], record["path"]) == ("fetched", "a.txt")
+    assert (out / "a.txt").read_bytes() == body_of("1") + b"v1"
+    assert json.loads((out / "a.txt.meta.json").read_text())["sha256"] == record["sha256"]
+
+
 def test_a_copy_is_never_put_over_another_urls_copy(
     workdir: Path, served: tuple[dict[str, object], str]
 ) -> None:

@@ -9,6 +9,7 @@ POINT is where the N-th event kills the process:
 - ``body-before``: just before the N-th body is renamed into place (its pending note is
   committed);
 - ``body-after``: just after the N-th body rename, before its sidecar's;
+- ``sidecar-before``: just before the N-th sidecar rename (a HEAD's has no body before it);
 - ``sidecar-after``: just after the N-th sidecar rename, before the manifest line;
 - ``enospc``: not a kill: from the N-th file the store writes on, the disk is full;
 - ``manifest-full``: not a kill: from the N-th manifest write on, the disk is full.
@@ -25,7 +26,15 @@ from typing import Any
 import fetcher.store
 from fetcher.cli import main as fetch_main
 
-POINTS = ("manifest", "body-before", "body-after", "sidecar-after", "enospc", "manifest-full")
+POINTS = (
+    "manifest",
+    "body-before",
+    "body-after",
+    "sidecar-before",
+    "sidecar-after",
+    "enospc",
+    "manifest-full",
+)
 
 
 def _die() -> None:
@@ -104,9 +113,9 @@ def install(point: str, at: int) -> None:
         target = os.fspath(dst)
         sidecar = target.endswith(".meta.json")
         body = "/.fetch/" not in target and "/runs/" not in target and not sidecar
-        watched = sidecar if point == "sidecar-after" else body
+        watched = sidecar if point.startswith("sidecar") else body
         hit = watched and counter.hit()
-        if hit and point == "body-before":
+        if hit and point.endswith("-before"):
             _die()
         real_replace(src, dst, **kwargs)
         if hit:
