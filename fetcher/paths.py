@@ -59,8 +59,11 @@ __all__ = [
     "FILE_SUFFIX",
     "FOLDER_SUFFIX",
     "INDEX",
+    "MANIFEST",
     "META_SUFFIX",
     "RESERVED_TOP",
+    "RUNS_DIR",
+    "STATE_DIR",
     "TEMP_PREFIX",
     "PathCollisions",
     "body_path",
@@ -76,7 +79,11 @@ FILE_SUFFIX = ".body"  # added to a file name without an extension
 FOLDER_SUFFIX = ".d"  # added to a folder name with one
 _MADE = frozenset({FILE_SUFFIX[1:], FOLDER_SUFFIX[1:]})  # extensions the rules make
 TEMP_PREFIX = ".~fetch-"
-RESERVED_TOP = frozenset({"manifest.jsonl", "runs", ".fetch"})
+# The tool's own names at the top of an output directory (fetcher.store.layout).
+MANIFEST = "manifest.jsonl"
+RUNS_DIR = "runs"
+STATE_DIR = ".fetch"
+RESERVED_TOP = frozenset({MANIFEST, RUNS_DIR, STATE_DIR})
 MAX_NAME_BYTES = 200  # under NAME_MAX (255) with room for the sidecar suffix
 MAX_PATH_BYTES = 1024  # the whole relative path; the output dir's own path is added to it
 MAX_DEPTH = 64

@@ -10,19 +10,11 @@ from typing import TextIO
 
 from fetcher.config import FetchConfig
 from fetcher.models import Outcome, RunSummary
+from fetcher.units import format_bytes
 
 __all__ = ["Progress", "format_bytes"]
 
 _REFRESH = 0.2  # seconds between redraws of the live line
-
-
-def format_bytes(size: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
 
 
 class Progress:

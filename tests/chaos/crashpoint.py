@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 import fetcher.store
+import fetcher.store.files
 from fetcher.cli import main as fetch_main
 
 POINTS = (
@@ -88,14 +89,14 @@ def install(point: str, at: int) -> None:
     """Patch the store so the process dies at ``point`` the ``at``-th time."""
     counter = _Counter(at)
     if point == "enospc":
-        real_write = fetcher.store._write_file
+        real_write = fetcher.store.files.write_file
 
         def write_file(*args: Any, **kwargs: Any) -> None:
             if counter.hit() or counter.count > at:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real_write(*args, **kwargs)
 
-        fetcher.store._write_file = write_file
+        fetcher.store.files.write_file = write_file
         return
     if point in ("manifest", "manifest-full"):
         original_open = fetcher.store.DiskStore.open

@@ -1,0 +1,517 @@
+"""``DiskStore``, an output directory on the local disk, and the crash protocol it keeps.
+
+How a body lands, and what a crash at any point leaves:
+
+1. the engine's worker streams the body into a *sink* (``sink.py``), which writes body
+   and sidecar to temp files (a small body and its sidecar in one go) and *stages* the
+   copy;
+2. the recorder takes a batch of outcomes. For the staged copies among them, one index
+   transaction notes each as *pending* (with its manifest line and its sidecar) and as
+   its path's good copy (its ETag, Last-Modified, sha256);
+3. each body, then its sidecar, is renamed into place;
+4. the batch's manifest lines are appended (flushed), and one index transaction records
+   them and clears the pending notes.
+
+Steps 2-4 run in the recorder (``DiskStore.record``) without an ``await``, so nothing
+cancels them half way, and a row cancelled after its copy was staged is recorded as the
+fetch it was. A crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the
+next open (``recovery.py``) checks whether the body at each final path is the pending
+one (by its sha256); if so it rewrites the sidecar and appends the manifest line, if not
+it drops the note and the copy's row (the old body is still there, so the next run
+fetches it without conditional headers). So every body at a final path ends up matching
+its latest manifest record.
+
+A HEAD stores no body, only its sidecar, which lands the same way as one file: the
+worker writes it to a temp file and stages it (1); the recorder notes it as pending with
+the sha256 of its bytes, and no ``copies`` row (2); renames it into place (3); appends
+the manifest line (4). A crash before 3 leaves the old sidecar (if any), which still
+matches its record: the note is dropped. After 3, the sidecar at its path is the pending
+one: its line is appended. After the line, the next open finds the line and drops the
+note. So a HEAD's sidecar, too, always has the record that points at it.
+
+Durability: a process crash (SIGKILL, an OOM kill) loses nothing written, since the page
+cache outlives the process. Surviving a power cut too needs each temp file fsynced before
+its rename, which costs about a millisecond a file on a local disk: ``DiskStore(...,
+durable=True)`` (``fetch run --durable``) does that; by default, as curl and wget, no file
+is fsynced. The index is a cache either way: a lost or stale one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import shutil
+import socket
+import sqlite3
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from fetcher.errors import PathConflict, StoreError
+from fetcher.models import (
+    BodySink,
+    ErrorKind,
+    Failure,
+    Outcome,
+    OutcomeKind,
+    PriorCopy,
+    Request,
+    RunSummary,
+)
+from fetcher.store.files import files_in, overwrite, read_json, take_lock, write_atomic
+from fetcher.store.index import CopyRow, Index
+from fetcher.store.layout import (
+    INDEX,
+    LOCK,
+    MANIFEST,
+    RUNS_DIR,
+    STATE_DIR,
+    TMP_DIR,
+    head_meta_path,
+    request_path,
+    run_record_name,
+)
+from fetcher.store.rebuild import Reindexed, rebuild
+from fetcher.store.records import ManifestRecord, RunRecord, Sidecar, read_records
+from fetcher.store.recovery import finish_pending, repair_manifest
+from fetcher.store.sink import DiskSink, Staged, StagedCopy
+
+__all__ = ["DiskStore"]
+
+Refusal = tuple[int, StagedCopy, str]  # a row's index in the batch, its copy, why refused
+
+
+class DiskStore:
+    """An output directory on the local disk; open it with ``with DiskStore(...)``.
+
+    Args:
+        root: the output directory (made when missing).
+        resume: continue the last run if it did not finish (``--resume``).
+        durable: fsync each body and sidecar before its rename, so a copy survives a
+            power cut too (a process crash loses nothing either way).
+    """
+
+    def __init__(self, root: Path, *, resume: bool = False, durable: bool = False) -> None:
+        self.root = root
+        self._root = str(root)
+        self.state = root / STATE_DIR
+        self.temp_dir = self.state / TMP_DIR
+        self.resume = resume
+        self.durable = durable
+        self.resuming = False  # set by start_run: resume asked for and a run to resume
+        self._lock_fd: int | None = None
+        self._index: Index | None = None
+        self._manifest: IO[bytes] | None = None
+        self._manifest_end = 0
+        self._made_dirs: set[str] = set()
+        self._finished: array[int] = array("q")  # see _finished_rows
+        self._staged: dict[int, StagedCopy] = {}  # id(request) -> its copy
+        self._ahead: dict[str, CopyRow | None] = {}  # path -> copies row (look_ahead)
+        self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
+        self.reindexed: Reindexed | None = None  # set when the index was rebuilt
+
+    # -- opening and closing --------------------------------------------------------
+
+    def __enter__(self) -> DiskStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Take the lock, clear a crash's temp files, open the index (rebuilt when lost)
+        and the manifest, and finish the copies a crash left pending."""
+        try:
+            self.state.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = take_lock(self.state / LOCK, self.root)
+            if self.temp_dir.exists():
+                shutil.rmtree(self.temp_dir)
+            self.temp_dir.mkdir()
+            (self.root / RUNS_DIR).mkdir(exist_ok=True)
+            repair_manifest(self.root / MANIFEST)
+            self._manifest = open(self.root / MANIFEST, "ab")  # noqa: SIM115
+            self._manifest_end = self._manifest.tell()
+            self._open_index()
+            self._recover()
+        except OSError as exc:
+            self.close()
+            raise StoreError(f"cannot use {self.root}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot use the index of {self.root}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Flush and release everything; remove the temp directory."""
+        if self._manifest is not None:
+            with contextlib.suppress(OSError):  # a full disk: the error was told already
+                self._manifest.flush()
+                os.fsync(self._manifest.fileno())
+            with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
+                self._manifest.close()  # which the next open cuts off
+            self._manifest = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.temp_dir)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_index(self) -> None:
+        """Open the index; rebuild it when it is new or ahead of the manifest, and catch
+        it up with the lines a crash wrote after it."""
+        self._index, indexed = Index.open(self.state / INDEX)
+        if indexed is None or not 0 <= indexed <= self._manifest_end:
+            self.reindex()
+        elif indexed < self._manifest_end:
+            lines = read_records(self.root / MANIFEST, start=indexed)
+            self._index.catch_up(lines, self._manifest_end)
+
+    def _recover(self) -> None:
+        """Finish or forget the copies a crash left pending (see the module docstring)."""
+        recovered = finish_pending(self.index, self.root, self.temp_dir)
+        self._append([record for record, _ in recovered], [line for _, line in recovered])
+        self.index.clear_pending()
+
+    def reindex(self) -> Reindexed:
+        """Rebuild the index from the manifest, the run records and the sidecars."""
+        self.reindexed = rebuild(self.index, self.root, self._manifest_end)
+        return self.reindexed
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            raise StoreError("the store is not open")
+        return self._index
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The index's connection (for tests and tools that look inside)."""
+        return self.index.db
+
+    # -- runs -------------------------------------------------------------------------
+
+    def start_run(self, run: str, started_at: str, options: dict[str, object]) -> None:
+        """Note a run's start; decide whether it resumes the last one."""
+        finished = self.index.last_run_finished()
+        self.resuming = self.resume and finished is False
+        if self.resuming:
+            self._finished = self._finished_rows()
+        crashed = self.index.start_run(
+            run, started_at, resumed=self.resuming, start=self._manifest_end
+        )
+        for name in crashed:
+            self._mark_crashed(name)
+        self._write_run(
+            RunRecord(
+                run=run,
+                started_at=started_at,
+                state="running",
+                resumed=self.resuming,
+                pid=os.getpid(),  # fetch stats tells a crashed run from a running one
+                host=socket.gethostname(),
+                options=options,
+            )
+        )
+
+    def finish_run(
+        self,
+        summary: RunSummary,
+        options: dict[str, object],
+        *,
+        aborted: bool = False,
+        error: str | None = None,
+    ) -> None:
+        """Write the run's record, then mark the run in the index: ``finished``;
+        ``interrupted`` (a signal, the deadline left rows unstarted, or it was
+        ``aborted``); or ``failed``, with the ``error`` that ended it. ``--resume``
+        continues a run that did not finish.
+
+        The record goes first: the index is a cache, the record is what a person reads.
+        After an error, the copies not yet placed are let go first, so that on a full
+        disk their space is free for the record.
+        """
+        if aborted or error:
+            for staged in self._staged.values():
+                staged.discard()
+            self._staged.clear()
+        stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
+        state = "failed" if error else "interrupted" if stopped else "finished"
+        self._write_run(
+            RunRecord.ended(
+                summary, state=state, error=error, resumed=self.resuming, options=options
+            )
+        )
+        try:
+            self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use {self.state}: {exc}") from exc
+
+    def _mark_crashed(self, run: str) -> None:
+        """A run that never finished (killed): say so in its record."""
+        data = read_json(self.root / run_record_name(run))
+        record = RunRecord.from_json(data) if isinstance(data, dict) else None
+        if record is not None and record.state == "running":
+            self._write_run(dataclasses.replace(record, state="interrupted", crashed=True))
+
+    def _write_run(self, record: RunRecord) -> None:
+        path = self.root / run_record_name(record.run)
+        data = record.to_bytes()
+        try:
+            write_atomic(path, data, self.temp_dir)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not overwrite(path, data):
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def path_for(self, request: Request) -> str:
+        return request_path(request)
+
+    def prior(self, request: Request) -> PriorCopy | None:
+        # A copy counts only for the request that stored it: a POST's answer at a GET's
+        # path is no good copy of the GET (and a HEAD stores none).
+        path = request_path(request)
+        if path in self._ahead:  # looked up, its file seen, by look_ahead
+            row = self._ahead.pop(path)
+        else:
+            row = self.index.copy_at(path)
+            if row is not None and not os.path.isfile(f"{self._root}/{path}"):
+                row = None
+        if row is None or row[4] != request.safe_url or row[5] != request.method:
+            return None
+        return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
+
+    def look_ahead(self, requests: Sequence[Request]) -> None:
+        """Find the good copies of the next rows in one query (a million lookups one by
+        one cost more than the rest of a ``--skip-existing`` run); ``prior`` takes them
+        from here. Only for rows whose paths no other row stores to."""
+        paths = [request_path(request) for request in requests if request.invalid is None]
+        found = self.index.copies_at(paths)
+        ahead: dict[str, CopyRow | None] = {}
+        for path in paths:
+            row = found.get(path)
+            ahead[path] = row if row is not None and self._is_file(path) else None
+        self._ahead = ahead
+
+    def _is_file(self, path: str) -> bool:
+        """``os.path.isfile`` from one listing of the folder for the many rows in it."""
+        folder, _, name = path.rpartition("/")
+        if folder != self._listed[0]:
+            self._listed = (folder, files_in(f"{self._root}/{folder}"))
+        names = self._listed[1]
+        if names is None:  # a folder too big to hold its listing
+            return os.path.isfile(f"{self._root}/{path}")
+        return name in names
+
+    def head_sidecar(self, request: Request) -> str | None:
+        """The sidecar an earlier HEAD of ``request``'s URL left, if it is there."""
+        path = head_meta_path(request_path(request))
+        return path if os.path.isfile(f"{self._root}/{path}") else None
+
+    def finished(self, request: Request) -> bool:
+        """True when the interrupted run being resumed finished ``request`` well."""
+        if not self.resuming:
+            return False
+        key = hash((request.line, request.safe_url))
+        at = bisect_left(self._finished, key)
+        return at < len(self._finished) and self._finished[at] == key
+
+    def _finished_rows(self) -> array[int]:
+        """The rows that the chain of runs being resumed finished well, read from the
+        manifest: a sorted array of ``hash((line, url))``, eight bytes a row."""
+        chain, start = self.index.resumed_chain()
+        finished = (
+            hash((record.line, record.url))
+            for _, record in read_records(self.root / MANIFEST, start=start)
+            if record.ok and record.run in chain
+        )
+        return array("q", sorted(finished))
+
+    # -- writing ----------------------------------------------------------------------
+
+    def sink(self, request: Request, run: str) -> BodySink:
+        """A sink that streams ``request``'s body to disk and stages it for ``record``."""
+        return DiskSink(
+            request,
+            request_path(request),
+            run,
+            temp_dir=str(self.temp_dir),
+            durable=self.durable,
+            stage=self.stage,
+        )
+
+    def stage(self, staged: StagedCopy) -> None:
+        """Hold a sink's complete copy (or a HEAD's sidecar) until ``record`` places it."""
+        self._staged[id(staged.request)] = staged
+
+    def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
+        """Place the outcomes' staged copies, append their manifest lines (flushed), then
+        index them: steps 2-4 of the module docstring.
+
+        A row cancelled after its copy was staged is recorded as the fetch it was; a
+        copy that cannot reach its path (a file or directory in the way, or another
+        URL's copy at it) makes its row fail as ``invalid``. Returns the outcomes as
+        recorded.
+        """
+        final, staged = self._take_staged(outcomes)
+        records = [ManifestRecord.of(outcome, run) for outcome in final]
+        lines = [record.to_line() for record in records]
+        placed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        if staged:
+            staged, taken = self._claim(staged)
+            self._note_pending(staged, lines)  # step 2
+            placed, failures = self._place(staged)  # step 3
+            refused = [(copy.target, copy.sha256) for _, copy, _ in failures]
+            for index, _, why in [*taken, *failures]:
+                final[index] = _refused(final[index], why)
+                records[index] = ManifestRecord.of(final[index], run)
+                lines[index] = records[index].to_line()
+        self._append(records, lines, placed=placed, refused=refused)  # step 4
+        return final
+
+    def _take_staged(
+        self, outcomes: Sequence[Outcome]
+    ) -> tuple[list[Outcome], list[tuple[int, StagedCopy]]]:
+        """The outcomes' staged copies (with each one's index); an outcome whose copy was
+        staged is the fetch it was, even if the row was cancelled after."""
+        final = list(outcomes)
+        staged: list[tuple[int, StagedCopy]] = []
+        if self._staged:
+            for index, outcome in enumerate(final):
+                copy = self._staged.pop(id(outcome.request), None)
+                if copy is not None:
+                    if outcome.kind is not OutcomeKind.FETCHED:
+                        final[index] = copy.outcome()
+                    staged.append((index, copy))
+        return final, staged
+
+    def _claim(
+        self, staged: Sequence[tuple[int, StagedCopy]]
+    ) -> tuple[list[tuple[int, StagedCopy]], list[Refusal]]:
+        """Split the copies into those free to take their paths and those whose path
+        holds another URL's copy (or HEAD sidecar): that file is never replaced, so the
+        record that points at a path is always the one that wrote it."""
+        owners = self._owners([copy for _, copy in staged])
+        free, taken = [], []
+        for index, copy in staged:
+            path, url = copy.target, copy.request.safe_url
+            owner = owners.setdefault(path, url)
+            if owner == url:
+                free.append((index, copy))
+            else:
+                copy.discard()
+                why = f"{path} holds the {copy.holds} of {owner}"
+                if copy.request.out:
+                    why += ": give this row another out path"
+                taken.append((index, copy, why))
+        return free, taken
+
+    def _owners(self, staged: Sequence[StagedCopy]) -> dict[str, str]:
+        """The URL whose file is at each path the copies go to: a body's by the index, a
+        HEAD sidecar's by what it says."""
+        owners = self.index.owners([copy.target for copy in staged if isinstance(copy, Staged)])
+        for copy in staged:
+            if not isinstance(copy, Staged):
+                data = read_json(f"{self._root}/{copy.target}")
+                sidecar = Sidecar.from_json(data) if isinstance(data, dict) else None
+                if sidecar is not None and sidecar.url is not None:
+                    owners.setdefault(copy.target, sidecar.url)
+        return owners
+
+    def _note_pending(
+        self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]
+    ) -> None:
+        """Step 2: note the copies as pending, with their manifest lines, and as their
+        paths' good copies."""
+        notes = [copy.note(lines[index]) for index, copy in staged]
+        copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
+        self.index.note_pending(notes, copies)
+
+    def _place(
+        self, staged: Sequence[tuple[int, StagedCopy]]
+    ) -> tuple[list[tuple[str, str]], list[Refusal]]:
+        """Step 3: rename each body and sidecar into place.
+
+        Returns the ``(path, sha256)`` of the placed files (a body, or a HEAD's sidecar)
+        and the refusals of those a file or directory was in the way of.
+        """
+        placed, failures = [], []
+        for index, copy in staged:
+            path = copy.target
+            try:
+                copy.place(self.ensure_dir)
+            except (PathConflict, IsADirectoryError, NotADirectoryError) as exc:
+                copy.discard()
+                why = str(exc) if isinstance(exc, PathConflict) else None
+                failures.append((index, copy, why or f"a directory is in the way of {path}"))
+                continue
+            except OSError as exc:
+                copy.discard()
+                raise StoreError(f"cannot store {path}: {exc}") from exc
+            placed.append((path, copy.sha256))
+        return placed, failures
+
+    def _append(
+        self,
+        records: Sequence[ManifestRecord],
+        lines: Sequence[bytes],
+        *,
+        placed: Sequence[tuple[str, str]] = (),
+        refused: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Step 4: append manifest lines (flushed), then index them in one transaction:
+        the latest record of each URL, the copies no longer pending."""
+        if self._manifest is None:
+            raise StoreError("the store is not open")
+        if not records:
+            return
+        offsets = []
+        offset = self._manifest_end
+        for line in lines:
+            offsets.append(offset)
+            offset += len(line)
+        try:
+            self._manifest.write(b"".join(lines))
+            self._manifest.flush()
+        except OSError as exc:
+            raise StoreError(f"cannot write the manifest: {exc.strerror or exc}") from exc
+        self._manifest_end = offset
+        self.index.add_lines(
+            list(zip(offsets, records, strict=True)), offset, placed=placed, refused=refused
+        )
+
+    def ensure_dir(self, relative: str) -> str:
+        """Make the parent directories of a body; raise ``PathConflict`` if a file is in
+        the way. Returns the body's path."""
+        parent = os.path.dirname(relative)
+        if parent and parent not in self._made_dirs:
+            try:
+                os.makedirs(f"{self._root}/{parent}", exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise PathConflict(f"a file is in the way of the directory {parent}") from None
+            self._made_dirs.add(parent)
+        return f"{self._root}/{relative}"
+
+
+def _refused(outcome: Outcome, why: str) -> Outcome:
+    """The row failed: its copy (or HEAD sidecar) could not reach its path."""
+    return dataclasses.replace(
+        outcome,
+        kind=OutcomeKind.FAILED,
+        path=None,
+        meta=None,
+        size=None,
+        sha256=None,
+        error=Failure(kind=ErrorKind.INVALID, message=why),
+    )

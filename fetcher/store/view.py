@@ -1,0 +1,259 @@
+"""The read side of the index: the latest record of each URL, for ``fetch ls/show/stats``.
+
+``IndexView`` never writes to the output directory and never takes its lock, so it is
+safe while a run writes. It reads the latest record of each URL from the run's index
+(opened read-only) plus the manifest lines written after the index last caught up;
+without a usable index it reads the whole manifest. Either way the rows go through a
+private temporary database on disk, so memory stays flat however many URLs the
+directory holds, and every listing streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fetcher.store.files import batched
+from fetcher.store.index import BUSY_MS, LATEST_SCHEMA, SCHEMA_VERSION, latest_row, latest_upsert
+from fetcher.store.records import read_records
+
+__all__ = ["ENTRY_FIELDS", "IndexView"]
+
+# What a row of ``entries`` says: a skipped row describes the copy it kept (its status,
+# when it was fetched); ``fetched_at`` is when the stored body was fetched.
+_ENTRY_COLUMNS = (
+    "url, offset, run, line, outcome, "
+    "CASE WHEN outcome = 'skipped' AND path IS NOT NULL THEN copy_status ELSE status END "
+    "AS status, error, size, path, elapsed_ms, host, depth, "
+    "CASE WHEN outcome != 'failed' AND path IS NOT NULL THEN copy_at END AS fetched_at"
+)
+# The fields of each row ``IndexView.entries`` yields, in order.
+ENTRY_FIELDS = (
+    "url",
+    "outcome",
+    "status",
+    "error",
+    "size",
+    "path",
+    "line",
+    "run",
+    "elapsed_ms",
+    "depth",
+    "fetched_at",
+)
+_BATCH = 10_000
+# The rows whose latency counts: those that made a request.
+_TIMED = (
+    "FROM entries WHERE elapsed_ms IS NOT NULL AND (outcome IN "
+    "('fetched', 'not_modified') OR (outcome = 'failed' "
+    "AND error NOT IN ('invalid', 'interrupted')))"
+)
+_COUNTED = {  # what ``counts`` can count, and which rows have it
+    "outcome": ("outcome", "outcome IS NOT NULL"),
+    "status": ("status / 100", "status IS NOT NULL"),
+    "error": ("error", "error IS NOT NULL"),
+    "host": ("host", "host IS NOT NULL"),
+    "depth": ("depth", "depth IS NOT NULL"),
+}
+
+
+class IndexView:
+    """The latest record of each URL in the output directory whose manifest and index
+    are given; use ``with IndexView(manifest, index) as view``."""
+
+    def __init__(self, manifest: Path, index: Path) -> None:
+        self.manifest, self.index = manifest, index
+        self._db: sqlite3.Connection | None = None
+        self.indexed = False  # True when the run's index was used
+
+    def __enter__(self) -> IndexView:
+        db = sqlite3.connect("", uri=True, isolation_level=None)  # a private temp file
+        self._db = db
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+            start = self._attach_index()
+            db.execute(LATEST_SCHEMA.replace(" latest ", " tail "))
+            upsert = latest_upsert("tail")
+            for batch in batched(read_records(self.manifest, start=start), _BATCH):
+                db.executemany(upsert, [latest_row(offset, record) for offset, record in batch])
+            db.execute(f"CREATE TEMP VIEW entries AS {self._source()}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the view is not open")
+        return self._db
+
+    def _source(self) -> str:
+        """The query of the ``entries`` view: the tail over the index's ``latest``."""
+        db = self.db
+        if not self.indexed:
+            return f"SELECT {_ENTRY_COLUMNS} FROM tail"
+        if db.execute("SELECT 1 FROM tail LIMIT 1").fetchone() is None:
+            return f"SELECT {_ENTRY_COLUMNS} FROM idx.latest"  # in URL order: no sort
+        db.execute(  # the copies that records before the tail stored
+            "UPDATE tail SET (copy_status, copy_at) = (SELECT copy_status, copy_at "
+            "FROM idx.latest AS l WHERE l.url = tail.url) WHERE copy_status IS NULL"
+        )
+        return (
+            f"SELECT {_ENTRY_COLUMNS} FROM idx.latest "
+            "WHERE url NOT IN (SELECT url FROM tail) "
+            f"UNION ALL SELECT {_ENTRY_COLUMNS} FROM tail"
+        )
+
+    def _attach_index(self) -> int:
+        """Attach the run's index read-only if it is usable; return the manifest offset
+        from which lines must be read on top of it (0 without an index)."""
+        db = self.db
+        index = self.index.resolve()
+        if not index.is_file():
+            db.execute("BEGIN")
+            return 0
+        try:
+            db.execute("ATTACH DATABASE ? AS idx", (f"{index.as_uri()}?mode=ro",))
+        except sqlite3.Error:
+            db.execute("BEGIN")
+            return 0
+        db.execute("BEGIN")  # one snapshot of the index for the whole read
+        try:
+            meta = dict(db.execute("SELECT key, value FROM idx.meta").fetchall())
+        except sqlite3.Error:
+            return self._detach()
+        end = int(meta.get("manifest_end", -1))
+        if meta.get("schema") != SCHEMA_VERSION or not 0 <= end <= self.manifest.stat().st_size:
+            return self._detach()
+        self.indexed = True
+        return end
+
+    def _detach(self) -> int:
+        db = self.db
+        db.execute("COMMIT")
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("DETACH DATABASE idx")
+        db.execute("BEGIN")
+        return 0
+
+    # -- queries ----------------------------------------------------------------------
+
+    def entries(
+        self,
+        *,
+        failed: bool = False,
+        statuses: Sequence[tuple[int, int]] = (),
+        depth: int | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The latest outcome of each URL (fields ``ENTRY_FIELDS``), ordered by URL;
+        filters are and-ed, statuses or-ed."""
+        where, args = _filters(failed, statuses, depth)
+        yield from self.db.execute(
+            f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries{where} ORDER BY url", args
+        )
+
+    def widths(
+        self,
+        *,
+        failed: bool = False,
+        statuses: Sequence[tuple[int, int]] = (),
+        depth: int | None = None,
+    ) -> tuple[int, int]:
+        """The widest path and outcome among the entries (for aligned columns)."""
+        where, args = _filters(failed, statuses, depth)
+        row = self.db.execute(
+            "SELECT max(length(path)), max(length(outcome) + coalesce(length(error) + 1, 0)) "
+            f"FROM entries{where}",
+            args,
+        ).fetchone()
+        return int(row[0] or 1), int(row[1] or 7)
+
+    def offset_of(self, key: str) -> int | None:
+        """The manifest offset of the latest record of a URL (or of the body at a
+        relative path); None when there is none."""
+        row = self.db.execute("SELECT offset FROM entries WHERE url = ?", (key,)).fetchone()
+        if row is None:
+            row = self.db.execute(
+                "SELECT offset FROM entries WHERE path = ? ORDER BY offset DESC LIMIT 1",
+                (key.lstrip("/"),),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def copy_of(self, url: str, method: str) -> tuple[str, str | None, str | None] | None:
+        """The path, run and time of the latest copy that ``method`` stored for ``url``,
+        by the index (None without one)."""
+        if not self.indexed:
+            return None
+        row = self.db.execute(
+            "SELECT path, run, fetched_at FROM idx.copies WHERE url = ? AND method = ? "
+            "ORDER BY fetched_at DESC LIMIT 1",
+            (url, method),
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def count(self) -> int:
+        """The number of URLs."""
+        return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def counts(self, what: str, *, by_count: bool = False) -> dict[str, int]:
+        """The URLs per ``outcome``, ``status`` (class: ``4`` for 4xx), ``error``,
+        ``host`` or ``depth``; by name, or by count (most first) when ``by_count``."""
+        key, where = _COUNTED[what]
+        order = "count(*) DESC, 1" if by_count else "1"
+        rows = self.db.execute(
+            f"SELECT {key}, count(*) FROM entries WHERE {where} GROUP BY 1 ORDER BY {order}"
+        ).fetchall()
+        return {str(name): count for name, count in rows}
+
+    def stored_bytes(self) -> int:
+        """The size of the bodies the latest records keep."""
+        return int(
+            self.db.execute(
+                "SELECT coalesce(sum(size), 0) FROM entries "
+                "WHERE outcome != 'failed' AND path IS NOT NULL"
+            ).fetchone()[0]
+        )
+
+    def latencies(self, percentiles: Sequence[int]) -> tuple[int, dict[str, int | None]]:
+        """The number of rows that made a request, and their latency percentiles
+        (nearest rank, ``p50``...)."""
+        timed = int(self.db.execute(f"SELECT count(*) {_TIMED}").fetchone()[0])
+        values: dict[str, int | None] = {}
+        for p in percentiles:
+            value = None
+            if timed:
+                rank = max(1, math.ceil(p / 100 * timed))
+                value = self.db.execute(
+                    f"SELECT elapsed_ms {_TIMED} ORDER BY elapsed_ms LIMIT 1 OFFSET ?",
+                    (rank - 1,),
+                ).fetchone()[0]
+            values[f"p{p}"] = value
+        return timed, values
+
+
+def _filters(
+    failed: bool, statuses: Sequence[tuple[int, int]], depth: int | None = None
+) -> tuple[str, list[int]]:
+    clauses, args = [], []
+    if failed:
+        clauses.append("outcome = 'failed'")
+    if statuses:
+        clauses.append("(" + " OR ".join("status BETWEEN ? AND ?" for _ in statuses) + ")")
+        args = [bound for pair in statuses for bound in pair]
+    if depth is not None:
+        clauses.append("depth = ?")
+        args.append(depth)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
