@@ -45,7 +45,7 @@ from fetcher.paths import PathCollisions
 from fetcher.pool import Limits, RetryPolicy, fetch_file, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
 from fetcher.session import check_cookie_jar, open_session, proxy_routes
-from fetcher.store import STATE_DIR, DiskStore, add_request, path_collisions
+from fetcher.store import STATE_DIR, DiskStore, Store, add_request, path_collisions
 
 if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
@@ -252,7 +252,7 @@ async def _setup(
 async def _pipeline(
     job: Job,
     config: FetchConfig,
-    store: DiskStore,
+    store: Store,
     session: aiohttp.ClientSession,
     limits: Limits,
     summary: RunSummary,
@@ -339,7 +339,7 @@ async def _pipeline(
 class _Rows:
     """The batch source: the job's rows, each to fetch or already settled."""
 
-    def __init__(self, job: Job, config: FetchConfig, store: DiskStore, stopper: _Stopper) -> None:
+    def __init__(self, job: Job, config: FetchConfig, store: Store, stopper: _Stopper) -> None:
         self.job, self.config, self.store, self.stopper = job, config, store, stopper
 
     async def items(self) -> AsyncIterator[Request | list[Outcome]]:
@@ -372,7 +372,7 @@ class _Rows:
 def _source(
     job: Job,
     config: FetchConfig,
-    store: DiskStore,
+    store: Store,
     session: aiohttp.ClientSession,
     limits: Limits,
     stopper: _Stopper,
@@ -434,7 +434,7 @@ def _file_fetcher(
 
 
 def _settled(
-    request: Request, config: FetchConfig, store: DiskStore, stopper: _Stopper
+    request: Request, config: FetchConfig, store: Store, stopper: _Stopper
 ) -> Outcome | None:
     """The outcome of a row that needs no request, or None when it must be fetched."""
     if request.invalid is not None:
@@ -458,7 +458,7 @@ def _settled(
     return None
 
 
-def _skipped(request: Request, store: DiskStore) -> Outcome:
+def _skipped(request: Request, store: Store) -> Outcome:
     prior = store.prior(request)
     return Outcome(
         request=request,

@@ -23,6 +23,7 @@ from yarl import URL
 from fetcher.config import FetchConfig
 from fetcher.errors import StoreError, UsageError
 from fetcher.proxies import ProxyRoutes
+from fetcher.store.files import temp_name, write_atomic
 
 __all__ = ["check_cookie_jar", "load_cookies", "open_session", "proxy_routes", "save_cookies"]
 
@@ -188,16 +189,12 @@ def check_cookie_jar(path: Path, *, output: Path | None = None) -> None:
         raise UsageError(f"--cookie-jar {path}: is a directory")
     if output is not None and not output.exists() and path.parent.absolute() == output.absolute():
         return
-    temp = _temp_of(path)
+    temp = temp_name(path.parent)
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(temp)
     except OSError as exc:
         raise UsageError(f"--cookie-jar {path}: cannot write there: {exc.strerror}") from None
-
-
-def _temp_of(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
@@ -218,18 +215,9 @@ def save_cookies(jar: aiohttp.CookieJar, path: Path) -> int:
             if expires is None or expires > now:  # not one that expired since it was set
                 lines.append(_cookie_line(morsel, key in host_only, expires))
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    temp = _temp_of(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        write_atomic(path, data, durable=False, mode=0o600)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise StoreError(f"cannot save the cookie jar {path}: {exc.strerror or exc}") from exc
     return len(lines) - 3
 
