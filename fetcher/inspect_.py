@@ -23,7 +23,8 @@ from typing import Any
 from fetcher.errors import StoreError, UsageError
 from fetcher.store.files import read_json
 from fetcher.store.layout import INDEX, LOCK, MANIFEST, RUNS_DIR, STATE_DIR, meta_path
-from fetcher.store.records import ManifestRecord, RunRecord, Sidecar, read_runs
+from fetcher.store.records import ManifestRecord, Sidecar
+from fetcher.store.runs import RunRecord, read_runs
 from fetcher.store.view import ENTRY_FIELDS, IndexView
 from fetcher.units import format_bytes
 

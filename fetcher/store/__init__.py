@@ -5,11 +5,14 @@ The package, one idea a module:
 - ``layout``: the names of an output directory (drawn in its docstring) and where each
   row's files go;
 - ``files``: temp files, the one atomic writer, the lock, folder listings;
-- ``records``: what is on disk as types (``ManifestRecord``, ``Sidecar``, ``RunRecord``);
+- ``records``: what is on disk as types (``ManifestRecord``, ``Sidecar``); ``runs``: a
+  run's record (``RunRecord``) and what a store notes of its runs;
 - ``index``: the SQLite cache of the above, the only code that knows SQL; ``rebuild``
   makes it again from the files;
 - ``sink``: a body streamed to temp files and staged (step 1 of the crash protocol);
 - ``recovery``: what the next open does about a crash;
+- ``lookup``: the good copy an earlier run left for a request;
+- ``view``: the read side of the index, for ``fetch ls/show/stats``;
 - ``disk``: ``DiskStore``, the facade a run uses, whose docstring holds the crash
   protocol; ``protocol``: ``Store``, what the runner needs of it.
 """
@@ -37,14 +40,13 @@ from fetcher.store.protocol import Store
 from fetcher.store.rebuild import Reindexed
 from fetcher.store.records import (
     ManifestRecord,
-    RunRecord,
     Sidecar,
     manifest_record,
     read_manifest,
     read_records,
-    read_runs,
     sidecar,
 )
+from fetcher.store.runs import RunRecord, read_runs
 
 __all__ = [
     "BUSY_MS",

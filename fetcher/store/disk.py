@@ -39,31 +39,25 @@ is fsynced. The index is a cache either way: a lost or stale one is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import os
 import shutil
 import socket
 import sqlite3
-from array import array
-from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from fetcher.errors import PathConflict, StoreError
+from fetcher.errors import StoreError
 from fetcher.models import (
     BodySink,
-    ErrorKind,
-    Failure,
     Outcome,
     OutcomeKind,
     PriorCopy,
     Request,
     RunSummary,
 )
-from fetcher.store.files import files_in, overwrite, read_json, take_lock, write_atomic
-from fetcher.store.index import CopyRow, Index
+from fetcher.store.files import take_lock
+from fetcher.store.index import Index
 from fetcher.store.layout import (
     INDEX,
     LOCK,
@@ -71,18 +65,17 @@ from fetcher.store.layout import (
     RUNS_DIR,
     STATE_DIR,
     TMP_DIR,
-    head_meta_path,
     request_path,
-    run_record_name,
 )
+from fetcher.store.lookup import PriorCopies
+from fetcher.store.place import Placer, refused
 from fetcher.store.rebuild import Reindexed, rebuild
-from fetcher.store.records import ManifestRecord, RunRecord, Sidecar, read_records
+from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending, repair_manifest
+from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
 from fetcher.store.sink import DiskSink, Staged, StagedCopy
 
 __all__ = ["DiskStore"]
-
-Refusal = tuple[int, StagedCopy, str]  # a row's index in the batch, its copy, why refused
 
 
 class DiskStore:
@@ -107,11 +100,10 @@ class DiskStore:
         self._index: Index | None = None
         self._manifest: IO[bytes] | None = None
         self._manifest_end = 0
-        self._made_dirs: set[str] = set()
-        self._finished: array[int] = array("q")  # see _finished_rows
+        self._finished = FinishedRows()  # of the runs being resumed
+        self._copies: PriorCopies | None = None
+        self._placer: Placer | None = None
         self._staged: dict[int, StagedCopy] = {}  # id(request) -> its copy
-        self._ahead: dict[str, CopyRow | None] = {}  # path -> copies row (look_ahead)
-        self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
     # -- opening and closing --------------------------------------------------------
@@ -159,7 +151,7 @@ class DiskStore:
             self._manifest = None
         if self._index is not None:
             self._index.close()
-            self._index = None
+            self._index = self._copies = self._placer = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.temp_dir)
@@ -194,6 +186,18 @@ class DiskStore:
         return self._index
 
     @property
+    def copies(self) -> PriorCopies:
+        if self._copies is None:
+            self._copies = PriorCopies(self._root, self.index)
+        return self._copies
+
+    @property
+    def placer(self) -> Placer:
+        if self._placer is None:
+            self._placer = Placer(self._root, self.index)
+        return self._placer
+
+    @property
     def db(self) -> sqlite3.Connection:
         """The index's connection (for tests and tools that look inside)."""
         return self.index.db
@@ -205,13 +209,14 @@ class DiskStore:
         finished = self.index.last_run_finished()
         self.resuming = self.resume and finished is False
         if self.resuming:
-            self._finished = self._finished_rows()
+            self._finished = FinishedRows.read(self.index, self.root)
         crashed = self.index.start_run(
             run, started_at, resumed=self.resuming, start=self._manifest_end
         )
         for name in crashed:
-            self._mark_crashed(name)
-        self._write_run(
+            mark_crashed(self.root, name, self.temp_dir)
+        write_run(
+            self.root,
             RunRecord(
                 run=run,
                 started_at=started_at,
@@ -220,7 +225,8 @@ class DiskStore:
                 pid=os.getpid(),  # fetch stats tells a crashed run from a running one
                 host=socket.gethostname(),
                 options=options,
-            )
+            ),
+            self.temp_dir,
         )
 
     def finish_run(
@@ -246,31 +252,14 @@ class DiskStore:
             self._staged.clear()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
         state = "failed" if error else "interrupted" if stopped else "finished"
-        self._write_run(
-            RunRecord.ended(
-                summary, state=state, error=error, resumed=self.resuming, options=options
-            )
+        record = RunRecord.ended(
+            summary, state=state, error=error, resumed=self.resuming, options=options
         )
+        write_run(self.root, record, self.temp_dir)
         try:
             self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use {self.state}: {exc}") from exc
-
-    def _mark_crashed(self, run: str) -> None:
-        """A run that never finished (killed): say so in its record."""
-        data = read_json(self.root / run_record_name(run))
-        record = RunRecord.from_json(data) if isinstance(data, dict) else None
-        if record is not None and record.state == "running":
-            self._write_run(dataclasses.replace(record, state="interrupted", crashed=True))
-
-    def _write_run(self, record: RunRecord) -> None:
-        path = self.root / run_record_name(record.run)
-        data = record.to_bytes()
-        try:
-            write_atomic(path, data, self.temp_dir)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not overwrite(path, data):
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -278,64 +267,21 @@ class DiskStore:
         return request_path(request)
 
     def prior(self, request: Request) -> PriorCopy | None:
-        # A copy counts only for the request that stored it: a POST's answer at a GET's
-        # path is no good copy of the GET (and a HEAD stores none).
-        path = request_path(request)
-        if path in self._ahead:  # looked up, its file seen, by look_ahead
-            row = self._ahead.pop(path)
-        else:
-            row = self.index.copy_at(path)
-            if row is not None and not os.path.isfile(f"{self._root}/{path}"):
-                row = None
-        if row is None or row[4] != request.safe_url or row[5] != request.method:
-            return None
-        return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])
+        """The copy an earlier run stored at ``request``'s path for the same method and
+        URL, if it still exists."""
+        return self.copies.prior(request)
 
     def look_ahead(self, requests: Sequence[Request]) -> None:
-        """Find the good copies of the next rows in one query (a million lookups one by
-        one cost more than the rest of a ``--skip-existing`` run); ``prior`` takes them
-        from here. Only for rows whose paths no other row stores to."""
-        paths = [request_path(request) for request in requests if request.invalid is None]
-        found = self.index.copies_at(paths)
-        ahead: dict[str, CopyRow | None] = {}
-        for path in paths:
-            row = found.get(path)
-            ahead[path] = row if row is not None and self._is_file(path) else None
-        self._ahead = ahead
-
-    def _is_file(self, path: str) -> bool:
-        """``os.path.isfile`` from one listing of the folder for the many rows in it."""
-        folder, _, name = path.rpartition("/")
-        if folder != self._listed[0]:
-            self._listed = (folder, files_in(f"{self._root}/{folder}"))
-        names = self._listed[1]
-        if names is None:  # a folder too big to hold its listing
-            return os.path.isfile(f"{self._root}/{path}")
-        return name in names
+        """Find the good copies of the next rows at once (``PriorCopies.look_ahead``)."""
+        self.copies.look_ahead(requests)
 
     def head_sidecar(self, request: Request) -> str | None:
         """The sidecar an earlier HEAD of ``request``'s URL left, if it is there."""
-        path = head_meta_path(request_path(request))
-        return path if os.path.isfile(f"{self._root}/{path}") else None
+        return self.copies.head_sidecar(request)
 
     def finished(self, request: Request) -> bool:
         """True when the interrupted run being resumed finished ``request`` well."""
-        if not self.resuming:
-            return False
-        key = hash((request.line, request.safe_url))
-        at = bisect_left(self._finished, key)
-        return at < len(self._finished) and self._finished[at] == key
-
-    def _finished_rows(self) -> array[int]:
-        """The rows that the chain of runs being resumed finished well, read from the
-        manifest: a sorted array of ``hash((line, url))``, eight bytes a row."""
-        chain, start = self.index.resumed_chain()
-        finished = (
-            hash((record.line, record.url))
-            for _, record in read_records(self.root / MANIFEST, start=start)
-            if record.ok and record.run in chain
-        )
-        return array("q", sorted(finished))
+        return self.resuming and request in self._finished
 
     # -- writing ----------------------------------------------------------------------
 
@@ -367,17 +313,17 @@ class DiskStore:
         records = [ManifestRecord.of(outcome, run) for outcome in final]
         lines = [record.to_line() for record in records]
         placed: list[tuple[str, str]] = []
-        refused: list[tuple[str, str]] = []
+        forgotten: list[tuple[str, str]] = []
         if staged:
-            staged, taken = self._claim(staged)
+            staged, taken = self.placer.claim(staged)
             self._note_pending(staged, lines)  # step 2
-            placed, failures = self._place(staged)  # step 3
-            refused = [(copy.target, copy.sha256) for _, copy, _ in failures]
+            placed, failures = self.placer.place(staged)  # step 3
+            forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
             for index, _, why in [*taken, *failures]:
-                final[index] = _refused(final[index], why)
+                final[index] = refused(final[index], why)
                 records[index] = ManifestRecord.of(final[index], run)
                 lines[index] = records[index].to_line()
-        self._append(records, lines, placed=placed, refused=refused)  # step 4
+        self._append(records, lines, placed=placed, refused=forgotten)  # step 4
         return final
 
     def _take_staged(
@@ -396,39 +342,6 @@ class DiskStore:
                     staged.append((index, copy))
         return final, staged
 
-    def _claim(
-        self, staged: Sequence[tuple[int, StagedCopy]]
-    ) -> tuple[list[tuple[int, StagedCopy]], list[Refusal]]:
-        """Split the copies into those free to take their paths and those whose path
-        holds another URL's copy (or HEAD sidecar): that file is never replaced, so the
-        record that points at a path is always the one that wrote it."""
-        owners = self._owners([copy for _, copy in staged])
-        free, taken = [], []
-        for index, copy in staged:
-            path, url = copy.target, copy.request.safe_url
-            owner = owners.setdefault(path, url)
-            if owner == url:
-                free.append((index, copy))
-            else:
-                copy.discard()
-                why = f"{path} holds the {copy.holds} of {owner}"
-                if copy.request.out:
-                    why += ": give this row another out path"
-                taken.append((index, copy, why))
-        return free, taken
-
-    def _owners(self, staged: Sequence[StagedCopy]) -> dict[str, str]:
-        """The URL whose file is at each path the copies go to: a body's by the index, a
-        HEAD sidecar's by what it says."""
-        owners = self.index.owners([copy.target for copy in staged if isinstance(copy, Staged)])
-        for copy in staged:
-            if not isinstance(copy, Staged):
-                data = read_json(f"{self._root}/{copy.target}")
-                sidecar = Sidecar.from_json(data) if isinstance(data, dict) else None
-                if sidecar is not None and sidecar.url is not None:
-                    owners.setdefault(copy.target, sidecar.url)
-        return owners
-
     def _note_pending(
         self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]
     ) -> None:
@@ -437,30 +350,6 @@ class DiskStore:
         notes = [copy.note(lines[index]) for index, copy in staged]
         copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
         self.index.note_pending(notes, copies)
-
-    def _place(
-        self, staged: Sequence[tuple[int, StagedCopy]]
-    ) -> tuple[list[tuple[str, str]], list[Refusal]]:
-        """Step 3: rename each body and sidecar into place.
-
-        Returns the ``(path, sha256)`` of the placed files (a body, or a HEAD's sidecar)
-        and the refusals of those a file or directory was in the way of.
-        """
-        placed, failures = [], []
-        for index, copy in staged:
-            path = copy.target
-            try:
-                copy.place(self.ensure_dir)
-            except (PathConflict, IsADirectoryError, NotADirectoryError) as exc:
-                copy.discard()
-                why = str(exc) if isinstance(exc, PathConflict) else None
-                failures.append((index, copy, why or f"a directory is in the way of {path}"))
-                continue
-            except OSError as exc:
-                copy.discard()
-                raise StoreError(f"cannot store {path}: {exc}") from exc
-            placed.append((path, copy.sha256))
-        return placed, failures
 
     def _append(
         self,
@@ -490,28 +379,3 @@ class DiskStore:
         self.index.add_lines(
             list(zip(offsets, records, strict=True)), offset, placed=placed, refused=refused
         )
-
-    def ensure_dir(self, relative: str) -> str:
-        """Make the parent directories of a body; raise ``PathConflict`` if a file is in
-        the way. Returns the body's path."""
-        parent = os.path.dirname(relative)
-        if parent and parent not in self._made_dirs:
-            try:
-                os.makedirs(f"{self._root}/{parent}", exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise PathConflict(f"a file is in the way of the directory {parent}") from None
-            self._made_dirs.add(parent)
-        return f"{self._root}/{relative}"
-
-
-def _refused(outcome: Outcome, why: str) -> Outcome:
-    """The row failed: its copy (or HEAD sidecar) could not reach its path."""
-    return dataclasses.replace(
-        outcome,
-        kind=OutcomeKind.FAILED,
-        path=None,
-        meta=None,
-        size=None,
-        sha256=None,
-        error=Failure(kind=ErrorKind.INVALID, message=why),
-    )

@@ -12,7 +12,8 @@ from pathlib import Path
 from fetcher.store.files import batched, names_in, read_json
 from fetcher.store.index import LATEST_UPSERT, SET_END, Index, latest_row
 from fetcher.store.layout import MANIFEST, META_SUFFIX, RUNS_DIR
-from fetcher.store.records import ManifestRecord, Sidecar, read_records, read_runs
+from fetcher.store.records import ManifestRecord, Sidecar, read_records
+from fetcher.store.runs import read_runs
 
 __all__ = ["Reindexed", "rebuild"]
 

@@ -1,4 +1,5 @@
-"""What is on disk, as types: a manifest line, a sidecar, a run record.
+"""What is on disk, as types: a manifest line and a sidecar (a run record is in
+``runs.py``).
 
 These classes are the only code that knows the records' field names. ``to_json`` gives
 the JSON-ready dict as it is written (the manifest line's keys in today's order, byte for
@@ -9,41 +10,39 @@ hand-edited record reads as far as it can.
 
 from __future__ import annotations
 
-import builtins
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fetcher import _json
-from fetcher.models import REDACTED, Hop, Outcome, Request, Response, RunSummary, Stored
+from fetcher.models import REDACTED, Hop, Outcome, Request, Response, Stored
 from fetcher.paths import meta_path
 
 __all__ = [
     "ErrorRecord",
     "ManifestRecord",
-    "RunRecord",
     "Sidecar",
     "manifest_record",
     "read_manifest",
     "read_records",
-    "read_runs",
     "sidecar",
 ]
 
 Pairs = tuple[tuple[str, str], ...]
 
+# Readers of one field of a JSON record: a value of another type reads as missing.
 
-def _str(value: object) -> str | None:
+
+def str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _int(value: object) -> int | None:
+def int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _pairs(value: object) -> Pairs:
+def pairs(value: object) -> Pairs:
     if not isinstance(value, list | tuple):
         return ()
     return tuple(
@@ -53,7 +52,7 @@ def _pairs(value: object) -> Pairs:
     )
 
 
-def _dict(value: object) -> Mapping[str, Any]:
+def mapping_or_empty(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
@@ -158,27 +157,29 @@ class ManifestRecord:
         error = get("error")
         return cls(
             url=url,
-            run=_str(get("run")),
-            line=_int(get("line")),
-            final_url=_str(get("final_url")),
-            method=_str(get("method")),
-            status=_int(get("status")),
+            run=str_or_none(get("run")),
+            line=int_or_none(get("line")),
+            final_url=str_or_none(get("final_url")),
+            method=str_or_none(get("method")),
+            status=int_or_none(get("status")),
             ok=bool(get("ok")),
-            outcome=_str(get("outcome")),
-            path=_str(get("path")),
-            meta=_str(get("meta")),
-            size=_int(get("size")),
-            sha256=_str(get("sha256")),
-            attempts=_int(get("attempts")),
-            elapsed_ms=_int(get("elapsed_ms")),
-            fetched_at=_str(get("fetched_at")),
+            outcome=str_or_none(get("outcome")),
+            path=str_or_none(get("path")),
+            meta=str_or_none(get("meta")),
+            size=int_or_none(get("size")),
+            sha256=str_or_none(get("sha256")),
+            attempts=int_or_none(get("attempts")),
+            elapsed_ms=int_or_none(get("elapsed_ms")),
+            fetched_at=str_or_none(get("fetched_at")),
             error=(
-                ErrorRecord(kind=_str(error.get("kind")), message=_str(error.get("message")))
+                ErrorRecord(
+                    kind=str_or_none(error.get("kind")), message=str_or_none(error.get("message"))
+                )
                 if isinstance(error, dict)
                 else None
             ),
-            depth=_int(get("depth")),
-            parent=_str(get("parent")),
+            depth=int_or_none(get("depth")),
+            parent=str_or_none(get("parent")),
         )
 
     @property
@@ -321,33 +322,33 @@ class Sidecar:
     def from_json(cls, data: Mapping[str, Any]) -> Sidecar:
         """Read a sidecar (any field may be missing)."""
         get = data.get
-        request, timings = _dict(get("request")), _dict(get("timings"))
+        request, timings = mapping_or_empty(get("request")), mapping_or_empty(get("timings"))
         hops = get("redirects")
         return cls(
-            run=_str(get("run")),
-            method=_str(request.get("method")),
-            url=_str(request.get("url")),
-            request_headers=_pairs(request.get("headers")),
-            final_url=_str(get("final_url")),
+            run=str_or_none(get("run")),
+            method=str_or_none(request.get("method")),
+            url=str_or_none(request.get("url")),
+            request_headers=pairs(request.get("headers")),
+            final_url=str_or_none(get("final_url")),
             redirects=tuple(
                 Hop(
                     url=str(hop.get("url")),
-                    status=_int(hop.get("status")) or 0,
+                    status=int_or_none(hop.get("status")) or 0,
                     location=str(hop.get("location")),
                 )
                 for hop in (hops if isinstance(hops, list) else ())
                 if isinstance(hop, dict)
             ),
-            status=_int(get("status")),
-            reason=_str(get("reason")),
-            headers=_pairs(get("headers")),
-            started_at=_str(timings.get("started_at")),
-            ttfb_ms=_int(timings.get("ttfb_ms")),
-            elapsed_ms=_int(timings.get("elapsed_ms")),
-            size=_int(get("size")),
-            sha256=_str(get("sha256")),
-            attempts=_int(get("attempts")),
-            path=_str(get("path")),
+            status=int_or_none(get("status")),
+            reason=str_or_none(get("reason")),
+            headers=pairs(get("headers")),
+            started_at=str_or_none(timings.get("started_at")),
+            ttfb_ms=int_or_none(timings.get("ttfb_ms")),
+            elapsed_ms=int_or_none(timings.get("elapsed_ms")),
+            size=int_or_none(get("size")),
+            sha256=str_or_none(get("sha256")),
+            attempts=int_or_none(get("attempts")),
+            path=str_or_none(get("path")),
         )
 
     @classmethod
@@ -381,117 +382,3 @@ def sidecar(
 ) -> dict[str, Any]:
     """The sidecar of one stored body, or of a response with none (``stored`` None)."""
     return Sidecar.of(request, response, stored, run).to_json()
-
-
-# What a run's summary adds to its record when it ends, in the order written.
-_TOTALS = (
-    "ended_at",
-    "duration_s",
-    "total",
-    "outcomes",
-    "statuses",
-    "errors",
-    "bytes",
-    "exit_code",
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunRecord:
-    """``runs/<run>.json``: a run's start (state ``running``, its pid and host) and,
-    once it ends, its totals and final state."""
-
-    run: str
-    started_at: str | None = None
-    ended_at: str | None = None
-    duration_s: float | None = None
-    total: int | None = None
-    outcomes: Mapping[str, int] | None = None
-    statuses: Mapping[str, int] | None = None
-    errors: Mapping[str, int] | None = None
-    bytes: int | None = None
-    exit_code: int | None = None
-    state: str | None = None  # running, finished, interrupted or failed
-    error: str | None = None  # what ended a failed run
-    resumed: bool = False
-    pid: int | None = None  # of a running run: fetch stats tells a crashed one by it
-    host: str | None = None
-    options: Mapping[str, object] = field(default_factory=dict)
-    crashed: bool | None = None  # True: it never finished (killed), found by the next run
-
-    @classmethod
-    def ended(
-        cls,
-        summary: RunSummary,
-        *,
-        state: str,
-        error: str | None,
-        resumed: bool,
-        options: Mapping[str, object],
-    ) -> RunRecord:
-        """The record of a run that ended, from its summary."""
-        data = {**summary.as_dict(), "state": state, "error": error, "resumed": resumed}
-        return replace(cls.from_json(data) or cls(run=summary.run), options=options)
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as written: the totals once the run has ended (``total`` is set),
-        the pid and host while it runs, ``error`` and ``crashed`` when they are set."""
-        data: dict[str, Any] = {"run": self.run, "started_at": self.started_at}
-        if self.total is not None:
-            data.update((name, getattr(self, name)) for name in _TOTALS)
-        data["state"] = self.state
-        if self.error is not None:
-            data["error"] = self.error
-        data["resumed"] = self.resumed
-        if self.pid is not None:
-            data["pid"], data["host"] = self.pid, self.host
-        data["options"] = dict(self.options)
-        if self.crashed:
-            data["crashed"] = True
-        return data
-
-    def to_bytes(self) -> builtins.bytes:
-        """The record file's bytes (indented: a person reads it)."""
-        return json.dumps(self.to_json(), indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunRecord | None:
-        """Read a record; None when it names no run."""
-        get = data.get
-        run = get("run")
-        if not isinstance(run, str):
-            return None
-        counts = {name: get(name) for name in ("outcomes", "statuses", "errors")}
-        duration = get("duration_s")
-        return cls(
-            run=run,
-            started_at=_str(get("started_at")),
-            ended_at=_str(get("ended_at")),
-            duration_s=duration if isinstance(duration, int | float) else None,
-            total=_int(get("total")),
-            **{name: value if isinstance(value, dict) else None for name, value in counts.items()},
-            bytes=_int(get("bytes")),
-            exit_code=_int(get("exit_code")),
-            state=_str(get("state")),
-            error=_str(get("error")),
-            resumed=bool(get("resumed")),
-            pid=_int(get("pid")),
-            host=_str(get("host")),
-            options=_dict(get("options")),
-            crashed=True if get("crashed") else None,
-        )
-
-
-def read_runs(folder: Path) -> list[RunRecord]:
-    """The run records in ``folder``, oldest first (unreadable ones skipped)."""
-    runs = []
-    for path in folder.glob("*.json"):
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        record = RunRecord.from_json(data) if isinstance(data, dict) else None
-        if record is not None:
-            runs.append(record)
-    runs.sort(key=lambda r: (r.started_at or "", r.run))
-    return runs
