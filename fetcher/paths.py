@@ -146,7 +146,7 @@ def _fold(kept: list[str]) -> list[str]:
     return [*head, last]
 
 
-_CAREFUL_HINTS = ("/con", "/prn", "/aux", "/nul", "/com", "/lpt", ".meta.json")
+_CAREFUL_HINTS = ("/con", "/prn", "/aux", "/nul", "/com", "/lpt", META_SUFFIX)
 
 
 def _careful(path: str) -> bool:

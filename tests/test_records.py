@@ -17,7 +17,15 @@ from fetcher.models import (
     RunSummary,
     Stored,
 )
-from fetcher.store import ManifestRecord, RunRecord, Sidecar, read_records, read_runs
+from fetcher.store import (
+    DiskStore,
+    ManifestRecord,
+    RunRecord,
+    Sidecar,
+    Store,
+    read_records,
+    read_runs,
+)
 
 RESPONSE = Response(
     status=200,
@@ -152,3 +160,11 @@ def test_run_records_round_trip(tmp_path: Path) -> None:
     assert runs[1] == ended
     assert (runs[0].pid, runs[0].options, runs[0].resumed) == (None, {}, False)
     assert RunRecord.from_json({"state": "running"}) is None
+
+
+def test_the_disk_store_is_a_store(tmp_path: Path) -> None:
+    # mypy checks the assignment: DiskStore has every member the runner uses.
+    store: Store = DiskStore(tmp_path / "out")
+    with DiskStore(tmp_path / "out") as opened:
+        store = opened
+        assert store.prior(Request(line=1, method="GET", url="http://h/a")) is None
