@@ -7,12 +7,13 @@ The package, one idea a module:
 - ``files``: temp files, the one atomic writer, the lock, folder listings;
 - ``records``: what is on disk as types (``ManifestRecord``, ``Sidecar``); ``runs``: a
   run's record (``RunRecord``) and what a store notes of its runs;
-- ``index``: the SQLite cache of the above, the only code that knows SQL; ``rebuild``
-  makes it again from the files;
+- ``index``: the SQLite cache of the above; with ``rebuild`` (makes it again from the
+  files) and ``view`` (its read side, for ``fetch ls/show/stats``), the only code that
+  knows SQL;
 - ``sink``: a body streamed to temp files and staged (step 1 of the crash protocol);
+- ``place``: staged copies renamed into place (step 3), never over another URL's file;
 - ``recovery``: what the next open does about a crash;
 - ``lookup``: the good copy an earlier run left for a request;
-- ``view``: the read side of the index, for ``fetch ls/show/stats``;
 - ``disk``: ``DiskStore``, the facade a run uses, whose docstring holds the crash
   protocol; ``protocol``: ``Store``, what the runner needs of it.
 """
