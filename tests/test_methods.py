@@ -229,6 +229,7 @@ def test_a_head_only_job_stores_a_sidecar_for_each_answered_row_and_no_body(
         result = run_fetch("run", job, "-o", out, "-q", "--retries", "0")
         assert result.exit_code == 1, result.stderr
         records = [r for _, r in read_manifest(out / "manifest.jsonl")][-3:]
+        records.sort(key=lambda record: record["line"])  # in the order the rows finished
         page, api, missing = records
         assert [(r["outcome"], r["status"]) for r in records] == [
             ("fetched", 200),
