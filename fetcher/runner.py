@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
+from fetcher.clock import now_iso
 from fetcher.config import FetchConfig, configure
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
+from fetcher.fetch import fetch_one
 from fetcher.jobs import Job
+from fetcher.limits import Limits, host_key
 from fetcher.models import (
     REDACTED,
     SECRET_HEADERS,
@@ -42,8 +45,9 @@ from fetcher.models import (
     invalid_outcome,
 )
 from fetcher.paths import PathCollisions
-from fetcher.pool import Limits, RetryPolicy, fetch_file, fetch_one, host_key, now_iso, send_setup
 from fetcher.progress import Progress
+from fetcher.request import fetch_file, send_setup
+from fetcher.retry import RetryPolicy
 from fetcher.session import check_cookie_jar, open_session, proxy_routes
 from fetcher.store import STATE_DIR, DiskStore, add_request, path_collisions
 
