@@ -150,40 +150,51 @@ async def _attempt(
     attempt: int,
 ) -> _Fetched:
     """One attempt: the final response of the redirect chain, its body streamed."""
-    started = time.monotonic()
-    started_at = now_iso()
-    chain = Chain()
     conditional = _conditional(request, prior, config)
-    kept = prior if conditional else None  # a 304 keeps a copy only when it was asked
-    async with final_response(
-        session, request, limits, config, chain, conditional, raw=True
-    ) as resp:
-        ttfb = _ms(started)
-        return await _finish(
-            resp, request, config, sink, kept, chain, attempt, started, started_at, ttfb
-        )
+    at = _Try(
+        request=request,
+        sink=sink,
+        prior=prior if conditional else None,  # a 304 keeps a copy only when it was asked
+        number=attempt,
+        max_size=config.max_size,
+        started=time.monotonic(),
+        started_at=now_iso(),
+    )
+    async with final_response(session, request, limits, config, at, conditional, raw=True) as resp:
+        at.ttfb = _ms(at.started)
+        settled = _settled(resp, at)
+        if settled is not None:
+            return settled
+        if request.method == "HEAD":  # no body: only its sidecar is stored, no copy replaced
+            final = _response(resp, at, _ms(at.started))
+            return _Fetched(response=final, meta=await _commit_headers(sink(), final))
+        return await _store_body(resp, at)
 
 
-async def _finish(
-    resp: aiohttp.ClientResponse,
-    request: Request,
-    config: FetchConfig,
-    sink: Callable[[], BodySink],
-    prior: PriorCopy | None,
-    chain: Chain,
-    attempt: int,
-    started: float,
-    started_at: str,
-    ttfb: int,
-) -> _Fetched:
-    """The final response: a failure, a 304, or a body streamed into the store."""
+@dataclass(slots=True, kw_only=True)
+class _Try(Chain):
+    """One attempt: its redirect chain (filled in by ``final_response``) and what the
+    final response is checked and stored with."""
+
+    request: Request
+    sink: Callable[[], BodySink]
+    prior: PriorCopy | None  # the copy a 304 keeps
+    number: int
+    max_size: int | None
+    started: float
+    started_at: str
+    ttfb: int = 0
+
+
+def _settled(resp: aiohttp.ClientResponse, at: _Try) -> _Fetched | None:
+    """A 304 that keeps the copy, or None for a 2xx; raises for any other status."""
     status = resp.status
-    if status == 304 and prior is not None:
+    if status == 304 and at.prior is not None:
         return _Fetched(
-            response=_response(resp, request, chain, attempt, started_at, ttfb),
-            path=prior.path,
-            size=prior.size,
-            sha256=prior.sha256,
+            response=_response(resp, at),
+            path=at.prior.path,
+            size=at.prior.size,
+            sha256=at.prior.sha256,
             not_modified=True,
         )
     if status in REDIRECT_STATUSES:
@@ -201,40 +212,37 @@ async def _finish(
             status=status,
             retry_after=retry_after,
         )
-    if request.method == "HEAD":  # no body: only its sidecar is stored, no copy replaced
-        final = _response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
-        return _Fetched(response=final, meta=await _commit_headers(sink(), final))
+    return None
+
+
+async def _store_body(resp: aiohttp.ClientResponse, at: _Try) -> _Fetched:
+    """Stream a 2xx body into a sink of the store, chunk by chunk, then commit it."""
+    status, max_size = resp.status, at.max_size
     # The length the body must have: none for a 204 (the header describes a body not
     # sent), none for an encoded body (it counts encoded bytes, we read decoded).
     expected = resp.content_length
     if status == 204 or resp.headers.get("Content-Encoding"):
         expected = None
-    if config.max_size is not None and (expected or 0) > config.max_size:
-        raise AttemptFailed(
-            ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status
-        )
+    if max_size is not None and (expected or 0) > max_size:
+        raise AttemptFailed(ErrorKind.TOO_LARGE, _too_large(max_size), retry=False, status=status)
     chunks = _body(resp)
-    body = sink()
+    body = at.sink()
     try:
         size = 0
         async for chunk in chunks:
             size += len(chunk)
-            if config.max_size is not None and size > config.max_size:
+            if max_size is not None and size > max_size:
                 raise AttemptFailed(
-                    ErrorKind.TOO_LARGE, _too_large(config.max_size), retry=False, status=status
+                    ErrorKind.TOO_LARGE, _too_large(max_size), retry=False, status=status
                 )
             try:
                 await body.write(chunk)
             except OSError as exc:
                 raise StoreError(f"cannot write a body: {exc}") from exc
         if expected is not None and size != expected:
-            raise AttemptFailed(
-                ErrorKind.CONNECTION,
-                f"body incomplete: got {size} of {expected} bytes",
-                retry=True,
-                status=status,
-            )
-        final = _response(resp, request, chain, attempt, started_at, ttfb, _ms(started))
+            message = f"body incomplete: got {size} of {expected} bytes"
+            raise AttemptFailed(ErrorKind.CONNECTION, message, retry=True, status=status)
+        final = _response(resp, at, _ms(at.started))
         try:
             stored = await body.commit(final)
         except OSError as exc:
@@ -297,24 +305,16 @@ async def _decoded(chunks: AsyncIterator[bytes], layers: Decoder) -> AsyncIterat
     layers.finish()
 
 
-def _response(
-    resp: aiohttp.ClientResponse,
-    request: Request,
-    chain: Chain,
-    attempt: int,
-    started_at: str,
-    ttfb: int,
-    elapsed: int = 0,
-) -> Response:
+def _response(resp: aiohttp.ClientResponse, at: _Try, elapsed: int = 0) -> Response:
     return Response(
         status=resp.status,
         reason=resp.reason or "",
-        final_url=chain.final_url,
-        redirects=tuple(chain.hops),
+        final_url=at.final_url,
+        redirects=tuple(at.hops),
         headers=_headers(resp.raw_headers),
-        attempts=attempt,
-        started_at=started_at,
-        ttfb_ms=ttfb,
+        attempts=at.number,
+        started_at=at.started_at,
+        ttfb_ms=at.ttfb,
         elapsed_ms=elapsed,
     )
 
