@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import secrets
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
     from fetcher.crawler import CrawlSource
 
-__all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
+__all__ = ["check_job", "dry_run", "output_dir", "run_batch", "with_config_headers"]
 
 GRACE_SECONDS = 5.0
 _LOOK_AHEAD = 256  # rows whose good copies are looked up in one query (--skip-existing)
@@ -94,12 +95,27 @@ def check_job(job: Job, config: FetchConfig) -> int:
     return validation.rows
 
 
+def with_config_headers(job: Job, config: FetchConfig) -> tuple[Job, FetchConfig]:
+    """The job and config of a run, so that ``config.headers`` are sent as ``-H`` are
+    (``FetchConfig.headers``: "sent on every request"): the job gains those it was not
+    loaded with, after its own, and the config records every ``-H`` the job sends.
+    ``fetch run`` gives both the same, so nothing changes for it.
+
+    Raises ``JobError`` for a header of ``config`` that ``load_job`` would refuse.
+    """
+    job = job.with_headers(config.headers)
+    if job.option_headers != config.headers:
+        config = dataclasses.replace(config, headers=job.option_headers)
+    return job, config
+
+
 def dry_run(job: Job, config: FetchConfig, *, out: TextIO) -> int:
     """Validate, then print every rendered request (secrets redacted); send nothing.
 
     Each request is written in one piece: with unbuffered output (``PYTHONUNBUFFERED``)
     that is one write a row, not one a line.
     """
+    job, config = with_config_headers(job, config)
     rows = check_job(job, config)
     root = output_dir(job, config)
     store = DiskStore(root)
@@ -160,6 +176,7 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
     """
     if config is None:
         config = configure(job)
+    job, config = with_config_headers(job, config)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
