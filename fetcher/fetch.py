@@ -1,7 +1,7 @@
 """Stage 2: fetch one row under the run's limits, with retries; the answer is an Outcome.
 
 ``fetch_one`` reads top-down: an attempt sends the request on the one request path
-(``request.final_response``: host slots, pacers, redirects hop by hop), streams the final
+(``request.Exchange``: host slots, pacers, redirects hop by hop), streams the final
 body into the store's sink, and ``fetch_one`` decides whether to retry. A URL that fails
 is returned as an ``Outcome`` with an error kind; aiohttp's exceptions are translated in
 one place, ``retry.classify``.
@@ -32,7 +32,7 @@ from fetcher.models import (
     Request,
     Response,
 )
-from fetcher.request import REDIRECT_STATUSES, Chain, final_response
+from fetcher.request import REDIRECT_STATUSES, Chain, Exchange
 from fetcher.retry import RETRY_STATUSES, AttemptFailed, RetryPolicy, parse_retry_after
 
 __all__ = ["fetch_one"]
@@ -160,7 +160,7 @@ async def _attempt(
         started=time.monotonic(),
         started_at=now_iso(),
     )
-    async with final_response(session, request, limits, config, at, conditional, raw=True) as resp:
+    async with Exchange(session, request, limits, config, at, conditional, raw=True) as resp:
         at.ttfb = _ms(at.started)
         settled = _settled(resp, at)
         if settled is not None:
@@ -173,7 +173,7 @@ async def _attempt(
 
 @dataclass(slots=True, kw_only=True)
 class _Try(Chain):
-    """One attempt: its redirect chain (filled in by ``final_response``) and what the
+    """One attempt: its redirect chain (filled in by ``Exchange``) and what the
     final response is checked and stored with."""
 
     request: Request

@@ -16,7 +16,7 @@ from yarl import URL
 
 from fetcher.config import FetchConfig
 
-__all__ = ["Limits", "Pacer", "host_key", "make_limiter"]
+__all__ = ["Limits", "Pacer", "Slot", "host_key", "make_limiter"]
 
 
 class Pacer:
@@ -120,10 +120,10 @@ class Limits:
             pacer.follow(state.limiter)
         state.limiter = pacer
 
-    def slot(self, host: str) -> _Slot:
+    def slot(self, host: str) -> Slot:
         """Hold one of ``host``'s slots, after its pause and the rate limiters
         (``async with limits.slot(host):``)."""
-        return _Slot(self, self._host(host))
+        return Slot(self, self._host(host))
 
     async def _wait(self, state: _Host) -> None:
         # A pause may begin or grow while we wait for it or for a limiter (another
@@ -139,7 +139,7 @@ class Limits:
                 return
 
 
-class _Slot:
+class Slot:
     """``Limits.slot``: a plain class, as it is entered once per request."""
 
     __slots__ = ("_limits", "_state")

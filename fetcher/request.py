@@ -1,7 +1,7 @@
 """The one request path: send a request hop by hop, in each hop's host slot.
 
 Rows (``fetch.fetch_one``), ``[[setup]]`` requests (``send_setup``), robots.txt and
-sitemaps (``fetch_file``) all go through ``final_response``: redirects followed by hand
+sitemaps (``fetch_file``) all go through ``Exchange``: redirects followed by hand
 so every hop is recorded (as it may be shown: a secret a template put in the URL stays
 hidden), the run's limits and pacers taken for each hop, ``--timeout`` over the whole
 chain, and secret headers and validators kept from other origins.
@@ -9,12 +9,12 @@ chain, and secret headers and validators kept from other origins.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TypeVar
 
 import aiohttp
@@ -23,7 +23,7 @@ from yarl import URL
 
 from fetcher.codings import ACCEPT_ENCODING
 from fetcher.config import FetchConfig
-from fetcher.limits import Limits, host_key
+from fetcher.limits import Limits, Slot, host_key
 from fetcher.models import REDACTED, ErrorKind, Hop, Request, same_origin
 from fetcher.retry import AttemptFailed, classify
 
@@ -31,8 +31,8 @@ __all__ = [
     "MAX_REDIRECTS",
     "REDIRECT_STATUSES",
     "Chain",
+    "Exchange",
     "fetch_file",
-    "final_response",
     "send_setup",
 ]
 
@@ -55,19 +55,11 @@ class Chain:
     final_url: str = ""
 
 
-@contextlib.asynccontextmanager
-async def final_response(
-    session: aiohttp.ClientSession,
-    request: Request,
-    limits: Limits,
-    config: FetchConfig,
-    chain: Chain,
-    conditional: Sequence[tuple[str, str]] = (),
-    *,
-    raw: bool = False,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Send ``request`` and follow its redirects by hand, each hop in its host's slot,
-    recording each in ``chain``; yield the final response.
+class Exchange:
+    """``async with Exchange(session, request, limits, config, chain) as resp``: send
+    ``request`` and follow its redirects by hand, each hop in its host's slot, recording
+    each in ``chain``; ``resp`` is the final response, its host's slot held until the
+    block ends (the body is read in it).
 
     ``raw``: the final body comes as the server sent it, its content codings on (the
     caller decodes it with ``codings.decoder``); the request offers the codings that
@@ -75,61 +67,132 @@ async def final_response(
 
     ``--timeout`` bounds the whole chain, the final body included: each hop gets what the
     hops before it left. Secret headers and validators do not follow a redirect to
-    another origin. Failures, the caller's included, are raised as ``AttemptFailed``; their
-    messages quote a hop's URL as it may be shown.
+    another origin. Every failure of the exchange, the reading of the body in the block
+    included, leaves it as ``AttemptFailed`` (``_failure``), its message quoting a hop's
+    URL as it may be shown.
     """
-    method, url, resend = request.method, URL(request.url, encoded=False), True
-    shown = _shown_url(request)  # None while the URL holds nothing a template hid
-    headers = CIMultiDict(request.headers)
-    headers.extend(conditional)
-    if raw:
-        headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
-    first = url
-    seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
-    left = config.timeout
-    while True:
-        async with limits.slot(host_key(url)):
-            sent = time.monotonic()
-            try:
-                if left <= 0:  # the hops before took the whole --timeout
+
+    __slots__ = (
+        "_chain", "_first", "_headers", "_left", "_limits", "_method", "_raw", "_request",
+        "_resend", "_resp", "_seen", "_session", "_shown", "_slot", "_url",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        request: Request,
+        limits: Limits,
+        config: FetchConfig,
+        chain: Chain,
+        conditional: Sequence[tuple[str, str]] = (),
+        *,
+        raw: bool = False,
+    ) -> None:
+        self._session, self._request, self._limits = session, request, limits
+        self._chain, self._raw = chain, raw
+        self._method, self._url, self._resend = (
+            request.method,
+            URL(request.url, encoded=False),
+            True,
+        )
+        self._shown = _shown_url(request)  # None while the URL holds nothing a template hid
+        self._headers = headers = CIMultiDict(request.headers)
+        headers.extend(conditional)
+        if raw:
+            headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
+        self._first = self._url
+        self._seen: set[str] = set()  # the URLs of the chain, filled at the first redirect
+        self._left = config.timeout
+        self._resp: aiohttp.ClientResponse | None = None
+        self._slot: Slot | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        """The final response: each hop sent in its host's slot, redirects followed."""
+        try:
+            while True:
+                slot = self._limits.slot(host_key(self._url))
+                await slot.__aenter__()
+                self._slot = slot  # held: left by _release
+                sent = time.monotonic()
+                if self._left <= 0:  # the hops before took the whole --timeout
                     raise TimeoutError
-                async with session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=_payload(request) if resend else None,
+                self._resp = resp = await self._session.request(
+                    self._method,
+                    self._url,
+                    headers=self._headers,
+                    data=_payload(self._request) if self._resend else None,
                     allow_redirects=False,
-                    timeout=_client_timeout(left),
-                    auto_decompress=not raw,
-                ) as resp:
-                    location = None
-                    if resp.status in REDIRECT_STATUSES:
-                        location = resp.headers.get("Location")
-                    if not location:
-                        chain.final_url = str(resp.url if shown is None else _bare(shown))
-                        yield resp
-                        return
-                    seen = seen or {str(first)}
-                    target = _redirect_target(url, location, chain.hops, seen, resp.status)
-                    shown_target = _shown_target(url, shown, target)
-                    chain.hops.append(_hop(url, shown, resp.status, location, shown_target))
-                    if _becomes_get(resp.status, method):
-                        method, resend = "GET", False  # the body (or form) stays behind
-                    url, shown = target, shown_target
-            except AttemptFailed as failure:
-                failure.host = host_key(url)
+                    timeout=_client_timeout(self._left),
+                    auto_decompress=not self._raw,
+                )
+                await resp.__aenter__()
+                if not self._redirected(resp):
+                    return resp
+                await self._release(None, None, None)
+                self._left -= time.monotonic() - sent
+                if not same_origin(self._url, self._first):
+                    for name in self._request.secret_header_names():
+                        self._headers.popall(name, None)
+                    self._headers.popall("If-None-Match", None)
+                    self._headers.popall("If-Modified-Since", None)
+        except BaseException as exc:
+            await self._release(type(exc), exc, exc.__traceback__)
+            failure = self._failure(exc)
+            if failure is exc:
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
-                kind, message, retry = classify(exc)
-                if shown is not None:  # aiohttp's messages may quote the URL
-                    message = _shown_in(message, url, shown)
-                raise AttemptFailed(kind, message, retry=retry) from exc
-            left -= time.monotonic() - sent
-        if not same_origin(url, first):
-            for name in request.secret_header_names():
-                headers.popall(name, None)
-            headers.popall("If-None-Match", None)
-            headers.popall("If-Modified-Since", None)
+            raise failure from exc
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._release(kind, exc, tb)
+        if exc is not None and (failure := self._failure(exc)) is not exc:
+            raise failure from exc
+
+    def _redirected(self, resp: aiohttp.ClientResponse) -> bool:
+        """Record a redirect and aim at its target; False for the final response."""
+        location = None
+        if resp.status in REDIRECT_STATUSES:
+            location = resp.headers.get("Location")
+        url, shown, chain = self._url, self._shown, self._chain
+        if not location:
+            chain.final_url = str(resp.url if shown is None else _bare(shown))
+            return False
+        self._seen = self._seen or {str(self._first)}
+        target = _redirect_target(url, location, chain.hops, self._seen, resp.status)
+        shown_target = _shown_target(url, shown, target)
+        chain.hops.append(_hop(url, shown, resp.status, location, shown_target))
+        if _becomes_get(resp.status, self._method):
+            self._method, self._resend = "GET", False  # the body (or form) stays behind
+        self._url, self._shown = target, shown_target
+        return True
+
+    async def _release(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the response and leave the host's slot, as ``async with`` would."""
+        resp, self._resp = self._resp, None
+        slot, self._slot = self._slot, None
+        try:
+            if resp is not None:
+                await resp.__aexit__(kind, exc, tb)
+        finally:
+            if slot is not None:
+                await slot.__aexit__(kind, exc, tb)
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """``exc`` as the exchange raises it: an ``AttemptFailed`` naming the host that
+        answered, aiohttp's and the network's errors translated (``classify``), any
+        other error as it is."""
+        if isinstance(exc, AttemptFailed):
+            exc.host = host_key(self._url)
+            return exc
+        if isinstance(exc, aiohttp.ClientError | OSError | TimeoutError | ssl.SSLError):
+            kind, message, retry = classify(exc)
+            if self._shown is not None:  # aiohttp's messages may quote the URL
+                message = _shown_in(message, self._url, self._shown)
+            return AttemptFailed(kind, message, retry=retry)
+        return exc
 
 
 def _becomes_get(status: int, method: str) -> bool:
@@ -250,7 +313,7 @@ async def send_setup(
     """Send one ``[[setup]]`` request, redirects followed as a row's are (secrets stay
     with the origin); return ``(status, reason)``, or ``(0, why)`` when none came."""
     try:
-        async with final_response(session, request, limits, config, Chain(), raw=True) as resp:
+        async with Exchange(session, request, limits, config, Chain(), raw=True) as resp:
             await resp.read()  # a login page, read as sent: only its cookies matter
             return resp.status, resp.reason or ""
     except AttemptFailed as failure:
@@ -276,7 +339,7 @@ async def fetch_file(
     response came.
     """
     try:
-        async with final_response(session, request, limits, config, Chain()) as resp:
+        async with Exchange(session, request, limits, config, Chain()) as resp:
             return resp.status, await _head(resp.content, max_bytes)
     except AttemptFailed:
         return 0, b""
