@@ -87,25 +87,30 @@ async def fetch_one(
                 )
             await asyncio.sleep(delay)
             continue
-        response = fetched.response
-        return Outcome(
-            request=request,
-            kind=OutcomeKind.NOT_MODIFIED if fetched.not_modified else OutcomeKind.FETCHED,
-            status=response.status,
-            reason=response.reason,
-            final_url=response.final_url,
-            redirects=response.redirects,
-            path=fetched.path,
-            meta=fetched.meta,
-            size=fetched.size,
-            sha256=fetched.sha256,
-            attempts=attempt,
-            elapsed_ms=_ms(started),
-            fetched_at=fetched_at,
-            content_type=next(
-                (v for k, v in response.headers if k.lower() == "content-type"), None
-            ),
-        )
+        return _outcome(request, fetched, attempt, _ms(started), fetched_at)
+
+
+def _outcome(
+    request: Request, fetched: _Fetched, attempts: int, elapsed_ms: int, fetched_at: str
+) -> Outcome:
+    """The outcome of a row whose final response was fetched (or kept its copy: 304)."""
+    response = fetched.response
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.NOT_MODIFIED if fetched.not_modified else OutcomeKind.FETCHED,
+        status=response.status,
+        reason=response.reason,
+        final_url=response.final_url,
+        redirects=response.redirects,
+        path=fetched.path,
+        meta=fetched.meta,
+        size=fetched.size,
+        sha256=fetched.sha256,
+        attempts=attempts,
+        elapsed_ms=elapsed_ms,
+        fetched_at=fetched_at,
+        content_type=next((v for k, v in response.headers if k.lower() == "content-type"), None),
+    )
 
 
 def _ms(started: float) -> int:

@@ -42,6 +42,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 
 
+# A memo of a pure function, not state a run could see (a ClientTimeout is frozen): a
+# request's timeout is made once per value, not once a request.
 @functools.lru_cache(maxsize=8)
 def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)

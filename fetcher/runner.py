@@ -212,11 +212,7 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
         finally:
             progress.close()
             _finish_summary(summary, started, stopper, failed=aborted or error is not None)
-            try:
-                store.finish_run(summary, options, aborted=aborted, error=error)
-            except StoreError:
-                if not (aborted or error):  # else the error that ended the run says more
-                    raise
+            _finish_run(store, summary, options, aborted=aborted, error=error)
         progress.summary(summary, store.root)
     return summary
 
@@ -233,6 +229,23 @@ class Run:
     summary: RunSummary
     stopper: _Stopper
     progress: Progress
+
+
+def _finish_run(
+    store: DiskStore,
+    summary: RunSummary,
+    options: dict[str, object],
+    *,
+    aborted: bool,
+    error: str | None,
+) -> None:
+    """Write the run's record; a failure to is raised unless an error ended the run (it
+    says more)."""
+    try:
+        store.finish_run(summary, options, aborted=aborted, error=error)
+    except StoreError:
+        if not (aborted or error):
+            raise
 
 
 def _finish_summary(
