@@ -34,7 +34,16 @@ from fetcher.errors import JobError, TemplateError
 from fetcher.models import REDACTED, Problem, Request, same_origin
 from fetcher.templates import Rendered, Template, compile_template
 
-__all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
+__all__ = [
+    "FORMATS",
+    "Job",
+    "JobSpec",
+    "SetupSpec",
+    "Validation",
+    "load_job",
+    "parse_header",
+    "with_headers",
+]
 
 FORMATS = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 FORMAT_NAMES = ("csv", "txt", "jsonl")
@@ -501,38 +510,6 @@ class Job:
         if self._delete is not None:
             self._delete()
 
-    def with_headers(self, headers: Sequence[str]) -> Job:
-        """This job with more ``-H`` header templates (``Name: value``), checked as
-        ``load_job`` checks its ``headers``; those it has already are not added again.
-
-        Raises ``JobError`` (``-H:n`` counting on from the job's own).
-        """
-        more = [text for text in headers if text not in self.option_headers]
-        if not more:
-            return self
-        problems: list[Problem] = []
-        first = len(self.option_headers) + 1
-        extra, extra_at = _option_headers(more, problems, first=first)
-        compiled = _option_templates(extra, extra_at, problems)
-        problems += _unset_env(compiled, self.env)
-        if (self.format == "csv" and self.columns) or self.format == "txt":
-            problems += _unknown_placeholders(self.format, self.file, self.columns, compiled)
-        if problems:
-            raise JobError(problems)
-        job = Job(
-            self.path,
-            spec=self.spec,
-            extra_headers=[*self.extra_headers, *extra],
-            option_headers=(*self.option_headers, *more),
-            env=self.env,
-            columns=self.columns,
-            format=self.format,
-            file=self.file,
-            name=self._name,
-        )
-        job._delete, job._origin = self._delete, self  # a temp copy lives as long as both
-        return job
-
     def user_agent(self) -> str:
         """The run's User-Agent when it is the same for every row, else the default."""
         for name, template in reversed(self.header_templates):
@@ -772,6 +749,39 @@ class Job:
             self._constant_headers = headers
             self._constant_tuple, self._constant_shown = _split_headers(headers)
         return headers
+
+
+def with_headers(job: Job, headers: Sequence[str]) -> Job:
+    """``job`` with more ``-H`` header templates (``Name: value``), checked as
+    ``load_job`` checks its ``headers``; those it has already are not added again.
+
+    Raises ``JobError`` (``-H:n`` counting on from the job's own).
+    """
+    more = [text for text in headers if text not in job.option_headers]
+    if not more:
+        return job
+    problems: list[Problem] = []
+    first = len(job.option_headers) + 1
+    extra, extra_at = _option_headers(more, problems, first=first)
+    compiled = _option_templates(extra, extra_at, problems)
+    problems += _unset_env(compiled, job.env)
+    if (job.format == "csv" and job.columns) or job.format == "txt":
+        problems += _unknown_placeholders(job.format, job.file, job.columns, compiled)
+    if problems:
+        raise JobError(problems)
+    new = Job(
+        job.path,
+        spec=job.spec,
+        extra_headers=[*job.extra_headers, *extra],
+        option_headers=(*job.option_headers, *more),
+        env=job.env,
+        columns=job.columns,
+        format=job.format,
+        file=job.file,
+        name=job._name,
+    )
+    new._delete, new._origin = job._delete, job  # a temp copy lives as long as both
+    return new
 
 
 _DEFAULT_RENDERED = [(name, Rendered(value, value)) for name, value in DEFAULT_HEADERS]

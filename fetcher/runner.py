@@ -33,7 +33,7 @@ from fetcher.clock import now_iso
 from fetcher.config import FetchConfig, configure
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
 from fetcher.fetch import fetch_one
-from fetcher.jobs import Job
+from fetcher.jobs import Job, with_headers
 from fetcher.limits import Limits, host_key
 from fetcher.models import (
     REDACTED,
@@ -103,7 +103,7 @@ def with_config_headers(job: Job, config: FetchConfig) -> tuple[Job, FetchConfig
 
     Raises ``JobError`` for a header of ``config`` that ``load_job`` would refuse.
     """
-    job = job.with_headers(config.headers)
+    job = with_headers(job, config.headers)
     if job.option_headers != config.headers:
         config = dataclasses.replace(config, headers=job.option_headers)
     return job, config
