@@ -240,7 +240,7 @@ def run(
 ) -> None:
     """Fetch every request of JOB: a .csv, .txt or .jsonl file, or - (standard input,
     with --format; its output is output/stdin)."""
-    headers = options["headers"]  # load_job renders them; the config records them
+    headers = options["headers"]  # load_job checks them (-H:n); run_batch adds none again
     options.update(verbosity=0 if quiet else 2 if verbose else 1, json=as_json)
     try:
         if quiet and verbose:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fetcher.crawl import CrawlSettings
+from fetcher.crawl import CRAWL_OPTIONS, CrawlSettings
 from fetcher.errors import JobError, UsageError
 from fetcher.models import Problem
 from fetcher.proxies import Proxy, safe_proxy
@@ -279,13 +279,6 @@ class FetchConfig:
         data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         data["proxy"] = None if self.proxy is None else safe_proxy(self.proxy)
         return data
-
-
-# The options of ``fetch run`` that the ``[crawl]`` table may also give.
-CRAWL_OPTIONS = (
-    "depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query",
-    "ignore_robots",
-)  # fmt: skip
 
 
 def configure(job: Job, options: Mapping[str, object] | None = None) -> FetchConfig:

@@ -11,24 +11,38 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
+    "CRAWL_KEYS",
+    "CRAWL_OPTIONS",
     "DEFAULT_FOLLOW",
     "LINK_ATTRS",
     "CrawlSettings",
     "FetchFile",
     "in_scope",
-    "iter_unique",
     "normalize_url",
     "registrable_domain",
 ]
 
 DEFAULT_FOLLOW = ("a", "link", "area", "iframe")
 SCOPES = ("host", "domain", "any")
+# The keys of a job's [crawl] table: the crawl options of ``fetch run`` (the same names)
+# but ignore_robots, which only the flag sets (the table has never taken it).
+CRAWL_KEYS = (
+    "depth",
+    "scope",
+    "include",
+    "exclude",
+    "max_pages",
+    "follow",
+    "sitemaps",
+    "strip_query",
+)
+CRAWL_OPTIONS = (*CRAWL_KEYS, "ignore_robots")  # the crawl options of ``fetch run``
 LINK_ATTRS = {  # the elements whose links a crawl can follow, and the attribute holding it
     "a": "href",
     "area": "href",
@@ -250,12 +264,3 @@ def in_scope(url: str, seed: str, scope: str) -> bool:
     if scope == "host":
         return host == seed_host
     return registrable_domain(host) == registrable_domain(seed_host)
-
-
-def iter_unique(urls: Iterable[str]) -> Iterator[str]:
-    """``urls`` without repeats, in order."""
-    seen: set[str] = set()
-    for url in urls:
-        if url not in seen:
-            seen.add(url)
-            yield url

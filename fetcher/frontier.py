@@ -104,10 +104,6 @@ class Frontier:
         )
         self._db.execute("COMMIT")
 
-    def known(self, url: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM frontier WHERE url = ?", (url,)).fetchone()
-        return row is not None
-
     def count(self, state: int | None = None) -> int:
         if state is None:
             row = self._db.execute("SELECT COUNT(*) FROM frontier").fetchone()

@@ -29,11 +29,21 @@ import yarl
 
 from fetcher._version import __version__
 from fetcher.config import TUNABLE
+from fetcher.crawl import CRAWL_KEYS
 from fetcher.errors import JobError, TemplateError
 from fetcher.models import REDACTED, Problem, Request, same_origin
 from fetcher.templates import Rendered, Template, compile_template
 
-__all__ = ["FORMATS", "Job", "JobSpec", "SetupSpec", "Validation", "load_job", "parse_header"]
+__all__ = [
+    "FORMATS",
+    "Job",
+    "JobSpec",
+    "SetupSpec",
+    "Validation",
+    "load_job",
+    "parse_header",
+    "with_headers",
+]
 
 FORMATS = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 FORMAT_NAMES = ("csv", "txt", "jsonl")
@@ -60,9 +70,6 @@ _TOML_LINE = re.compile(r"at line (\d+)")
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _TOP_KEYS = frozenset({"url", "method", "out", "headers", "fetch", "setup", "crawl"})
 _SETUP_KEYS = frozenset({"method", "url", "headers", "form", "body"})
-_CRAWL_KEYS = frozenset(
-    {"depth", "scope", "include", "exclude", "max_pages", "follow", "sitemaps", "strip_query"}
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,64 +287,24 @@ def load_spec(path: Path) -> JobSpec:
     data, lines = _read_toml(path)
     file = str(path)
     problems: list[Problem] = []
-
-    def line_of(key: str) -> int:
-        return _line_of(lines, key)
-
     for key in data:
         if key not in _TOP_KEYS:
             hint = _close_match(key, _TOP_KEYS)
-            problems.append(Problem(file, line_of(key), f"unknown key {key!r}{hint}"))
+            problems.append(Problem(file, _line_of(lines, key), f"unknown key {key!r}{hint}"))
     strings: dict[str, str | None] = {}
     for key in ("url", "method", "out"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            problems.append(Problem(file, line_of(key), f"{key} must be a string"))
+            problems.append(Problem(file, _line_of(lines, key), f"{key} must be a string"))
             value = None
         strings[key] = value
     method = strings["method"]
     if method is not None and not is_token(method):
-        problems.append(Problem(file, line_of("method"), f"method {method!r} is not valid"))
-
-    headers: tuple[tuple[str, str], ...] = ()
-    if "headers" in data:
-        headers = _string_table(data["headers"], "headers", problems, file, line_of("headers"))
-        for name, value in headers:
-            problem = check_header(name, value)
-            if problem:
-                problems.append(Problem(file, line_of(f"headers.{name}"), problem))
-
-    fetch = data.get("fetch", {})
-    if not isinstance(fetch, dict):
-        problems.append(Problem(file, line_of("fetch"), "[fetch] must be a table"))
-        fetch = {}
-    for key, value in fetch.items():
-        check = TUNABLE.get(key)
-        if check is None:
-            hint = _close_match(key, TUNABLE)
-            problems.append(
-                Problem(file, line_of(f"fetch.{key}"), f"unknown key fetch.{key}{hint}")
-            )
-            continue
-        try:
-            check(value)
-        except ValueError as exc:
-            problems.append(Problem(file, line_of(f"fetch.{key}"), f"fetch.{key}: {exc}"))
-
+        problems.append(Problem(file, _line_of(lines, "method"), f"method {method!r} is not valid"))
+    headers = _spec_headers(data, file, lines, problems)
+    fetch = _fetch_table(data.get("fetch", {}), file, lines, problems)
     setup = _load_setup(data.get("setup", []), file, lines, problems)
-
-    crawl = data.get("crawl")
-    if crawl is not None:
-        if not isinstance(crawl, dict):
-            problems.append(Problem(file, line_of("crawl"), "[crawl] must be a table"))
-            crawl = None
-        else:
-            for key in crawl:
-                if key not in _CRAWL_KEYS:
-                    hint = _close_match(key, _CRAWL_KEYS)
-                    problems.append(
-                        Problem(file, line_of(f"crawl.{key}"), f"unknown key crawl.{key}{hint}")
-                    )
+    crawl = _crawl_table(data.get("crawl"), file, lines, problems)
     if problems:
         raise JobError(problems)
     return JobSpec(
@@ -346,11 +313,61 @@ def load_spec(path: Path) -> JobSpec:
         method=method.upper() if method else None,
         out=strings["out"],
         headers=headers,
-        fetch=dict(fetch),
+        fetch=fetch,
         setup=setup,
         crawl=crawl,
         lines=lines,
     )
+
+
+def _spec_headers(
+    data: Mapping[str, Any], file: str, lines: Mapping[str, int], problems: list[Problem]
+) -> tuple[tuple[str, str], ...]:
+    if "headers" not in data:
+        return ()
+    headers = _string_table(data["headers"], "headers", problems, file, _line_of(lines, "headers"))
+    for name, value in headers:
+        problem = check_header(name, value)
+        if problem:
+            problems.append(Problem(file, _line_of(lines, f"headers.{name}"), problem))
+    return headers
+
+
+def _fetch_table(
+    fetch: object, file: str, lines: Mapping[str, int], problems: list[Problem]
+) -> dict[str, Any]:
+    if not isinstance(fetch, dict):
+        problems.append(Problem(file, _line_of(lines, "fetch"), "[fetch] must be a table"))
+        return {}
+    for key, value in fetch.items():
+        line = _line_of(lines, f"fetch.{key}")
+        check = TUNABLE.get(key)
+        if check is None:
+            hint = _close_match(key, TUNABLE)
+            problems.append(Problem(file, line, f"unknown key fetch.{key}{hint}"))
+            continue
+        try:
+            check(value)
+        except ValueError as exc:
+            problems.append(Problem(file, line, f"fetch.{key}: {exc}"))
+    return dict(fetch)
+
+
+def _crawl_table(
+    crawl: object, file: str, lines: Mapping[str, int], problems: list[Problem]
+) -> dict[str, Any] | None:
+    """The ``[crawl]`` table, its keys checked (``CrawlSettings.parse`` checks values)."""
+    if crawl is None:
+        return None
+    if not isinstance(crawl, dict):
+        problems.append(Problem(file, _line_of(lines, "crawl"), "[crawl] must be a table"))
+        return None
+    for key in crawl:
+        if key not in CRAWL_KEYS:
+            hint = _close_match(key, CRAWL_KEYS)
+            line = _line_of(lines, f"crawl.{key}")
+            problems.append(Problem(file, line, f"unknown key crawl.{key}{hint}"))
+    return crawl
 
 
 def _load_setup(
@@ -450,6 +467,7 @@ class Job:
         *,
         spec: JobSpec,
         extra_headers: Sequence[tuple[str, str]] = (),
+        option_headers: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         columns: tuple[str, ...] = (),
         format: str | None = None,
@@ -463,8 +481,11 @@ class Job:
         self._name = name or path.stem
         self._delete = weakref.finalize(self, path.unlink, missing_ok=True) if temporary else None
         self.spec = spec
+        self.extra_headers = tuple(extra_headers)
+        self.option_headers = option_headers  # the ``-H`` templates, as given
         self.env = os.environ if env is None else env
         self.columns = columns
+        self._origin: Job | None = None  # the job this one adds headers to: kept alive
         self.url_template = compile_template(spec.url) if spec.url else None
         self._url_quoted = self.url_template.userinfo() if self.url_template else frozenset()
         self.out_template = compile_template(spec.out) if spec.out else None
@@ -730,6 +751,39 @@ class Job:
         return headers
 
 
+def with_headers(job: Job, headers: Sequence[str]) -> Job:
+    """``job`` with more ``-H`` header templates (``Name: value``), checked as
+    ``load_job`` checks its ``headers``; those it has already are not added again.
+
+    Raises ``JobError`` (``-H:n`` counting on from the job's own).
+    """
+    more = [text for text in headers if text not in job.option_headers]
+    if not more:
+        return job
+    problems: list[Problem] = []
+    first = len(job.option_headers) + 1
+    extra, extra_at = _option_headers(more, problems, first=first)
+    compiled = _option_templates(extra, extra_at, problems)
+    problems += _unset_env(compiled, job.env)
+    if (job.format == "csv" and job.columns) or job.format == "txt":
+        problems += _unknown_placeholders(job.format, job.file, job.columns, compiled)
+    if problems:
+        raise JobError(problems)
+    new = Job(
+        job.path,
+        spec=job.spec,
+        extra_headers=[*job.extra_headers, *extra],
+        option_headers=(*job.option_headers, *more),
+        env=job.env,
+        columns=job.columns,
+        format=job.format,
+        file=job.file,
+        name=job._name,
+    )
+    new._delete, new._origin = job._delete, job  # a temp copy lives as long as both
+    return new
+
+
 _DEFAULT_RENDERED = [(name, Rendered(value, value)) for name, value in DEFAULT_HEADERS]
 
 
@@ -924,64 +978,28 @@ def _load_job(
         raise JobError([Problem(str(spec_path), 1, "no such config file")])
     if spec_path is not None and (named or spec_path.is_file()):
         spec = load_spec(spec_path)  # a named config may be any readable file, or a pipe
-    toml = str(spec_path)
     environment = os.environ if env is None else env
-
     problems: list[Problem] = []
-    extra: list[tuple[str, str]] = []
-    extra_at: list[int] = []  # which -H each came from, counted from 1
-    for number, text in enumerate(headers, start=1):
-        try:
-            extra.append(parse_header(text))
-            extra_at.append(number)
-        except ValueError as exc:
-            problems.append(Problem("-H", number, str(exc)))
-
-    templates: list[tuple[str, int, str]] = []  # (source, toml line, what)
-    if spec.url:
-        templates.append((spec.url, spec.line_of("url"), "url"))
-    if spec.out:
-        templates.append((spec.out, spec.line_of("out"), "out"))
-    for name, value in spec.headers:
-        templates.append((value, spec.line_of(f"headers.{name}"), f"header {name}"))
-    compiled: list[tuple[Template, str, int, str]] = []
-    for source, line, what in templates:
-        try:
-            compiled.append((compile_template(source), toml, line, what))
-        except TemplateError as exc:
-            problems.append(Problem(toml, line, f"{what}: {exc}"))
-    for (name, value), number in zip(extra, extra_at, strict=True):
-        try:
-            compiled.append((compile_template(value), "-H", number, f"header {name}"))
-        except TemplateError as exc:
-            problems.append(Problem("-H", number, f"header {name}: {exc}"))
-    for template, where, line, what in compiled:
-        for env_name in sorted(template.env_names - set(environment)):
-            problems.append(
-                Problem(where, line, f"{what}: environment variable {env_name} is not set")
-            )
-
+    extra, extra_at = _option_headers(headers, problems)
+    compiled = _spec_templates(spec, str(spec_path), problems)
+    compiled += _option_templates(extra, extra_at, problems)
+    problems += _unset_env(compiled, environment)
     columns: tuple[str, ...] = ()
     if fmt == "csv":
         columns, header_line = _csv_columns(job_path, file)
-        problems.extend(_check_columns(file, header_line, columns, spec, compiled))
+        problems += _check_columns(file, header_line, columns, spec)
+        if columns:
+            problems += _unknown_placeholders(fmt, file, columns, compiled)
     elif fmt == "txt":
         columns = ("url",)
-        for template, where, line, what in compiled:
-            for name in sorted(template.columns - {"url"}):
-                problems.append(
-                    Problem(
-                        where,
-                        line,
-                        f"{what}: unknown placeholder {{{name}}} (a .txt job has only {{url}})",
-                    )
-                )
+        problems += _unknown_placeholders(fmt, file, columns, compiled)
     if problems:
         raise JobError(problems)
     return Job(
         job_path,
         spec=spec,
         extra_headers=extra,
+        option_headers=tuple(headers),
         env=environment,
         columns=columns,
         format=fmt,
@@ -991,13 +1009,80 @@ def _load_job(
     )
 
 
-def _check_columns(
-    file: str,
-    line: int,
-    columns: tuple[str, ...],
-    spec: JobSpec,
-    compiled: Sequence[tuple[Template, str, int, str]],
+# A template as checked: (template, where: a file or "-H", its line there, what it is).
+_Compiled = tuple[Template, str, int, str]
+
+
+def _spec_templates(spec: JobSpec, toml: str, problems: list[Problem]) -> list[_Compiled]:
+    """The templates of the sidecar (url, out, [headers]), compiled."""
+    templates: list[tuple[str, int, str]] = []  # (source, toml line, what)
+    if spec.url:
+        templates.append((spec.url, spec.line_of("url"), "url"))
+    if spec.out:
+        templates.append((spec.out, spec.line_of("out"), "out"))
+    for name, value in spec.headers:
+        templates.append((value, spec.line_of(f"headers.{name}"), f"header {name}"))
+    compiled: list[_Compiled] = []
+    for source, line, what in templates:
+        try:
+            compiled.append((compile_template(source), toml, line, what))
+        except TemplateError as exc:
+            problems.append(Problem(toml, line, f"{what}: {exc}"))
+    return compiled
+
+
+def _option_headers(
+    headers: Sequence[str], problems: list[Problem], *, first: int = 1
+) -> tuple[list[tuple[str, str]], list[int]]:
+    """The ``-H`` headers, parsed, and which ``-H`` each came from (counted from
+    ``first``): a problem with the n-th one is reported as ``-H:n``."""
+    extra: list[tuple[str, str]] = []
+    extra_at: list[int] = []
+    for number, text in enumerate(headers, start=first):
+        try:
+            extra.append(parse_header(text))
+            extra_at.append(number)
+        except ValueError as exc:
+            problems.append(Problem("-H", number, str(exc)))
+    return extra, extra_at
+
+
+def _option_templates(
+    extra: Sequence[tuple[str, str]], extra_at: Sequence[int], problems: list[Problem]
+) -> list[_Compiled]:
+    compiled: list[_Compiled] = []
+    for (name, value), number in zip(extra, extra_at, strict=True):
+        try:
+            compiled.append((compile_template(value), "-H", number, f"header {name}"))
+        except TemplateError as exc:
+            problems.append(Problem("-H", number, f"header {name}: {exc}"))
+    return compiled
+
+
+def _unset_env(compiled: Sequence[_Compiled], environment: Mapping[str, str]) -> list[Problem]:
+    return [
+        Problem(where, line, f"{what}: environment variable {env_name} is not set")
+        for template, where, line, what in compiled
+        for env_name in sorted(template.env_names - set(environment))
+    ]
+
+
+def _unknown_placeholders(
+    fmt: str, file: str, columns: Sequence[str], compiled: Sequence[_Compiled]
 ) -> list[Problem]:
+    """Placeholders that name no column (a .jsonl job's columns are known per row)."""
+    if fmt == "jsonl":
+        return []
+    why = "a .txt job has only {url}" if fmt == "txt" else f"not a column of {file}"
+    known = set(columns)
+    return [
+        Problem(where, line, f"{what}: unknown placeholder {{{name}}} ({why})")
+        for template, where, line, what in compiled
+        for name in sorted(template.columns - known)
+    ]
+
+
+def _check_columns(file: str, line: int, columns: tuple[str, ...], spec: JobSpec) -> list[Problem]:
     if not columns:
         return [Problem(file, 1, "the job is empty: no header row")]
     problems = []
@@ -1014,13 +1099,4 @@ def _check_columns(
         problems.append(
             Problem(file, line, "no 'url' column, and the config gives no url template")
         )
-    for template, where, where_line, what in compiled:
-        for name in sorted(template.columns - seen):
-            problems.append(
-                Problem(
-                    where,
-                    where_line,
-                    f"{what}: unknown placeholder {{{name}}} (not a column of {file})",
-                )
-            )
     return problems

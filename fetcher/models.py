@@ -268,9 +268,21 @@ def invalid_outcome(request: Request, fetched_at: str) -> Outcome:
     )
 
 
-def skipped_outcome(request: Request, fetched_at: str) -> Outcome:
-    """A row that needs no request."""
-    return Outcome(request=request, kind=OutcomeKind.SKIPPED, fetched_at=fetched_at)
+def skipped_outcome(
+    request: Request, fetched_at: str, *, kept: PriorCopy | None = None, meta: str | None = None
+) -> Outcome:
+    """A row that needs no request, described by the copy it kept (``kept``, and the
+    sidecar ``meta``), if any: --skip-existing and --resume keep one, a URL robots.txt
+    disallows has none."""
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.SKIPPED,
+        path=kept.path if kept else None,
+        meta=meta,
+        size=kept.size if kept else None,
+        sha256=kept.sha256 if kept else None,
+        fetched_at=fetched_at,
+    )
 
 
 def interrupted_outcome(request: Request, fetched_at: str, *, started: bool = False) -> Outcome:

@@ -184,7 +184,9 @@ def safe_relpath(path: str) -> str:
     return "/".join(kept)
 
 
-@functools.lru_cache(maxsize=1024)  # a job's URLs share a few hosts
+# The lru_caches of this module memoize pure functions of their arguments: no state that
+# a run, a thread or a test could see (a job's URLs share a few hosts and folders).
+@functools.lru_cache(maxsize=1024)
 def _host(scheme: str, authority: str) -> str:
     host = authority.rpartition("@")[2].lower()  # never the userinfo
     port = ""
@@ -231,7 +233,7 @@ _NAME = re.compile(
 )
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256)  # pure: see _host
 def _folder(folder_url: str) -> str | None:
     """``url_path`` of the folder part of a URL (up to its last ``/``), ending in ``/``;
     None when a name in it would not simply be appended."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import secrets
@@ -20,6 +21,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -27,23 +29,27 @@ from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
+from fetcher.clock import now_iso
 from fetcher.config import FetchConfig, configure
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError
-from fetcher.jobs import Job
+from fetcher.fetch import fetch_one
+from fetcher.jobs import Job, with_headers
+from fetcher.limits import Limits, host_key
 from fetcher.models import (
     REDACTED,
     SECRET_HEADERS,
     Outcome,
-    OutcomeKind,
     Problem,
     Request,
     RunSummary,
     interrupted_outcome,
     invalid_outcome,
+    skipped_outcome,
 )
-from fetcher.paths import PathCollisions
-from fetcher.pool import Limits, RetryPolicy, fetch_file, fetch_one, host_key, now_iso, send_setup
+from fetcher.paths import PathCollisions, meta_path
 from fetcher.progress import Progress
+from fetcher.request import fetch_file, send_setup
+from fetcher.retry import RetryPolicy
 from fetcher.session import check_cookie_jar, open_session, proxy_routes
 from fetcher.store import STATE_DIR, DiskStore, Store, add_request, path_collisions
 
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
     from fetcher.crawler import CrawlSource
 
-__all__ = ["check_job", "dry_run", "output_dir", "run_batch"]
+__all__ = ["check_job", "dry_run", "output_dir", "run_batch", "with_config_headers"]
 
 GRACE_SECONDS = 5.0
 _LOOK_AHEAD = 256  # rows whose good copies are looked up in one query (--skip-existing)
@@ -89,12 +95,27 @@ def check_job(job: Job, config: FetchConfig) -> int:
     return validation.rows
 
 
+def with_config_headers(job: Job, config: FetchConfig) -> tuple[Job, FetchConfig]:
+    """The job and config of a run, so that ``config.headers`` are sent as ``-H`` are
+    (``FetchConfig.headers``: "sent on every request"): the job gains those it was not
+    loaded with, after its own, and the config records every ``-H`` the job sends.
+    ``fetch run`` gives both the same, so nothing changes for it.
+
+    Raises ``JobError`` for a header of ``config`` that ``load_job`` would refuse.
+    """
+    job = with_headers(job, config.headers)
+    if job.option_headers != config.headers:
+        config = dataclasses.replace(config, headers=job.option_headers)
+    return job, config
+
+
 def dry_run(job: Job, config: FetchConfig, *, out: TextIO) -> int:
     """Validate, then print every rendered request (secrets redacted); send nothing.
 
     Each request is written in one piece: with unbuffered output (``PYTHONUNBUFFERED``)
     that is one write a row, not one a line.
     """
+    job, config = with_config_headers(job, config)
     rows = check_job(job, config)
     root = output_dir(job, config)
     store = DiskStore(root)
@@ -155,6 +176,7 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
     """
     if config is None:
         config = configure(job)
+    job, config = with_config_headers(job, config)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
@@ -169,11 +191,18 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
                 store.start_run(summary.run, summary.started_at, options)
                 with stopper.on_signals():
                     async with open_session(config) as session:
-                        limits = Limits.from_config(config)
-                        await _setup(session, job, config, limits)
-                        await _pipeline(
-                            job, config, store, session, limits, summary, stopper, progress
+                        run = Run(
+                            job=job,
+                            config=config,
+                            store=store,
+                            session=session,
+                            limits=Limits.from_config(config),
+                            summary=summary,
+                            stopper=stopper,
+                            progress=progress,
                         )
+                        await _setup(run)
+                        await _pipeline(run)
         except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
             error = str(exc) or type(exc).__name__
             raise
@@ -182,20 +211,54 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
             raise
         finally:
             progress.close()
-            summary.ended_at = now_iso()
-            summary.duration_s = time.monotonic() - started
-            summary.interrupted_by = stopper.signum
-            if stopper.signum is not None:
-                summary.exit_code = 128 + stopper.signum
-            elif summary.failed or aborted or error:
-                summary.exit_code = 1
-            try:
-                store.finish_run(summary, options, aborted=aborted, error=error)
-            except StoreError:
-                if not (aborted or error):  # else the error that ended the run says more
-                    raise
+            _finish_summary(summary, started, stopper, failed=aborted or error is not None)
+            _finish_run(store, summary, options, aborted=aborted, error=error)
         progress.summary(summary, store.root)
     return summary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One run of a job: what its stages share, passed as one."""
+
+    job: Job
+    config: FetchConfig
+    store: Store
+    session: aiohttp.ClientSession
+    limits: Limits
+    summary: RunSummary
+    stopper: _Stopper
+    progress: Progress
+
+
+def _finish_run(
+    store: Store,
+    summary: RunSummary,
+    options: dict[str, object],
+    *,
+    aborted: bool,
+    error: str | None,
+) -> None:
+    """Write the run's record; a failure to is raised unless an error ended the run (it
+    says more)."""
+    try:
+        store.finish_run(summary, options, aborted=aborted, error=error)
+    except StoreError:
+        if not (aborted or error):
+            raise
+
+
+def _finish_summary(
+    summary: RunSummary, started: float, stopper: _Stopper, *, failed: bool
+) -> None:
+    """Set the summary's end, duration, signal and exit code."""
+    summary.ended_at = now_iso()
+    summary.duration_s = time.monotonic() - started
+    summary.interrupted_by = stopper.signum
+    if stopper.signum is not None:
+        summary.exit_code = 128 + stopper.signum
+    elif summary.failed or failed:
+        summary.exit_code = 1
 
 
 @contextlib.contextmanager
@@ -235,11 +298,12 @@ def _translated(exc: BaseException, root: Path) -> BaseException:
     return exc
 
 
-async def _setup(
-    session: aiohttp.ClientSession, job: Job, config: FetchConfig, limits: Limits
-) -> None:
+async def _setup(run: Run) -> None:
+    job = run.job
     for request in job.setup_requests():
-        status, reason = await send_setup(session, request, limits=limits, config=config)
+        status, reason = await send_setup(
+            run.session, request, limits=run.limits, config=run.config
+        )
         if not 200 <= status < 400:
             where = f"{job.spec.source}:{request.line}"
             got = f"HTTP {status} {reason}".strip() if status else reason
@@ -249,36 +313,47 @@ async def _setup(
             )
 
 
-async def _pipeline(
-    job: Job,
-    config: FetchConfig,
-    store: Store,
-    session: aiohttp.ClientSession,
-    limits: Limits,
-    summary: RunSummary,
-    stopper: _Stopper,
-    progress: Progress,
-) -> None:
-    policy = RetryPolicy(retries=config.retries, base=config.backoff)
-    todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=config.concurrency * 2)
-    done: asyncio.Queue[Outcome | list[Outcome] | None] = asyncio.Queue(
-        maxsize=config.concurrency * 4
-    )
-    workers_left = config.concurrency
+async def _pipeline(run: Run) -> None:
+    """The producer, the workers and the recorder, in one ``TaskGroup``."""
+    source = _source(run)
+    pipeline = _Pipeline(run, source)
+    try:
+        with run.stopper.on_deadline():
+            async with asyncio.TaskGroup() as group:  # its errors: see _one_error
+                group.create_task(pipeline.record())
+                for _ in range(run.config.concurrency):
+                    group.create_task(pipeline.work())
+                group.create_task(pipeline.produce())
+    finally:
+        source.close()
 
-    source = _source(job, config, store, session, limits, stopper)
 
-    async def produce() -> None:
-        async for item in source.items():
+class _Pipeline:
+    """The stages of one run joined by two bounded queues: ``todo`` (requests) and
+    ``done`` (outcomes, one at a time or in lists; None once the last worker ends)."""
+
+    def __init__(self, run: Run, source: _Rows | CrawlSource) -> None:
+        self.run, self.source = run, source
+        concurrency = run.config.concurrency
+        self.todo: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=concurrency * 2)
+        self.done: asyncio.Queue[Outcome | list[Outcome] | None] = asyncio.Queue(
+            maxsize=concurrency * 4
+        )
+        self.workers_left = concurrency
+        self.policy = RetryPolicy(retries=run.config.retries, base=run.config.backoff)
+
+    async def produce(self) -> None:
+        async for item in self.source.items():
             if isinstance(item, Request):
-                await todo.put(item)
+                await self.todo.put(item)
             else:  # settled without a request: one outcome, or a list of them
-                await done.put(item)
-        for _ in range(config.concurrency):
-            await todo.put(None)
+                await self.done.put(item)
+        for _ in range(self.run.config.concurrency):
+            await self.todo.put(None)
 
-    async def work() -> None:
-        nonlocal workers_left
+    async def work(self) -> None:
+        run, todo, done = self.run, self.todo, self.done
+        config, store, stopper = run.config, run.store, run.stopper
         while (request := await todo.get()) is not None:
             if stopper.stopped:
                 await done.put(interrupted_outcome(request, now_iso()))
@@ -287,24 +362,25 @@ async def _pipeline(
             try:
                 async with stopper.guard():
                     outcome = await fetch_one(
-                        session,
+                        run.session,
                         request,
-                        limits=limits,
+                        limits=run.limits,
                         config=config,
-                        sink=functools.partial(store.sink, request, summary.run),
+                        sink=functools.partial(store.sink, request, run.summary.run),
                         prior=prior,
-                        policy=policy,
+                        policy=self.policy,
                     )
             except TimeoutError:
                 outcome = interrupted_outcome(request, now_iso(), started=True)
             await done.put(outcome)
         # Not in a ``finally``: once the group is cancelled (the recorder failed) nothing
         # reads ``done`` any more, and waiting for room there would hang the run.
-        workers_left -= 1
-        if workers_left == 0:
+        self.workers_left -= 1
+        if self.workers_left == 0:
             await done.put(None)
 
-    async def record() -> None:
+    async def record(self) -> None:
+        run, done = self.run, self.done
         finished = False
         while not finished:
             outcomes: list[Outcome] = []
@@ -319,39 +395,29 @@ async def _pipeline(
                 if done.empty() or len(outcomes) >= 1000:
                     break
                 item = done.get_nowait()
-            outcomes = store.record(outcomes, summary.run)
-            source.recorded(outcomes)
+            outcomes = run.store.record(outcomes, run.summary.run)
+            self.source.recorded(outcomes)
             for outcome in outcomes:
-                summary.add(outcome)
-                progress.add(outcome)
-
-    try:
-        with stopper.on_deadline():
-            async with asyncio.TaskGroup() as group:  # its errors: see _one_error
-                group.create_task(record())
-                for _ in range(config.concurrency):
-                    group.create_task(work())
-                group.create_task(produce())
-    finally:
-        source.close()
+                run.summary.add(outcome)
+                run.progress.add(outcome)
 
 
 class _Rows:
     """The batch source: the job's rows, each to fetch or already settled."""
 
-    def __init__(self, job: Job, config: FetchConfig, store: Store, stopper: _Stopper) -> None:
-        self.job, self.config, self.store, self.stopper = job, config, store, stopper
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
     async def items(self) -> AsyncIterator[Request | list[Outcome]]:
         """The rows to fetch, and those settled without a request (--skip-existing,
         --resume) in lists: a million skipped rows are a few thousand queue items."""
-        rows = iter(self.job.requests())
+        rows = iter(self.run.job.requests())
         while chunk := list(itertools.islice(rows, _LOOK_AHEAD)):
-            if self.config.skip_existing:
-                self.store.look_ahead(chunk)
+            if self.run.config.skip_existing:
+                self.run.store.look_ahead(chunk)
             settled: list[Outcome] = []
             for request in chunk:
-                outcome = _settled(request, self.config, self.store, self.stopper)
+                outcome = _settled(request, self.run)
                 if outcome is not None:
                     settled.append(outcome)
                     continue
@@ -369,63 +435,52 @@ class _Rows:
         """Nothing to close."""
 
 
-def _source(
-    job: Job,
-    config: FetchConfig,
-    store: Store,
-    session: aiohttp.ClientSession,
-    limits: Limits,
-    stopper: _Stopper,
-) -> _Rows | CrawlSource:
+def _source(run: Run) -> _Rows | CrawlSource:
+    config, store = run.config, run.store
     if config.crawl is None:
-        return _Rows(job, config, store, stopper)
+        return _Rows(run)
     # Imported here: their parsers (HTML, XML, robots.txt) are for crawls only.
     from fetcher.crawler import CrawlSource
     from fetcher.frontier import Frontier
     from fetcher.robots import RobotsCache
 
-    fetch = _file_fetcher(job, config, session, limits, stopper)
+    fetch = _file_fetcher(run)
     robots = None
     if not config.crawl.ignore_robots:
 
         def on_delay(origin: str, seconds: float) -> None:
             if config.host_rate is not None:
                 seconds = max(seconds, 1 / config.host_rate)
-            limits.set_host_delay(host_key(origin), seconds)
+            run.limits.set_host_delay(host_key(origin), seconds)
 
-        robots = RobotsCache(fetch, agent=job.user_agent(), on_delay=on_delay)
+        robots = RobotsCache(fetch, agent=run.job.user_agent(), on_delay=on_delay)
     frontier = Frontier(store.state / "frontier.sqlite", resume=store.resuming)
     return CrawlSource(
-        job,
+        run.job,
         config.crawl,
         frontier=frontier,
         root=store.root,
         robots=robots,
         fetch=fetch,
-        stopped=lambda: stopper.stopped,
+        stopped=lambda: run.stopper.stopped,
         now=now_iso,
-        settle=lambda request: _skipped(request, store) if store.finished(request) else None,
+        settle=lambda request: _kept(request, store) if store.finished(request) else None,
     )
 
 
-def _file_fetcher(
-    job: Job,
-    config: FetchConfig,
-    session: aiohttp.ClientSession,
-    limits: Limits,
-    stopper: _Stopper,
-) -> FetchFile:
+def _file_fetcher(run: Run) -> FetchFile:
     """How a crawl fetches robots.txt and sitemaps: on the rows' request path, with the
     run's headers, and cut off by a stop after the grace period, as a request is."""
+    stopper = run.stopper
 
     async def fetch(url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
         if stopper.stopped:
             return 0, b""
-        request = job.plain_request(url, seed=seed)
+        request = run.job.plain_request(url, seed=seed)
         try:
             async with stopper.guard():
                 return await fetch_file(
-                    session, request, limits=limits, config=config, max_bytes=max_bytes
+                    run.session, request, limits=run.limits, config=run.config, max_bytes=max_bytes
                 )
         except TimeoutError:  # the stop's grace period ran out
             return 0, b""
@@ -433,42 +488,27 @@ def _file_fetcher(
     return fetch
 
 
-def _settled(
-    request: Request, config: FetchConfig, store: Store, stopper: _Stopper
-) -> Outcome | None:
+def _settled(request: Request, run: Run) -> Outcome | None:
     """The outcome of a row that needs no request, or None when it must be fetched."""
+    store = run.store
     if request.invalid is not None:
         return invalid_outcome(request, now_iso())
-    if stopper.stopped:
+    if run.stopper.stopped:
         return interrupted_outcome(request, now_iso())
     if store.finished(request):
-        return _skipped(request, store)
-    if config.skip_existing:
+        return _kept(request, store)
+    if run.config.skip_existing:
         prior = store.prior(request)
         if prior is not None:
-            return Outcome(
-                request=request,
-                kind=OutcomeKind.SKIPPED,
-                path=prior.path,
-                meta=prior.path + ".meta.json",
-                size=prior.size,
-                sha256=prior.sha256,
-                fetched_at=now_iso(),
-            )
+            return skipped_outcome(request, now_iso(), kept=prior, meta=meta_path(prior.path))
     return None
 
 
-def _skipped(request: Request, store: Store) -> Outcome:
-    prior = store.prior(request)
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.SKIPPED,
-        path=prior.path if prior else None,
-        meta=store.head_sidecar(request) if request.method == "HEAD" else None,
-        size=prior.size if prior else None,
-        sha256=prior.sha256 if prior else None,
-        fetched_at=now_iso(),
-    )
+def _kept(request: Request, store: Store) -> Outcome:
+    """The skip of a row the run being resumed finished: the copy it left, if any (a
+    HEAD's: its own sidecar)."""
+    meta = store.head_sidecar(request) if request.method == "HEAD" else None
+    return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
 
 
 class _Stopper:

@@ -29,8 +29,10 @@ import aiohttp
 from aiohttp import web
 
 from fetcher.config import FetchConfig
+from fetcher.fetch import fetch_one
+from fetcher.limits import Limits
 from fetcher.models import Outcome, Request, Response, Stored
-from fetcher.pool import Limits, RetryPolicy, fetch_one
+from fetcher.retry import RetryPolicy
 
 T = TypeVar("T")
 

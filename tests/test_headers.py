@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from fetcher import __version__
+from fetcher import FetchConfig, JobError, __version__, load_job, run_batch
 from tests.conftest import run_fetch, serve_in_thread
 from tests.test_engine_support import manifest, sidecar, write_job
 
@@ -78,3 +80,25 @@ def test_the_default_user_agent_is_fetchers_own(workdir: Path) -> None:
     assert headers.getall("User-Agent") == [f"fetcher/{__version__}"]
     assert "gzip" in headers["Accept-Encoding"]
     assert headers["Host"] == f"127.0.0.1:{server.port}"
+
+
+async def test_headers_given_to_fetch_config_are_sent_as_dash_h_is(
+    aiohttp_server, tmp_path: Path
+) -> None:
+    """``FetchConfig.headers`` are sent on every request, as ``-H``: a library run
+    behaves like ``fetch run``, and one that gives both the same sends each once."""
+    seen: dict[str, CIMultiDict[str]] = {}
+    server = await aiohttp_server(_echo_app(seen))
+    job_file = write_job(tmp_path, "n\n1\n", f'url = "{server.make_url("/")}{{n}}"\n')
+    env = {"SECRET": "s3cr3t"}
+    job = load_job(job_file, headers=["X-Loaded: 1"], env=env)
+    headers = ("X-Loaded: 1", "X-Lib: {env.SECRET}", "x-level: {n}")
+    summary = await run_batch(job, FetchConfig(output=tmp_path / "out", headers=headers))
+    assert summary.exit_code == 0
+    got = seen["/1"]
+    assert (got.getall("X-Loaded"), got["X-Lib"], got["X-Level"]) == (["1"], "s3cr3t", "1")
+    (record,) = (json.loads((tmp_path / "out/runs" / f"{summary.run}.json").read_text()),)
+    assert record["options"]["headers"] == list(headers)
+    with pytest.raises(JobError) as caught:
+        await run_batch(job, FetchConfig(output=tmp_path / "out", headers=("X-Bad: {nope}",)))
+    assert [(p.file, p.line) for p in caught.value.problems] == [("-H", 2)]

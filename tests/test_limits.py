@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from fetcher import FetchConfig, load_job, run_batch
-from fetcher.pool import Limits, make_limiter
+from fetcher.limits import Limits, make_limiter
 from tests.conftest import run_fetch, serve_in_thread
 from tests.test_engine_support import (
     Tracker,

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from fetcher import FetchConfig, load_job, run_batch
-from fetcher.pool import RETRY_STATUSES, Limits, RetryPolicy, parse_retry_after
+from fetcher.limits import Limits
+from fetcher.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from tests.conftest import run_fetch, serve_in_thread
 from tests.test_engine_support import (
     Tracker,
