@@ -18,7 +18,7 @@ from aiohttp import web
 from benchmarks.bare_loop import fetch_all
 from benchmarks.run import VerifyError, rate_stats, verify_bare, verify_fetch
 from benchmarks.spawn import Spawner
-from tests.conftest import run_fetch, serve_in_thread
+from tests.support import run_fetch, serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 BODIES = {f"/files/{n}.bin": hashlib.sha256(str(n).encode()).digest() * (n + 1) for n in range(8)}

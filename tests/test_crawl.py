@@ -27,9 +27,8 @@ import fetcher
 from fetcher import runner
 from fetcher.crawl import CrawlSettings
 from fetcher.frontier import DONE
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
 from tests.crawl_site import expected, site
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 N = 120
 FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
@@ -58,7 +57,7 @@ def _job(workdir: Path, server: Served, crawl: str, seeds: list[str] | None = No
 
 def _records(workdir: Path, name: str = "seeds") -> list[dict[str, Any]]:
     """The manifest's records, as fetch reads them: a line torn by a kill is not one."""
-    return [record for _, record in read_manifest(workdir / "output" / name / "manifest.jsonl")]
+    return manifest_records(workdir / "output" / name, torn=True)
 
 
 def _pages_requested(server: Served) -> list[str]:

@@ -24,8 +24,7 @@ from fetcher.paths import (
     safe_relpath,
     url_path,
 )
-from fetcher.store import read_manifest
-from tests.conftest import Served, files_under, run_fetch, serve_in_thread
+from tests.support import Served, files_under, manifest_records, run_fetch, serve_in_thread
 
 TRICKY = [
     "..",
@@ -403,7 +402,7 @@ CLASHING = [
 
 
 def _stored(out: Path) -> dict[str, dict[str, Any]]:
-    return {str(r["url"]): r for _, r in read_manifest(out / "manifest.jsonl")}
+    return {str(r["url"]): r for r in manifest_records(out)}
 
 
 def _assert_each_body_at_its_record(out: Path, records: dict[str, dict[str, Any]]) -> None:
