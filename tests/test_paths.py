@@ -329,9 +329,7 @@ def test_hostile_urls_and_out_values_write_only_inside(workdir: Path) -> None:
     outside = {p for p in files_under(workdir) if not p.startswith(("out/", "jobs/"))}
     assert outside == set()
     assert not Path("/tmp/abs-escape.txt").exists()
-    records = [
-        json.loads(line) for line in (workdir / "out/manifest.jsonl").read_text().splitlines()
-    ]
+    records = manifest_records(workdir / "out")
     assert len(records) == len(rows)
     assert all(r["ok"] for r in records)
     for record in records:
