@@ -18,7 +18,7 @@ from aiohttp import web
 from benchmarks.bare_loop import fetch_all
 from benchmarks.run import VerifyError, rate_stats, verify_bare, verify_fetch
 from benchmarks.spawn import Spawner
-from tests.conftest import run_fetch, serve_in_thread
+from tests.support import manifest_records, run_fetch, serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 BODIES = {f"/files/{n}.bin": hashlib.sha256(str(n).encode()).digest() * (n + 1) for n in range(8)}
@@ -124,7 +124,7 @@ def test_verify_fetch_accepts_a_real_run_and_catches_damage(workdir: Path) -> No
     out = workdir / "out"
     verify_fetch(out, expected)
 
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    records = manifest_records(out)
     first, second = records[0], records[1]
     body = out / first["path"]
     original = body.read_bytes()

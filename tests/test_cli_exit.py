@@ -12,8 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fetcher.store import read_manifest
-from tests.conftest import Served, serve_in_thread
+from tests.support import Served, items_app, manifest_records, serve_in_thread
 
 FETCH = [sys.executable, "-m", "fetcher"]
 # Buffered standard streams, as on most machines, whatever this one's environment says.
@@ -38,15 +37,7 @@ def _fetch(
 
 
 def _app() -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name == "missing":
-            raise web.HTTPNotFound()
-        return web.Response(text=f"item {name}")
-
-    app = web.Application()
-    app.router.add_get("/items/{name}", item)
-    return app
+    return items_app(state={"missing": 404})
 
 
 def test_a_dry_run_writes_every_line_before_it_exits(workdir: Path) -> None:
@@ -74,7 +65,7 @@ def test_a_run_exits_with_its_code_and_a_whole_summary(workdir: Path) -> None:
     summary = json.loads(out)
     assert summary["outcomes"] == {"fetched": 1, "failed": 1}
     assert summary["exit_code"] == 1
-    records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
+    records = manifest_records(workdir / "out")
     records.sort(key=lambda record: record["line"])  # in the order the rows finished
     assert [(r["outcome"], r["status"]) for r in records] == [("fetched", 200), ("failed", 404)]
     stored = workdir / "out" / f"127.0.0.1_{served.port}" / "items" / "a.body"
@@ -109,7 +100,7 @@ def test_a_summary_that_cannot_be_written_fails_the_exit_code(workdir: Path) -> 
             code, _, err = _fetch("run", job, "-o", "out", "--json", "-q", cwd=workdir, stdout=full)
     assert (code, err) == (1, FULL)
     # the run itself went through: the body and its record are stored
-    records = [record for _, record in read_manifest(workdir / "out" / "manifest.jsonl")]
+    records = manifest_records(workdir / "out")
     assert [r["outcome"] for r in records] == ["fetched"]
 
 

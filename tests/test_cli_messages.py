@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Served, run_fetch
+from tests.support import Served, run_fetch
 
 
 def test_quiet_prints_one_line_when_rows_failed_and_nothing_when_all_is_ok(

@@ -16,8 +16,7 @@ import pytest
 from aiohttp import web
 
 from fetcher import FetchConfig, load_job, run_batch
-from tests.conftest import serve_in_thread
-from tests.test_engine_support import bodies, manifest, sidecar, url_job, write_job
+from tests.support import bodies, manifest, serve_in_thread, sidecar, url_job, write_job
 
 TEXT = b"".join(b"line %06d of a body that compresses well\n" % n for n in range(20_000))
 

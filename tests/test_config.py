@@ -10,7 +10,7 @@ import pytest
 from fetcher._version import __version__
 from fetcher.config import TUNABLE, FetchConfig, parse_duration, parse_size
 from fetcher.crawl import CrawlSettings
-from tests.conftest import Served, run_fetch
+from tests.support import Served, run_fetch
 
 # --------------------------------------------------------------------------- sizes, durations
 

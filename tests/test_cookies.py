@@ -15,8 +15,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import manifest, url_job
+from tests.support import manifest, run_fetch, serve_in_thread, url_job
 
 
 def _cookie_app(seen: list[tuple[str, str, str]]) -> web.Application:

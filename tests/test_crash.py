@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, items_app, manifest_records, run_fetch, serve_in_thread
 
 FETCH = Path(sys.executable).with_name("fetch")
 ROWS = 60
@@ -34,10 +33,6 @@ def body(version: str, n: str) -> bytes:
 
 
 def _app(state: dict[str, object], gate: threading.Event) -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(str(state.get("delay", 0))))
-        return web.Response(body=body(str(state.get("version", "v1")), request.match_info["n"]))
-
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
@@ -49,8 +44,7 @@ def _app(state: dict[str, object], gate: threading.Event) -> web.Application:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
+    app = items_app(lambda n: body(str(state.get("version", "v1")), n), state=state)
     app.router.add_get("/stream", stream)
     return app
 
@@ -65,7 +59,7 @@ def served() -> Iterator[tuple[dict[str, object], threading.Event, Served]]:
 
 
 def records(root: Path) -> list[dict[str, object]]:
-    return [record for _, record in read_manifest(root / "manifest.jsonl")]
+    return manifest_records(root, torn=True)  # a line torn by the kill is no record
 
 
 def pending_sha256(root: Path) -> dict[str, str]:

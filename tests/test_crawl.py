@@ -27,12 +27,12 @@ import fetcher
 from fetcher import runner
 from fetcher.crawl import CrawlSettings
 from fetcher.frontier import DONE
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
 from tests.crawl_site import expected, site
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 N = 120
 FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
+HOLD_PAST_DEADLINE = 2.0  # seconds: a deadline's stop is never that late
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +58,7 @@ def _job(workdir: Path, server: Served, crawl: str, seeds: list[str] | None = No
 
 def _records(workdir: Path, name: str = "seeds") -> list[dict[str, Any]]:
     """The manifest's records, as fetch reads them: a line torn by a kill is not one."""
-    return [record for _, record in read_manifest(workdir / "output" / name / "manifest.jsonl")]
+    return manifest_records(workdir / "output" / name, torn=True)
 
 
 def _pages_requested(server: Served) -> list[str]:
@@ -371,16 +371,20 @@ def test_stats_and_ls_show_pages_per_depth(workdir: Path) -> None:
 def _tree(port_box: list[int], hold: dict[str, Any]) -> web.Application:
     """Pages ``/t/0`` to ``/t/14``, page i linking to 2i+1 and 2i+2: depth 3 reaches all.
     Levels 0 and 1 are on 127.0.0.1, deeper levels on ``localhost`` (the same server).
-    While ``hold["armed"]``, the request ``hold["what"]`` names waits until the run stops."""
-
-    def held(request: web.Request) -> bool:
-        name = f"{request.url.host} {request.path}"
-        return bool(hold["armed"]) and name == hold["what"]
+    While ``hold["armed"]``, the request ``hold["what"]`` names (arriving at
+    ``hold["reached"]``) waits until the run's deadline has surely passed:
+    ``HOLD_PAST_DEADLINE`` after ``hold["deadline"]`` from the run's first request (the
+    deadline's clock starts before it), well inside the grace a stop gives requests in
+    flight (5 s)."""
 
     async def wait_if_held(request: web.Request) -> None:
-        if held(request):
-            hold["reached"].set()
-            assert await asyncio.to_thread(hold["stopped"].wait, 30), "the run never stopped"
+        if not hold["armed"]:
+            return
+        now = time.monotonic()
+        hold.setdefault("first", now)
+        if f"{request.url.host} {request.path}" == hold["what"]:
+            hold["reached"] = now
+            await asyncio.sleep(hold["first"] + hold["deadline"] + HOLD_PAST_DEADLINE - now)
 
     async def robots(request: web.Request) -> web.Response:
         await wait_if_held(request)
@@ -411,22 +415,12 @@ def _tree(port_box: list[int], hold: dict[str, Any]) -> web.Application:
     ],
 )
 def test_a_crawl_stopped_by_the_deadline_between_levels_says_so_and_resumes(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, hold_at: str
+    workdir: Path, hold_at: str
 ) -> None:
     """The deadline stops the crawl with level 2 not started. Like the rows a deadline
     leaves in a batch, those pages are recorded as interrupted: the run exits 1 and its
     record says interrupted, and --resume fetches exactly the pages not fetched yet."""
-    stopped, reached = threading.Event(), threading.Event()
-    hold = {"armed": False, "what": hold_at, "stopped": stopped, "reached": reached}
-    reached_at_stop: list[bool] = []
-    stop = runner._Stopper.stop
-
-    def observed_stop(self: runner._Stopper, *args: Any, **kwargs: Any) -> None:
-        reached_at_stop.append(reached.is_set())
-        stop(self, *args, **kwargs)
-        stopped.set()
-
-    monkeypatch.setattr(runner._Stopper, "stop", observed_stop)
+    hold: dict[str, Any] = {"armed": False, "what": hold_at, "deadline": 1.0}
     box = [0]
     with serve_in_thread(_tree(box, hold)) as server:
         box[0] = server.port
@@ -440,9 +434,11 @@ def test_a_crawl_stopped_by_the_deadline_between_levels_says_so_and_resumes(
         server.requests.clear()
 
         hold["armed"] = True
+        started = time.monotonic()  # the deadline's clock starts after this
         result = run_fetch("run", job, *FAST, "-q", "--json", "--deadline", "1")
         hold["armed"] = False
-        assert reached_at_stop == [True], "the deadline came before the crawl got there"
+        reached = hold.get("reached", started + 1)
+        assert reached < started + 1, "the deadline came before the crawl got there"
         first = Counter(_pages_requested(server))
         server.requests.clear()
         resumed = run_fetch("run", job, *FAST, "-q", "--resume")

@@ -19,8 +19,7 @@ from multidict import CIMultiDictProxy
 
 from fetcher import __version__
 from fetcher.runner import GRACE_SECONDS
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 
 @dataclass
@@ -87,7 +86,7 @@ def _crawl(workdir: Path, header: str, rows: list[str], crawl: str, toml: str = 
 
 
 def _records(workdir: Path) -> list[dict[str, Any]]:
-    return [r for _, r in read_manifest(workdir / "output" / "seeds" / "manifest.jsonl")]
+    return manifest_records(workdir / "output" / "seeds")
 
 
 def _sitemap_site() -> Site:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from fetcher.models import same_origin
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, run_fetch, serve_in_thread
 
 SECRETS = {
     "Authorization": "Bearer t0k",  # [headers], from {env.TOKEN}

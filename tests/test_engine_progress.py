@@ -12,27 +12,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import url_job
+from tests.support import items_app, run_fetch, serve_in_thread, url_job
 
 FETCH = Path(sys.executable).with_name("fetch")
 
 
 def _app() -> web.Application:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def missing(request: web.Request) -> web.Response:
-        return web.Response(status=404)
-
-    app = web.Application()
-    app.router.add_get("/ok/{n}", ok)
-    app.router.add_get("/missing", missing)
-    return app
+    return items_app(lambda n: "ok", state={"missing": 404})
 
 
 def _job(folder: Path, base: str) -> Path:
-    return url_job(folder, [f"{base}/ok/{n}" for n in range(5)] + [f"{base}/missing"])
+    return url_job(folder, [f"{base}/items/{n}" for n in range(5)] + [f"{base}/items/missing"])
 
 
 def test_stderr_without_a_terminal_has_the_summary_line_only(workdir: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from fetcher import FetchConfig, load_job, run_batch
-from tests.test_engine_support import manifest, url_job
+from tests.support import manifest, url_job
 
 openssl = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(openssl is None, reason="the openssl command is not installed")

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fetcher import FetchConfig, load_job, run_batch
-from tests.test_engine_support import manifest, sidecar, url_job
+from tests.support import manifest, sidecar, url_job
 
 LAST_MODIFIED = b"Wed, 02 Dec 2026 10:00:00 GMT"
 

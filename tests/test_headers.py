@@ -10,8 +10,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from fetcher import FetchConfig, JobError, __version__, load_job, run_batch
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import manifest, sidecar, write_job
+from tests.support import manifest, run_fetch, serve_in_thread, sidecar, write_job
 
 
 def _echo_app(seen: dict[str, CIMultiDict[str]]) -> web.Application:

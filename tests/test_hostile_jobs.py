@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fetcher.models import REDACTED
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, run_fetch, serve_in_thread
 
 COUNT_LINE = re.compile(r"\.\.\. and \d+ more problems?")
 

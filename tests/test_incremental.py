@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 
@@ -100,7 +99,7 @@ def test_etag_and_last_modified_refresh_as_not_modified(
             and path.name != "manifest.jsonl"
         ):
             assert path.read_bytes() == body  # the copy and its sidecar are kept
-    records = [r for _, r in read_manifest(workdir / "out/manifest.jsonl")]
+    records = manifest_records(workdir / "out")
     kept = [r for r in records if r["outcome"] == "not_modified"]
     assert all(r["ok"] and r["status"] == 304 and r["path"] and r["sha256"] for r in kept)
 

@@ -13,24 +13,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fetcher.store import DiskStore, read_manifest
-from tests.conftest import files_under, run_fetch, serve_in_thread
+from fetcher.store import DiskStore
+from tests.support import files_under, items_app, manifest_records, run_fetch, serve_in_thread
 
 
 def _app(state: dict[str, int]) -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        status = state.get(str(n), 200)
-        if status != 200:
-            return web.Response(status=status)
-        response = web.Response(text=f"item {n}\n" * n)
-        response.headers.add("X-Multi", "one")
-        response.headers.add("X-Multi", "two")
-        return response
-
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
-    return app
+    multi = [("X-Multi", "one"), ("X-Multi", "two")]
+    return items_app(lambda n: f"item {n}\n" * int(n), state=state, headers=multi)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,7 @@ def output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str
 
 def latest_by_url(out: Path) -> dict[str, dict[str, object]]:
     latest: dict[str, dict[str, object]] = {}
-    for _, record in read_manifest(out / "manifest.jsonl"):
+    for record in manifest_records(out):
         latest[str(record["url"])] = record
     return latest
 
@@ -70,7 +59,7 @@ def shown_status(out: Path, record: dict[str, object]) -> object:
 def kept_by_url(out: Path) -> dict[str, dict[str, object]]:
     """The latest record of each URL that stored a body."""
     kept: dict[str, dict[str, object]] = {}
-    for _, record in read_manifest(out / "manifest.jsonl"):
+    for record in manifest_records(out):
         if record["outcome"] == "fetched" and record["path"]:
             kept[str(record["url"])] = record
     return kept

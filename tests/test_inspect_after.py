@@ -4,7 +4,6 @@ with the copy it kept (its status, size and fetch time), and a run whose process
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -18,21 +17,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fetcher.store import read_manifest
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, items_app, manifest_records, run_fetch, serve_in_thread
 
 FETCH = Path(sys.executable).with_name("fetch")
 
 
 def _app(state: dict[str, float]) -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        await asyncio.sleep(state.get("delay", 0))
-        n = int(request.match_info["n"])
-        return web.Response(text=f"item {n}\n" * (n + 1))
-
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
-    return app
+    return items_app(lambda n: f"item {n}\n" * (int(n) + 1), state=state)
 
 
 @pytest.fixture
@@ -40,10 +31,6 @@ def served() -> Iterator[tuple[dict[str, float], Served]]:
     state: dict[str, float] = {}
     with serve_in_thread(_app(state)) as server:
         yield state, server
-
-
-def _records(out: Path) -> list[dict[str, object]]:
-    return [record for _, record in read_manifest(out / "manifest.jsonl")]
 
 
 def _json_lines(*args: str | Path) -> list[dict[str, object]]:
@@ -60,9 +47,9 @@ def test_a_skipped_url_is_listed_shown_and_counted_with_the_copy_it_kept(
     job.write_text("".join(server.at(f"/items/{n}") + "\n" for n in range(3)))
     out = workdir / "out"
     assert run_fetch("run", job, "-o", out, "-q").exit_code == 0
-    fetched = {str(r["url"]): r for r in _records(out)}
+    fetched = {str(r["url"]): r for r in manifest_records(out)}
     assert run_fetch("run", job, "-o", out, "-q", "--skip-existing").exit_code == 0
-    skips = {str(r["url"]): r for r in _records(out) if r["outcome"] == "skipped"}
+    skips = {str(r["url"]): r for r in manifest_records(out) if r["outcome"] == "skipped"}
     assert skips.keys() == fetched.keys()
 
     listed = _json_lines("ls", out, "--status", "2xx")
@@ -106,7 +93,7 @@ def test_resumed_rows_are_listed_with_their_copies(
     out = workdir / "out"
     state["delay"] = 0.05
     assert run_fetch("run", job, "-o", out, "-q", "-c", "2", "--deadline", "0.4").exit_code == 1
-    done = {str(r["url"]): r for r in _records(out) if r["outcome"] == "fetched"}
+    done = {str(r["url"]): r for r in manifest_records(out) if r["outcome"] == "fetched"}
     assert 0 < len(done) < 30
     state["delay"] = 0
     assert run_fetch("run", job, "-o", out, "-q", "--resume").exit_code == 0
@@ -121,14 +108,7 @@ def test_resumed_rows_are_listed_with_their_copies(
 
 
 def _gated_app(gate: threading.Event, seen: threading.Event) -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        seen.set()
-        await asyncio.to_thread(gate.wait, 30)
-        return web.Response(text="item")
-
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
-    return app
+    return items_app(lambda n: "item", arrived=seen, gate=gate)
 
 
 def _state(out: Path) -> tuple[object, str]:

@@ -14,12 +14,13 @@ from aiohttp import web
 
 from fetcher import FetchConfig, load_job, run_batch
 from fetcher.limits import Limits, make_limiter
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import (
+from tests.support import (
     Tracker,
     manifest,
     most_in_window,
     run_fake_clock,
+    run_fetch,
+    serve_in_thread,
     url_job,
 )
 

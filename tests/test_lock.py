@@ -3,7 +3,6 @@ holder's pid, and changes nothing; a lock left by a killed process does not bloc
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,21 +13,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fetcher.store import read_manifest
-from tests.conftest import files_under, run_fetch, serve_in_thread
+from tests.support import files_under, items_app, manifest_records, run_fetch, serve_in_thread
 
 FETCH = Path(sys.executable).with_name("fetch")
 
 
 def _gated_app(gate: threading.Event, seen: threading.Event) -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        seen.set()
-        await asyncio.to_thread(gate.wait, 30)
-        return web.Response(text=f"item {request.match_info['n']}")
-
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
-    return app
+    return items_app(arrived=seen, gate=gate)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -60,7 +51,7 @@ def test_a_second_run_exits_3_and_changes_nothing(workdir: Path) -> None:
             gate.set()
             _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
-    records = [r for _, r in read_manifest(workdir / "out/manifest.jsonl")]
+    records = manifest_records(workdir / "out")
     assert sorted(r["line"] for r in records) == [1, 2, 3, 4, 5]
     assert {r["run"] for r in records} == {p.stem for p in (workdir / "out/runs").iterdir()}
     assert all(r["outcome"] == "fetched" for r in records)

@@ -15,8 +15,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from fetcher.store import read_manifest
-from tests.conftest import Served, files_under, run_fetch, serve_in_thread
+from tests.support import Served, files_under, manifest_records, run_fetch, serve_in_thread
 
 BODY = b"the page\n" * 100
 GET_TAG, HEAD_TAG, POST_TAG = '"get-v1"', '"head-v1"', '"post-v1"'
@@ -84,7 +83,7 @@ def _run(
     server.requests.clear()
     result = run_fetch("run", job, "-o", "out", "-q", "--retries", "0", *args)
     assert result.exit_code in (0, 1), result.stderr
-    *_, (_, record) = read_manifest(workdir / "out/manifest.jsonl")
+    *_, record = manifest_records(workdir / "out")
     return record
 
 
@@ -228,7 +227,7 @@ def test_a_head_only_job_stores_a_sidecar_for_each_answered_row_and_no_body(
     for _ in range(2):  # a rerun replaces each sidecar with its own
         result = run_fetch("run", job, "-o", out, "-q", "--retries", "0")
         assert result.exit_code == 1, result.stderr
-        records = [r for _, r in read_manifest(out / "manifest.jsonl")][-3:]
+        records = manifest_records(out)[-3:]
         records.sort(key=lambda record: record["line"])  # in the order the rows finished
         page, api, missing = records
         assert [(r["outcome"], r["status"]) for r in records] == [
@@ -333,7 +332,7 @@ def test_resume_skips_a_finished_head_and_keeps_its_sidecar(
     )
     state["slow"] = 2  # in flight at the deadline: it finishes in the grace period
     stopped = run_fetch("run", job, "-o", out, "-q", "-c", "1", "--deadline", "1")
-    head, slow, api = [r for _, r in read_manifest(out / "manifest.jsonl")]
+    head, slow, api = manifest_records(out)
     assert stopped.exit_code == 1, stopped.stderr
     assert [r["outcome"] for r in (head, slow, api)] == ["fetched", "fetched", "failed"]
     assert api["error"]["kind"] == "interrupted"
@@ -342,7 +341,7 @@ def test_resume_skips_a_finished_head_and_keeps_its_sidecar(
     resumed = run_fetch("run", job, "-o", out, "-q", "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/api")]
-    *_, (_, skipped), _, _ = read_manifest(out / "manifest.jsonl")
+    *_, skipped, _, _ = manifest_records(out)
     assert (skipped["url"], skipped["outcome"]) == (head["url"], "skipped")
     assert (skipped["path"], skipped["meta"]) == (None, head["meta"])
     stored = _stored(out)
@@ -390,7 +389,7 @@ def _killed(workdir: Path, server: Served, point: str, path: str = "/page") -> N
 
 
 def _heads(out: Path) -> list[dict[str, object]]:
-    return [r for _, r in read_manifest(out / "manifest.jsonl") if r["method"] == "HEAD"]
+    return [r for r in manifest_records(out) if r["method"] == "HEAD"]
 
 
 @pytest.mark.parametrize("point", ["sidecar-after", "manifest"])
@@ -490,6 +489,6 @@ def test_a_head_and_a_get_of_one_url_may_share_a_job(
     result = run_fetch("run", job, "-o", "out", "-q", "-c", "1")
     assert result.exit_code == 0, result.stderr
     assert sorted(r.method for r in server.requests) == ["GET", "HEAD"]
-    records = [record for _, record in read_manifest(workdir / "out/manifest.jsonl")]
+    records = manifest_records(workdir / "out")
     assert {(r["method"], r["path"] is None) for r in records} == {("HEAD", True), ("GET", False)}
     assert list(_stored(workdir / "out").values()).count(BODY) == 1

@@ -24,8 +24,7 @@ from fetcher.paths import (
     safe_relpath,
     url_path,
 )
-from fetcher.store import read_manifest
-from tests.conftest import Served, files_under, run_fetch, serve_in_thread
+from tests.support import Served, files_under, manifest_records, run_fetch, serve_in_thread
 
 TRICKY = [
     "..",
@@ -330,9 +329,7 @@ def test_hostile_urls_and_out_values_write_only_inside(workdir: Path) -> None:
     outside = {p for p in files_under(workdir) if not p.startswith(("out/", "jobs/"))}
     assert outside == set()
     assert not Path("/tmp/abs-escape.txt").exists()
-    records = [
-        json.loads(line) for line in (workdir / "out/manifest.jsonl").read_text().splitlines()
-    ]
+    records = manifest_records(workdir / "out")
     assert len(records) == len(rows)
     assert all(r["ok"] for r in records)
     for record in records:
@@ -403,7 +400,7 @@ CLASHING = [
 
 
 def _stored(out: Path) -> dict[str, dict[str, Any]]:
-    return {str(r["url"]): r for _, r in read_manifest(out / "manifest.jsonl")}
+    return {str(r["url"]): r for r in manifest_records(out)}
 
 
 def _assert_each_body_at_its_record(out: Path, records: dict[str, dict[str, Any]]) -> None:

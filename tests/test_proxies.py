@@ -22,8 +22,7 @@ from yarl import URL
 
 from fetcher import FetchConfig, load_job, run_batch
 from fetcher.proxies import ProxyRoutes, bypasses
-from tests.conftest import Served, run_fetch, serve_in_thread
-from tests.test_engine_support import manifest, url_job, write_job
+from tests.support import Served, manifest, run_fetch, serve_in_thread, url_job, write_job
 from tests.test_engine_tls import openssl, self_signed  # noqa: F401 (a fixture)
 
 PASSWORD = "s3cret-pw"

@@ -17,8 +17,7 @@ from aiohttp import web
 
 from fetcher.models import REDACTED
 from fetcher.paths import body_path
-from tests.conftest import files_under, run_fetch, serve_in_thread
-from tests.test_engine_support import manifest, sidecar, write_job
+from tests.support import files_under, manifest, run_fetch, serve_in_thread, sidecar, write_job
 
 ETAG = '"v1-e1e1"'
 LAST_MODIFIED = "Mon, 01 Jan 2024 01:01:01 GMT"

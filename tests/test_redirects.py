@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from fetcher import FetchConfig, load_job, run_batch
-from tests.test_engine_support import bodies, manifest, sidecar, url_job, write_job
+from tests.support import bodies, manifest, sidecar, url_job, write_job
 
 
 async def _redirect(location: str, status: int = 302) -> web.Response:

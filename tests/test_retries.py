@@ -18,13 +18,12 @@ from aiohttp import web
 from fetcher import FetchConfig, load_job, run_batch
 from fetcher.limits import Limits
 from fetcher.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import (
+from tests.support import (
     Tracker,
     fetch,
     manifest,
-    run_fake_clock,
-    serve_here,
+    run_fetch,
+    serve_in_thread,
     url_job,
 )
 
@@ -64,169 +63,157 @@ def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
 # --------------------------------------------------------------------------- fake clock
 
 
-def test_retry_after_seconds_delays_the_retry_that_long() -> None:
-    async def main() -> list[float]:
-        tracker = Tracker(clock=asyncio.get_running_loop().time)
+@pytest.mark.fake_clock
+async def test_retry_after_seconds_delays_the_retry_that_long(aiohttp_server) -> None:
+    tracker = Tracker(clock=asyncio.get_running_loop().time)
 
-        async def handler(request: web.Request) -> web.Response:
-            tracker.arrive("x")
-            if len(tracker.arrivals) == 1:
-                return web.Response(status=503, headers={"Retry-After": "120"})
-            return web.Response(text="ok")
+    async def handler(request: web.Request) -> web.Response:
+        tracker.arrive("x")
+        if len(tracker.arrivals) == 1:
+            return web.Response(status=503, headers={"Retry-After": "120"})
+        return web.Response(text="ok")
 
-        app = web.Application()
-        app.router.add_get("/", handler)
-        async with serve_here(app) as base:
-            outcome = await fetch(base + "/")
-        assert outcome.ok
-        assert outcome.attempts == 2
-        return tracker.times()
-
-    first, second = run_fake_clock(main)
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    outcome = await fetch(str(server.make_url("/")))
+    assert outcome.ok
+    assert outcome.attempts == 2
+    first, second = tracker.times()
     assert second - first == pytest.approx(120, abs=0.5)
 
 
+@pytest.mark.fake_clock
 @pytest.mark.parametrize(("ahead", "expected"), [(90, 90), (3600, 300)])
-def test_retry_after_as_a_date_delays_the_retry_until_then(ahead: int, expected: int) -> None:
-    async def main() -> list[float]:
-        tracker = Tracker(clock=asyncio.get_running_loop().time)
+async def test_retry_after_as_a_date_delays_the_retry_until_then(
+    aiohttp_server, ahead: int, expected: int
+) -> None:
+    tracker = Tracker(clock=asyncio.get_running_loop().time)
 
-        async def handler(request: web.Request) -> web.Response:
-            tracker.arrive("x")
-            if len(tracker.arrivals) == 1:
-                when = email.utils.formatdate(time.time() + ahead, usegmt=True)
-                return web.Response(status=429, headers={"Retry-After": when})
-            return web.Response(text="ok")
+    async def handler(request: web.Request) -> web.Response:
+        tracker.arrive("x")
+        if len(tracker.arrivals) == 1:
+            when = email.utils.formatdate(time.time() + ahead, usegmt=True)
+            return web.Response(status=429, headers={"Retry-After": when})
+        return web.Response(text="ok")
 
-        app = web.Application()
-        app.router.add_get("/", handler)
-        async with serve_here(app) as base:
-            assert (await fetch(base + "/")).ok
-        return tracker.times()
-
-    first, second = run_fake_clock(main)
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    assert (await fetch(str(server.make_url("/")))).ok
+    first, second = tracker.times()
     assert second - first == pytest.approx(expected, abs=1.5)
 
 
-def test_a_429_slows_down_the_whole_host_and_only_that_host() -> None:
-    async def main() -> dict[str, list[float]]:
-        loop = asyncio.get_running_loop()
-        tracker = Tracker(clock=loop.time)
+@pytest.mark.fake_clock
+async def test_a_429_slows_down_the_whole_host_and_only_that_host(aiohttp_server) -> None:
+    loop = asyncio.get_running_loop()
+    tracker = Tracker(clock=loop.time)
 
-        async def handler(request: web.Request) -> web.Response:
-            tracker.arrive(request.path)
-            if request.path == "/limited" and len(tracker.times("/limited")) == 1:
-                return web.Response(status=429, headers={"Retry-After": "60"})
-            return web.Response(text="ok")
+    async def handler(request: web.Request) -> web.Response:
+        tracker.arrive(request.path)
+        if request.path == "/limited" and len(tracker.times("/limited")) == 1:
+            return web.Response(status=429, headers={"Retry-After": "60"})
+        return web.Response(text="ok")
 
-        app = web.Application()
-        app.router.add_get("/{name}", handler)
-        limits = Limits(per_host=4)
-        async with serve_here(app) as one, serve_here(web.Application()) as other:
-            other_app_url = other + "/nothing"  # another host: a 404 at once, no pause
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    limits = Limits(per_host=4)
+    one = await aiohttp_server(app)
+    other = await aiohttp_server(web.Application())
+    other_app_url = str(other.make_url("/nothing"))  # another host: a 404 at once, no pause
 
-            async def later(url: str) -> None:
-                await asyncio.sleep(1)
-                await fetch(url, limits=limits)
+    async def later(url: str) -> None:
+        await asyncio.sleep(1)
+        await fetch(url, limits=limits)
 
-            start = loop.time()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(fetch(one + "/limited", limits=limits))
-                group.create_task(later(one + "/other"))
-                seen_other_host = group.create_task(
-                    asyncio.wait_for(later(other_app_url), timeout=5)
-                )
-            assert seen_other_host.done()
-        return {path: [t - start for t in tracker.times(path)] for path in ("/limited", "/other")}
-
-    times = run_fake_clock(main)
+    start = loop.time()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(fetch(str(one.make_url("/limited")), limits=limits))
+        group.create_task(later(str(one.make_url("/other"))))
+        seen_other_host = group.create_task(asyncio.wait_for(later(other_app_url), timeout=5))
+    assert seen_other_host.done()
+    times = {path: [t - start for t in tracker.times(path)] for path in ("/limited", "/other")}
     assert times["/limited"][0] == pytest.approx(0, abs=0.1)
     assert times["/limited"][1] == pytest.approx(60, abs=0.5)
     assert times["/other"] == [pytest.approx(60, abs=0.5)]  # asked at 1 s, sent at 60 s
 
 
-def test_a_429_on_the_last_attempt_still_slows_the_host() -> None:
-    async def main() -> list[float]:
-        loop = asyncio.get_running_loop()
-        tracker = Tracker(clock=loop.time)
+@pytest.mark.fake_clock
+async def test_a_429_on_the_last_attempt_still_slows_the_host(aiohttp_server) -> None:
+    loop = asyncio.get_running_loop()
+    tracker = Tracker(clock=loop.time)
 
-        async def handler(request: web.Request) -> web.Response:
-            tracker.arrive(request.path)
-            if request.path == "/limited":
-                return web.Response(status=429, headers={"Retry-After": "30"})
-            return web.Response(text="ok")
+    async def handler(request: web.Request) -> web.Response:
+        tracker.arrive(request.path)
+        if request.path == "/limited":
+            return web.Response(status=429, headers={"Retry-After": "30"})
+        return web.Response(text="ok")
 
-        app = web.Application()
-        app.router.add_get("/{name}", handler)
-        limits = Limits(per_host=4)
-        config = FetchConfig(retries=0)
-        async with serve_here(app) as base:
-            start = loop.time()
-            failed = await fetch(base + "/limited", limits=limits, config=config)
-            assert failed.error is not None
-            assert (failed.status, failed.attempts) == (429, 1)
-            assert (await fetch(base + "/next", limits=limits, config=config)).ok
-        return [t - start for t in tracker.times("/next")]
-
-    assert run_fake_clock(main) == [pytest.approx(30, abs=0.5)]
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    limits = Limits(per_host=4)
+    config = FetchConfig(retries=0)
+    server = await aiohttp_server(app)
+    start = loop.time()
+    failed = await fetch(str(server.make_url("/limited")), limits=limits, config=config)
+    assert failed.error is not None
+    assert (failed.status, failed.attempts) == (429, 1)
+    assert (await fetch(str(server.make_url("/next")), limits=limits, config=config)).ok
+    assert [t - start for t in tracker.times("/next")] == [pytest.approx(30, abs=0.5)]
 
 
-def test_backoff_waits_grow_and_are_capped() -> None:
-    async def main() -> list[float]:
-        tracker = Tracker(clock=asyncio.get_running_loop().time)
+@pytest.mark.fake_clock
+async def test_backoff_waits_grow_and_are_capped(aiohttp_server) -> None:
+    tracker = Tracker(clock=asyncio.get_running_loop().time)
 
-        async def handler(request: web.Request) -> web.Response:
-            tracker.arrive("x")
-            return web.Response(status=500)
+    async def handler(request: web.Request) -> web.Response:
+        tracker.arrive("x")
+        return web.Response(status=500)
 
-        app = web.Application()
-        app.router.add_get("/", handler)
-        policy = RetryPolicy(retries=5, base=1.0, cap=3.0, rng=random.Random(42))
-        async with serve_here(app) as base:
-            outcome = await fetch(base + "/", policy=policy)
-        assert outcome.error is not None
-        assert (outcome.error.kind, outcome.status, outcome.attempts) == ("http", 500, 6)
-        return tracker.times()
-
-    times = run_fake_clock(main)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    app = web.Application()
+    app.router.add_get("/", handler)
+    policy = RetryPolicy(retries=5, base=1.0, cap=3.0, rng=random.Random(42))
+    server = await aiohttp_server(app)
+    outcome = await fetch(str(server.make_url("/")), policy=policy)
+    assert outcome.error is not None
+    assert (outcome.error.kind, outcome.status, outcome.attempts) == ("http", 500, 6)
+    gaps = [b - a for a, b in itertools.pairwise(tracker.times())]
     same = RetryPolicy(retries=5, base=1.0, cap=3.0, rng=random.Random(42))
     expected = [same.backoff(attempt) for attempt in range(1, 6)]
     assert gaps == pytest.approx(expected, abs=0.05)
     assert all(wait <= min(3.0, 2 ** (n - 1)) for n, wait in enumerate(expected, 1))
 
 
-def test_a_stalled_server_fails_as_timeout_before_or_during_the_body() -> None:
-    async def main() -> list[tuple[str, int, list[float]]]:
-        tracker = Tracker(clock=asyncio.get_running_loop().time)
+@pytest.mark.fake_clock
+async def test_a_stalled_server_fails_as_timeout_before_or_during_the_body(
+    aiohttp_server,
+) -> None:
+    tracker = Tracker(clock=asyncio.get_running_loop().time)
 
-        async def before_headers(request: web.Request) -> web.Response:
-            tracker.arrive(request.path)
-            await asyncio.sleep(3600)
-            return web.Response(text="too late")
+    async def before_headers(request: web.Request) -> web.Response:
+        tracker.arrive(request.path)
+        await asyncio.sleep(3600)
+        return web.Response(text="too late")
 
-        async def during_body(request: web.Request) -> web.StreamResponse:
-            tracker.arrive(request.path)
-            response = web.StreamResponse(headers={"Content-Length": "100"})
-            await response.prepare(request)
-            await response.write(b"x" * 10)
-            await asyncio.sleep(3600)
-            return response
+    async def during_body(request: web.Request) -> web.StreamResponse:
+        tracker.arrive(request.path)
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        await asyncio.sleep(3600)
+        return response
 
-        app = web.Application()
-        app.router.add_get("/head", before_headers)
-        app.router.add_get("/body", during_body)
-        config = FetchConfig(timeout=30, retries=1, backoff=0.01)
-        results = []
-        async with serve_here(app) as base:
-            for path in ("/head", "/body"):
-                outcome = await fetch(base + path, config=config)
-                assert outcome.error is not None
-                results.append((outcome.error.kind.value, outcome.attempts, tracker.times(path)))
-        return results
-
-    for kind, attempts, times in run_fake_clock(main):
-        assert (kind, attempts) == ("timeout", 2)
+    app = web.Application()
+    app.router.add_get("/head", before_headers)
+    app.router.add_get("/body", during_body)
+    config = FetchConfig(timeout=30, retries=1, backoff=0.01)
+    server = await aiohttp_server(app)
+    for path in ("/head", "/body"):
+        outcome = await fetch(str(server.make_url(path)), config=config)
+        assert outcome.error is not None
+        assert (outcome.error.kind.value, outcome.attempts) == ("timeout", 2)
+        times = tracker.times(path)
         assert 30 <= times[1] - times[0] <= 31.5  # aiohttp rounds long timeouts up to 1 s
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import manifest, write_job
+from tests.support import manifest, run_fetch, serve_in_thread, write_job
 
 ENV = {"API_USER": "ada", "API_PASSWORD": "pw-7f3a9c"}
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.conftest import run_fetch, serve_in_thread
-from tests.test_engine_support import bodies, manifest, url_job
+from tests.support import bodies, manifest, run_fetch, serve_in_thread, url_job
 
 FETCH = Path(sys.executable).with_name("fetch")
 ROWS = 30

@@ -6,22 +6,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from aiohttp import web
-
-from tests.conftest import run_fetch, serve_in_thread
-
-
-def _app() -> web.Application:
-    async def item(request: web.Request) -> web.Response:
-        return web.Response(body=f"item {request.match_info['n']}".encode())
-
-    app = web.Application()
-    app.router.add_get("/items/{n}", item)
-    return app
+from tests.support import items_app, manifest_records, run_fetch, serve_in_thread
 
 
 def test_run_fetches_every_row_and_records_it(workdir: Path) -> None:
-    with serve_in_thread(_app()) as server:
+    with serve_in_thread(items_app()) as server:
         job = workdir / "items.csv"
         job.write_text("n\n" + "".join(f"{n}\n" for n in range(20)))
         (workdir / "items.toml").write_text(f'url = "{server.url}/items/{{n}}"\n')
@@ -29,8 +18,7 @@ def test_run_fetches_every_row_and_records_it(workdir: Path) -> None:
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["outcomes"] == {"fetched": 20}
-    manifest = (workdir / "output/items/manifest.jsonl").read_text()
-    records = [json.loads(line) for line in manifest.splitlines()]
+    records = manifest_records(workdir / "output/items")
     assert sorted(r["line"] for r in records) == list(range(2, 22))
     for record in records:
         body = (workdir / "output/items" / record["path"]).read_bytes()

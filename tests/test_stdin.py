@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Mount, Served, files_under, run_fetch
+from tests.support import Mount, Served, files_under, run_fetch
 
 
 def _fetch_stdin(workdir: Path, text: str, *args: str | Path) -> tuple[int, str, str]:

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 
 from fetcher.models import ErrorKind, Failure, Outcome, OutcomeKind, Request, Response
-from fetcher.store import DiskStore, read_manifest
-from tests.conftest import files_under, run_fetch, serve_in_thread
+from fetcher.store import DiskStore
+from tests.support import files_under, manifest_records, run_fetch, serve_in_thread
 
 BIG = bytes(range(256)) * 3000  # 768 KB: streamed through a temp file, not kept in memory
 
@@ -72,10 +72,6 @@ def _app(state: dict[str, object]) -> web.Application:
     return app
 
 
-def records_of(root: Path) -> list[dict[str, object]]:
-    return [record for _, record in read_manifest(root / "manifest.jsonl")]
-
-
 def write_job(workdir: Path, urls: list[str], name: str = "job.txt") -> Path:
     job = workdir / name
     job.write_text("".join(url + "\n" for url in urls))
@@ -100,7 +96,7 @@ def test_every_row_has_one_record_and_every_ok_file_matches(
     first = run_fetch("run", job, "-o", "out", "-q", "--retries", "0")
     second = run_fetch("run", job, "-o", "out", "-q", "--retries", "0", "--force")
     assert first.exit_code == second.exit_code == 1
-    records = records_of(workdir / "out")
+    records = manifest_records(workdir / "out")
     runs = Counter(str(r["run"]) for r in records)
     assert len(runs) == 2
     for run in runs:
@@ -113,7 +109,7 @@ def test_every_row_has_one_record_and_every_ok_file_matches(
         if not record["ok"]:
             assert record["path"] is None
             assert record["outcome"] == "failed"
-            assert record["error"]["kind"] == "http"  # type: ignore[index]
+            assert record["error"]["kind"] == "http"
             continue
         body = (workdir / "out" / str(record["path"])).read_bytes()
         assert body == expected[str(record["url"])]
@@ -139,7 +135,7 @@ def test_the_sidecar_keeps_the_whole_exchange(
     job.write_text(f"url,header:Authorization\n{base}/redirect,Bearer sekrit\n")
     result = run_fetch("run", job, "-o", "out", "-q")
     assert result.exit_code == 0, result.stderr
-    (record,) = records_of(workdir / "out")
+    (record,) = manifest_records(workdir / "out")
     meta = json.loads((workdir / "out" / str(record["meta"])).read_text())
     assert meta["request"]["method"] == "GET"
     assert meta["request"]["url"] == f"{base}/redirect"
@@ -183,7 +179,7 @@ def test_a_failed_refetch_leaves_the_good_copy_byte_for_byte(
     for path in bodies:
         assert after[path] == before[path]
         assert after[path + ".meta.json"] == before[path + ".meta.json"]
-    records = records_of(workdir / "out")
+    records = manifest_records(workdir / "out")
     assert [r["outcome"] for r in records if r["run"] != records[0]["run"]] == ["failed"] * 4
     assert not (workdir / "out/.fetch/tmp").exists()
 
@@ -197,11 +193,11 @@ def test_a_torn_last_line_is_skipped_then_cut(
     manifest = workdir / "out/manifest.jsonl"
     with manifest.open("ab") as handle:
         handle.write(b'{"run":"torn","line":1,"url":"http://x/')
-    assert len(records_of(workdir / "out")) == 2
+    assert len(manifest_records(workdir / "out", torn=True)) == 2
     assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
-    lines = manifest.read_bytes().splitlines()
-    assert len(lines) == 4
-    assert all(json.loads(line)["run"] != "torn" for line in lines)
+    records = manifest_records(workdir / "out")  # every line whole: the torn one is cut
+    assert len(records) == 4
+    assert all(r["run"] != "torn" for r in records)
 
 
 def test_the_index_is_rebuilt_when_lost_or_broken(
@@ -234,7 +230,7 @@ def test_reindex_skips_a_copy_whose_file_changed(
     _, base = served
     job = write_job(workdir, [f"{base}/items/1", f"{base}/items/2"])
     assert run_fetch("run", job, "-o", "out", "-q").exit_code == 0
-    (first, _) = records_of(workdir / "out")
+    (first, _) = manifest_records(workdir / "out")
     (workdir / "out" / str(first["path"])).write_bytes(b"edited by hand")
     assert "1 good copies" in run_fetch("reindex", workdir / "out").stdout
 
@@ -268,10 +264,10 @@ def test_a_sidecar_that_cannot_be_placed_ends_the_run_and_the_next_open_finishes
     assert result.exit_code == 1
     assert result.stderr.startswith("fetch: cannot store a.txt.meta.json: [Errno 21]")
     assert result.stderr.count("\n") == 1
-    assert records_of(out) == []
+    assert manifest_records(out) == []
     (out / "a.txt.meta.json").rmdir()
     assert run_fetch("reindex", out).exit_code == 0  # opens the directory: recovers
-    (record,) = records_of(out)
+    (record,) = manifest_records(out)
     assert (record["outcome"], record["path"]) == ("fetched", "a.txt")
     assert (out / "a.txt").read_bytes() == body_of("1") + b"v1"
     assert json.loads((out / "a.txt.meta.json").read_text())["sha256"] == record["sha256"]
@@ -289,7 +285,7 @@ def test_a_copy_is_never_put_over_another_urls_copy(
     job.write_text(f"url,out\n{base}/items/2,latest.txt\n")
     result = run_fetch("run", job, "-o", "out", "-q")
     assert result.exit_code == 1
-    first, failed = records_of(workdir / "out")
+    first, failed = manifest_records(workdir / "out")
     assert failed["ok"] is False
     assert failed["error"] == {
         "kind": "invalid",
@@ -354,7 +350,7 @@ def test_a_copy_placed_before_a_crash_is_recorded_on_the_next_open(tmp_path: Pat
         assert store.db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
         copies = store.db.execute("SELECT path, etag FROM copies").fetchall()
     assert copies == [("h/placed", '"e"')]
-    (record,) = records_of(root)
+    (record,) = manifest_records(root)
     assert record["path"] == "h/placed"
     assert record["line"] == 1
     assert json.loads((root / "h/placed.meta.json").read_text())["headers"] == [["ETag", '"e"']]
@@ -380,7 +376,7 @@ async def test_a_row_interrupted_after_its_body_was_placed_is_recorded_as_fetche
         )
         store.record([interrupted], "r1")
         assert store.db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
-    (record,) = records_of(tmp_path / "out")
+    (record,) = manifest_records(tmp_path / "out")
     assert record["outcome"] == "fetched"
     assert record["path"] == stored.path == "h/x.body"
     assert record["sha256"] == hashlib.sha256(b"new body").hexdigest()
@@ -410,7 +406,7 @@ def test_the_index_holds_a_skipped_row_as_the_manifest_does(tmp_path: Path) -> N
         ]
         store.record(skipped, "r2")
     listed = [json.loads(line) for line in run_fetch("ls", out, "--json").stdout.splitlines()]
-    latest = {str(r["url"]): r for _, r in read_manifest(out / "manifest.jsonl")}
+    latest = {str(r["url"]): r for r in manifest_records(out)}
     assert len(listed) == 2
     for entry in listed:
         record = latest[str(entry["url"])]

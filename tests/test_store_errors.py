@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fetcher.store import DiskStore, read_manifest
-from tests.conftest import Mount, Served, run_fetch, serve_in_thread
+from fetcher.store import DiskStore
+from tests.support import Mount, Served, manifest_records, run_fetch, serve_in_thread
 
 
 def _fill(folder: Path) -> None:
@@ -121,7 +121,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_a_failed_record(
     assert resumed.exit_code == 0, resumed.stderr
     # /a was recorded before the disk filled up, or not: skipped, or fetched again
     assert json.loads(resumed.stdout)["outcomes"].get("failed") is None
-    records = [r for _, r in read_manifest(out / "manifest.jsonl")]
+    records = manifest_records(out)
     assert {r["url"] for r in records if r["ok"]} == {server.at(path) for path in paths}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from tests.conftest import Served, files_under, run_fetch
+from tests.support import Served, files_under, manifest_records, run_fetch
 
 PROBLEM_LINE = re.compile(r"^(\S+):(\d+): \S")
 COUNT_LINE = re.compile(r"\.\.\. and \d+ more problems?")
@@ -491,9 +491,7 @@ def test_skip_invalid_records_bad_rows_as_failed_and_fetches_the_rest(
     summary = json.loads(result.stdout)
     assert summary["outcomes"] == {"failed": 3, "fetched": 2}
     assert summary["errors"] == {"invalid": 3}
-    records = [
-        json.loads(line) for line in (workdir / "output/j/manifest.jsonl").read_text().splitlines()
-    ]
+    records = manifest_records(workdir / "output/j")
     by_line = {r["line"]: r for r in records}
     assert sorted(by_line) == [2, 3, 4, 5, 6]
     for line in (3, 4, 6):

@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fetcher import FetchConfig, load_job, run_batch
-from fetcher.store import read_manifest
+from tests import support
 from tests.chaos.server import MAX_SIZE, TIMEOUT, ChaosServer
 
 TOKEN = "tok-7f3a9c1e5b2d4680aa17"  # Authorization: Bearer {env.CHAOS_TOKEN}
@@ -164,7 +163,7 @@ class ChaosJob:
         return {p.stem for p in runs.glob("*.json")} if runs.exists() else set()
 
     def records(self) -> list[dict[str, object]]:
-        return [record for _, record in read_manifest(self.out / "manifest.jsonl")]
+        return support.manifest_records(self.out, torn=True)  # a line torn by a kill is no record
 
 
 def finished_rows(job: ChaosJob) -> set[int]:
@@ -195,14 +194,6 @@ def kill_then_resume(job: ChaosJob, *, kills: int) -> set[int]:
     resumed = job.run(resume=True)
     assert resumed.exit_code == 1
     return {s.row for s in job.server.seen[before:] if s.row is not None} & done
-
-
-def manifest_records(out: Path) -> list[dict[str, Any]]:
-    """Every line of the manifest, parsed (split on newlines only: a JSON string may
-    hold U+2028 or U+0085, which ``str.splitlines`` would split on)."""
-    data = (out / "manifest.jsonl").read_bytes()
-    assert not data or data.endswith(b"\n"), "a torn last line"
-    return [json.loads(line) for line in data.split(b"\n")[:-1]]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:

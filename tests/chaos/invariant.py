@@ -29,6 +29,7 @@ from typing import Any
 
 from tests.chaos.harness import RETRIES, SECRETS, RunInfo
 from tests.chaos.server import FAULTS, ChaosServer
+from tests.support import manifest_problems, manifest_records
 
 STATE_FILES = {"lock", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "tmp"}
 OK_OUTCOMES = {"fetched", "not_modified", "skipped"}
@@ -110,20 +111,8 @@ def check(
 
 
 def _read_manifest(out: Path, problems: list[str]) -> list[dict[str, Any]]:
-    path = out / "manifest.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            problems.append(f"manifest line {number} is not JSON: {raw[:80]!r}")
-            continue
-        records.append(record)
-    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        problems.append("the manifest ends with a torn line")
-    return records
+    problems.extend(manifest_problems(out))
+    return manifest_records(out, torn=True)
 
 
 def _run_files(out: Path) -> dict[str, dict[str, Any]]:

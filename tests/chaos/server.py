@@ -22,9 +22,7 @@ import gzip
 import hashlib
 import random
 import socket
-import ssl
 import struct
-import threading
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -33,6 +31,8 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from aiohttp import web
+
+from tests.support import serve_in_thread
 
 # --------------------------------------------------------------------------- the faults
 
@@ -609,46 +609,9 @@ assert set(_ANSWERS) == set(FAULTS)
 
 
 @contextlib.contextmanager
-def serve(
-    app: web.Application, *, sites: int = 1, ssl_context: ssl.SSLContext | None = None
-) -> Iterator[list[int]]:
-    """Serve ``app`` on ``sites`` free ports of 127.0.0.1 from a thread with its own loop;
-    yield the ports. Handlers are cancelled when their client goes away."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    ports: list[int] = []
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
-
-    async def start() -> None:
-        await runner.setup()
-        for _ in range(sites):
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-            await site.start()
-        ports.extend(address[1] for address in runner.addresses)
-        started.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    if not started.wait(10):
-        raise RuntimeError("the chaos server did not start")
-    try:
-        yield ports
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-
-@contextlib.contextmanager
 def chaos_server(seed: int, *, retries: int) -> Iterator[ChaosServer]:
     """A ``ChaosServer`` for ``seed``, served on two ports (two origins on one host)."""
     server = ChaosServer(seed=seed, retries=retries)
-    with serve(server.app(), sites=2) as ports:
-        server.ports = ports
+    with serve_in_thread(server.app(), sites=2, keep_requests=False) as served:
+        server.ports = served.ports
         yield server

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.chaos.harness import manifest_records
 from tests.chaos.server import raw_answer
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 
 @cache

@@ -24,8 +24,7 @@ from click.testing import Result
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.chaos.harness import manifest_records
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 SECRET = "hostile-secret-9Qx7"  # the value of {env.HOSTILE_SECRET}
 ENV = {"HOSTILE_SECRET": SECRET}

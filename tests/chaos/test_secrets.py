@@ -17,8 +17,7 @@ import pytest
 from aiohttp import web
 
 from fetcher.models import REDACTED
-from tests.chaos.harness import manifest_records
-from tests.conftest import Served, run_fetch, serve_in_thread
+from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 TOKEN = "tok-Zq81bX0rYw5"  # Authorization: Bearer {env.FX_TOKEN}
 KEY = "key-Mm4Lp2Vd9s"  # X-Api-Key, X-Mixed and ?key= take {env.FX_KEY}

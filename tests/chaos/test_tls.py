@@ -15,9 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.chaos.certs import make_certificate
-from tests.chaos.harness import manifest_records
-from tests.chaos.server import serve
-from tests.conftest import run_fetch
+from tests.support import manifest_records, run_fetch, serve_in_thread
 
 WARNING = "fetch: warning: --insecure: TLS certificates are not verified"
 
@@ -45,14 +43,10 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
 
     app = web.Application()
     app.router.add_get("/{name}", hello)
-    with serve(app, ssl_context=context) as ports:
-        server = Secure(ports[0], cert)
+    with serve_in_thread(app, ssl_context=context) as served:
+        server = Secure(served.port, cert)
         server.requests = seen
         yield server
-
-
-def records(out: Path) -> list[dict[str, object]]:
-    return manifest_records(out)
 
 
 def test_a_self_signed_certificate_fails_as_tls(workdir: Path, secure: Secure) -> None:
@@ -62,9 +56,9 @@ def test_a_self_signed_certificate_fails_as_tls(workdir: Path, secure: Secure) -
     result = run_fetch("run", job, "-o", "out", "--retries", "3")
     assert result.exit_code == 1
     assert "insecure" not in result.stderr
-    for record in records(workdir / "out"):
-        assert record["error"]["kind"] == "tls", record  # type: ignore[index]
-        assert "certificate" in record["error"]["message"].lower()  # type: ignore[index]
+    for record in manifest_records(workdir / "out"):
+        assert record["error"]["kind"] == "tls", record
+        assert "certificate" in record["error"]["message"].lower()
         assert record["attempts"] == 1  # a bad certificate does not get better
         assert record["path"] is None
     assert secure.requests == []  # no request went over the untrusted connection
@@ -86,7 +80,7 @@ def test_insecure_turns_verification_off_with_a_warning(
     result = run_fetch("run", job, "-o", "out", *flags)
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines()[0] == WARNING
-    (record,) = records(workdir / "out")
+    (record,) = manifest_records(workdir / "out")
     assert record["outcome"] == "fetched"
     assert (workdir / "out" / str(record["path"])).read_text() == "secret page /page\n"
     assert secure.requests == ["/page"]
@@ -101,8 +95,8 @@ def test_plain_http_to_a_tls_port_fails_as_connection(workdir: Path, secure: Sec
     result = run_fetch("run", job, "-o", "out", "--retries", "0", "--timeout", "2")
     assert WARNING not in result.stderr
     assert result.exit_code == 1
-    (record,) = records(workdir / "out")
-    assert record["error"]["kind"] == "connection"  # type: ignore[index]
+    (record,) = manifest_records(workdir / "out")
+    assert record["error"]["kind"] == "connection"
 
 
 def test_https_to_a_plain_http_port_fails_as_tls(workdir: Path) -> None:
@@ -111,13 +105,13 @@ def test_https_to_a_plain_http_port_fails_as_tls(workdir: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    with serve(app) as ports:
+    with serve_in_thread(app) as served:
         job = workdir / "job.txt"
-        job.write_text(f"https://127.0.0.1:{ports[0]}/\n")
+        job.write_text(f"https://127.0.0.1:{served.port}/\n")
         result = run_fetch("run", job, "-o", "out", "--retries", "2")
     assert result.exit_code == 1
-    (record,) = records(workdir / "out")
-    assert record["error"]["kind"] == "tls", record  # type: ignore[index]
+    (record,) = manifest_records(workdir / "out")
+    assert record["error"]["kind"] == "tls", record
     assert record["attempts"] == 1
 
 
@@ -137,8 +131,8 @@ def test_a_trusted_certificate_is_accepted_only_for_its_name(workdir: Path, secu
         timeout=60,
     )
     assert done.returncode == 1, done.stderr
-    by_url = {str(r["url"]).rsplit("/", 1)[1]: r for r in records(workdir / "out")}
+    by_url = {str(r["url"]).rsplit("/", 1)[1]: r for r in manifest_records(workdir / "out")}
     assert by_url["named"]["outcome"] == "fetched"
-    assert by_url["ip"]["error"]["kind"] == "tls"  # type: ignore[index]
-    assert "127.0.0.1" in by_url["ip"]["error"]["message"]  # type: ignore[index]
+    assert by_url["ip"]["error"]["kind"] == "tls"
+    assert "127.0.0.1" in by_url["ip"]["error"]["message"]
     assert secure.requests == ["/named"]
