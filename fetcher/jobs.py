@@ -6,42 +6,35 @@ then streams the rows from the file, a line at a time, so a job of a million row
 sits in memory; ``Job.validate`` walks that stream once before anything is sent.
 
 A row that is wrong becomes a ``Request`` whose ``invalid`` says why; every problem is
-reported as ``FILE:LINE: message``.
+reported as ``FILE:LINE: message``. The sidecar is read by ``spec.py``, the file's lines
+by ``rows.py``; ``checks.py`` says what a URL and a header must look like.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
-
-import yarl
+from typing import BinaryIO
 
 from fetcher._version import __version__
-from fetcher.config import TUNABLE
-from fetcher.crawl import CRAWL_KEYS
+from fetcher.checks import check_header, check_url, is_token, merge_headers, parse_header
 from fetcher.errors import JobError, TemplateError
 from fetcher.models import REDACTED, Problem, Request, same_origin
+from fetcher.rows import HEADER_PREFIX, Row, csv_columns, csv_rows, jsonl_rows, txt_rows
+from fetcher.spec import JobSpec, load_spec
 from fetcher.templates import Rendered, Template, compile_template
 
 __all__ = [
     "FORMATS",
     "Job",
-    "JobSpec",
-    "SetupSpec",
     "Validation",
     "load_job",
-    "parse_header",
     "with_headers",
 ]
 
@@ -50,57 +43,9 @@ FORMAT_NAMES = ("csv", "txt", "jsonl")
 STDIN = "-"  # the job path that means standard input
 STDIN_FILE = "<stdin>"  # what messages call it
 RESERVED_COLUMNS = frozenset({"url", "method", "body", "out", "headers"})
-HEADER_PREFIX = "header:"
 DEFAULT_HEADERS = (("User-Agent", f"fetcher/{__version__}"),)
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (RFC 9110 5.5)
-_BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
-# An ASCII host name or IPv4 address, a port, printable ASCII after: valid as it stands.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_SIMPLE_ORIGIN = re.compile(  # no IGNORECASE: it makes every match slower
-    rf"[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*\.?(?::([0-9]{{1,5}}))?", re.ASCII
-)
-_ORIGIN = re.compile(r"[^/?#]*//[^/?#]*")  # what may be an origin: up to the path
-_SIMPLE_REST = re.compile(r"(?:[/?#][\x21-\x7e]*)?")
-_V = TypeVar("_V")
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_TOML_LINE = re.compile(r"at line (\d+)")
-_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
-_TOP_KEYS = frozenset({"url", "method", "out", "headers", "fetch", "setup", "crawl"})
-_SETUP_KEYS = frozenset({"method", "url", "headers", "form", "body"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetupSpec:
-    """One ``[[setup]]`` request, as written in the TOML (templates unrendered)."""
-
-    line: int
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    form: tuple[tuple[str, str], ...] | None = None
-    body: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobSpec:
-    """The job's sidecar TOML, checked (templates unrendered)."""
-
-    source: Path | None = None
-    url: str | None = None
-    method: str | None = None
-    out: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    fetch: Mapping[str, object] = field(default_factory=dict)
-    setup: tuple[SetupSpec, ...] = ()
-    crawl: Mapping[str, object] | None = None
-    lines: Mapping[str, int] = field(default_factory=dict)  # "fetch.rate" -> TOML line
-
-    def line_of(self, key: str) -> int:
-        """The TOML line that sets ``key``, else its table's line, else 1."""
-        return _line_of(self.lines, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,352 +55,6 @@ class Validation:
     rows: int
     invalid: int
     problems: tuple[Problem, ...]
-
-
-@lru_cache(maxsize=1024)  # header names and methods repeat on every row
-def is_token(name: str) -> bool:
-    """True when ``name`` is a valid HTTP token (header name or method)."""
-    return bool(_TOKEN.match(name))
-
-
-@lru_cache(maxsize=256)  # a job's URLs share a few origins
-def _simple_origin(origin: str) -> bool:
-    """True for an http(s) origin with an ASCII host name or IPv4 address and a valid
-    port: valid as it stands."""
-    simple = _SIMPLE_ORIGIN.fullmatch(origin)
-    return simple is not None and (simple.group(1) is None or int(simple.group(1)) <= 65535)
-
-
-def check_url(url: str, shown: str | None = None) -> str | None:
-    """Return why ``url`` is not an absolute http(s) URL, or None when it is one.
-
-    The message quotes ``shown``, the URL as it may be printed, when it is given.
-    """
-    origin = _ORIGIN.match(url)
-    if origin and _simple_origin(origin.group()) and _SIMPLE_REST.fullmatch(url, origin.end()):
-        return None  # the common case, without the cost of parsing
-    if not url:
-        return "the URL is empty"
-    quoted = repr(url if shown is None else shown)
-    if _BAD_URL_CHAR.search(url):
-        return f"the URL {quoted} contains spaces or control characters"
-    scheme, sep, rest = url.partition(":")
-    if not sep or scheme.lower() not in ("http", "https"):
-        return f"the URL {quoted} is not an absolute http or https URL"
-    if not rest.startswith("//"):
-        return f"the URL {quoted} has no host"
-    try:
-        parsed = yarl.URL(url)
-        host, _port = parsed.host, parsed.port
-    except (ValueError, TypeError, UnicodeError) as exc:
-        # yarl's words may quote a part of the URL, a secret one perhaps.
-        why = f" ({exc})" if shown is None or shown == url else ""
-        return f"the URL {quoted} is malformed{why}"
-    if not host:
-        return f"the URL {quoted} has no host"
-    return None
-
-
-def check_header(name: str, value: str) -> str | None:
-    """Return why a header is not acceptable, or None."""
-    if not is_token(name):
-        return f"header name {name!r} is not a valid token"
-    if _CONTROL.search(value):
-        if _BAD_VALUE.search(value):
-            return f"header {name} has a CR, LF or NUL in its value"
-        return f"header {name} has a control character in its value"
-    return None
-
-
-def parse_header(text: str) -> tuple[str, str]:
-    """Split ``'Name: value'``; raise ``ValueError`` when it is not a header."""
-    name, sep, value = text.partition(":")
-    name = name.strip()
-    if not sep or not name:
-        raise ValueError(f"expected 'Name: value', got {text!r}")
-    problem = check_header(name, value.strip())
-    if problem:
-        raise ValueError(problem)
-    return name, value.strip()
-
-
-def merge_headers(*layers: Iterable[tuple[str, _V]]) -> list[tuple[str, _V]]:
-    """Merge header layers, lowest first: a later layer replaces a name (any case)."""
-    merged: dict[str, tuple[str, _V]] = {}
-    for layer in layers:
-        for name, value in layer:
-            merged[name.lower()] = (name, value)
-    return list(merged.values())
-
-
-# --------------------------------------------------------------------------- TOML
-
-
-_TOML_TABLE = re.compile(r"^(\[\[?)\s*([^\[\]]*?)\s*\]\]?\s*(?:#.*)?$")
-_TOML_DOT = re.compile(r"\s*\.\s*")
-
-
-def _toml_key(text: str) -> str:
-    return ".".join(part.strip("\"'") for part in _TOML_DOT.split(text.strip()))
-
-
-def _toml_lines(text: str) -> dict[str, int]:
-    """Map ``section.key`` (and ``key``) to the line that sets it, best effort.
-
-    The n-th ``[[setup]]`` table is ``setup.<n>`` (from 0); text inside multi-line
-    strings is not read as keys.
-    """
-    lines: dict[str, int] = {}
-    section = ""
-    setup_index = -1
-    in_string: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if in_string is not None:
-            if line.count(in_string) % 2:
-                in_string = None
-            continue
-        table = _TOML_TABLE.match(line)
-        if table:
-            section = _toml_key(table.group(2))
-            if table.group(1) == "[[" and section == "setup":
-                setup_index += 1
-                section = f"setup.{setup_index}"
-            elif section.startswith("setup.") and setup_index >= 0:
-                section = f"setup.{setup_index}.{section[len('setup.') :]}"
-            lines.setdefault(section, number)
-        elif "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            key = _toml_key(key)
-            lines.setdefault(f"{section}.{key}" if section else key, number)
-            for quotes in ('"""', "'''"):
-                if value.count(quotes) % 2:
-                    in_string = quotes
-    return lines
-
-
-def _line_of(lines: Mapping[str, int], key: str) -> int:
-    """The line that sets ``key``, else its nearest enclosing table's line, else 1."""
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key.rpartition(".")[0]
-    return 1
-
-
-def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    import tomllib  # only a job with a sidecar pays for the import
-
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise JobError([Problem(str(path), 1, f"cannot read the config: {exc.strerror}")]) from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise JobError([Problem(str(path), line, "the config is not valid UTF-8")]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = _TOML_LINE.search(str(exc))
-        line = int(match.group(1)) if match else 1
-        message = str(exc).split(" (at ")[0]
-        raise JobError([Problem(str(path), line, f"invalid TOML: {message}")]) from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise JobError([Problem(str(path), 1, "invalid TOML: nested too deeply")]) from None
-    return data, _toml_lines(text)
-
-
-def _string_table(
-    value: object, where: str, problems: list[Problem], file: str, line: int
-) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        problems.append(Problem(file, line, f"{where} must be a table of strings"))
-        return ()
-    pairs = []
-    for key, item in value.items():
-        if not isinstance(item, str):
-            problems.append(Problem(file, line, f"{where}.{key} must be a string"))
-            continue
-        pairs.append((str(key), item))
-    return tuple(pairs)
-
-
-def load_spec(path: Path) -> JobSpec:
-    """Read and check a sidecar TOML; raise ``JobError`` listing every problem."""
-    data, lines = _read_toml(path)
-    file = str(path)
-    problems: list[Problem] = []
-    for key in data:
-        if key not in _TOP_KEYS:
-            hint = _close_match(key, _TOP_KEYS)
-            problems.append(Problem(file, _line_of(lines, key), f"unknown key {key!r}{hint}"))
-    strings: dict[str, str | None] = {}
-    for key in ("url", "method", "out"):
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            problems.append(Problem(file, _line_of(lines, key), f"{key} must be a string"))
-            value = None
-        strings[key] = value
-    method = strings["method"]
-    if method is not None and not is_token(method):
-        problems.append(Problem(file, _line_of(lines, "method"), f"method {method!r} is not valid"))
-    headers = _spec_headers(data, file, lines, problems)
-    fetch = _fetch_table(data.get("fetch", {}), file, lines, problems)
-    setup = _load_setup(data.get("setup", []), file, lines, problems)
-    crawl = _crawl_table(data.get("crawl"), file, lines, problems)
-    if problems:
-        raise JobError(problems)
-    return JobSpec(
-        source=path,
-        url=strings["url"],
-        method=method.upper() if method else None,
-        out=strings["out"],
-        headers=headers,
-        fetch=fetch,
-        setup=setup,
-        crawl=crawl,
-        lines=lines,
-    )
-
-
-def _spec_headers(
-    data: Mapping[str, Any], file: str, lines: Mapping[str, int], problems: list[Problem]
-) -> tuple[tuple[str, str], ...]:
-    if "headers" not in data:
-        return ()
-    headers = _string_table(data["headers"], "headers", problems, file, _line_of(lines, "headers"))
-    for name, value in headers:
-        problem = check_header(name, value)
-        if problem:
-            problems.append(Problem(file, _line_of(lines, f"headers.{name}"), problem))
-    return headers
-
-
-def _fetch_table(
-    fetch: object, file: str, lines: Mapping[str, int], problems: list[Problem]
-) -> dict[str, Any]:
-    if not isinstance(fetch, dict):
-        problems.append(Problem(file, _line_of(lines, "fetch"), "[fetch] must be a table"))
-        return {}
-    for key, value in fetch.items():
-        line = _line_of(lines, f"fetch.{key}")
-        check = TUNABLE.get(key)
-        if check is None:
-            hint = _close_match(key, TUNABLE)
-            problems.append(Problem(file, line, f"unknown key fetch.{key}{hint}"))
-            continue
-        try:
-            check(value)
-        except ValueError as exc:
-            problems.append(Problem(file, line, f"fetch.{key}: {exc}"))
-    return dict(fetch)
-
-
-def _crawl_table(
-    crawl: object, file: str, lines: Mapping[str, int], problems: list[Problem]
-) -> dict[str, Any] | None:
-    """The ``[crawl]`` table, its keys checked (``CrawlSettings.parse`` checks values)."""
-    if crawl is None:
-        return None
-    if not isinstance(crawl, dict):
-        problems.append(Problem(file, _line_of(lines, "crawl"), "[crawl] must be a table"))
-        return None
-    for key in crawl:
-        if key not in CRAWL_KEYS:
-            hint = _close_match(key, CRAWL_KEYS)
-            line = _line_of(lines, f"crawl.{key}")
-            problems.append(Problem(file, line, f"unknown key crawl.{key}{hint}"))
-    return crawl
-
-
-def _load_setup(
-    entries: object, file: str, lines: Mapping[str, int], problems: list[Problem]
-) -> tuple[SetupSpec, ...]:
-    if not isinstance(entries, list):
-        problems.append(Problem(file, _line_of(lines, "setup"), "setup must be [[setup]] tables"))
-        return ()
-    specs = []
-    for index, entry in enumerate(entries):
-        line = _line_of(lines, f"setup.{index}")
-        if not isinstance(entry, dict):
-            problems.append(Problem(file, line, "each [[setup]] must be a table"))
-            continue
-        for key in entry:
-            if key not in _SETUP_KEYS:
-                key_line = lines.get(f"setup.{index}.{key}", line)
-                problems.append(Problem(file, key_line, f"unknown key setup.{key}"))
-        url, method, body = entry.get("url"), entry.get("method", "GET"), entry.get("body")
-        if not isinstance(url, str):
-            problems.append(Problem(file, line, "a [[setup]] request needs a url string"))
-            continue
-        if not isinstance(method, str) or not is_token(method):
-            problems.append(Problem(file, line, f"setup method {method!r} is not valid"))
-            continue
-        if body is not None and not isinstance(body, str):
-            problems.append(Problem(file, line, "setup body must be a string"))
-            continue
-        headers = _string_table(entry.get("headers", {}), "setup.headers", problems, file, line)
-        form = None
-        if "form" in entry:
-            form = _string_table(entry["form"], "setup.form", problems, file, line)
-        specs.append(
-            SetupSpec(
-                line=line, method=method.upper(), url=url, headers=headers, form=form, body=body
-            )
-        )
-    return tuple(specs)
-
-
-def _close_match(key: str, choices: Iterable[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(key, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-# --------------------------------------------------------------------------- rows
-
-
-def _lines(stream: BinaryIO) -> Iterator[tuple[int, str | None]]:
-    """Yield ``(line number, text with its line ending)``; text is None if not UTF-8.
-
-    Splits on LF, CRLF and a lone CR, one physical line at a time.
-    """
-    number = 0
-    for raw in stream:
-        pieces = [raw]
-        if b"\r" in raw and (raw.count(b"\r") > 1 or not raw.endswith(b"\r\n")):
-            pieces = [p for p in _LONE_CR.split(raw) if p]
-        for piece in pieces:
-            number += 1
-            try:
-                text = piece.decode("utf-8")
-            except UnicodeDecodeError:
-                yield number, None
-                continue
-            if number == 1 and text.startswith("\ufeff"):
-                text = text[1:]
-            yield number, text
-
-
-class _Row:
-    """One row's values before rendering, with its line and any problem so far."""
-
-    __slots__ = ("headers", "line", "problem", "values")
-
-    def __init__(
-        self,
-        line: int,
-        values: dict[str, str],
-        headers: list[tuple[str, str]] | None = None,
-        problem: str | None = None,
-    ) -> None:
-        self.line = line
-        self.values = values
-        self.headers = headers or []
-        self.problem = problem
 
 
 class Job:
@@ -606,75 +205,22 @@ class Job:
 
     # -- reading --------------------------------------------------------------------
 
-    def _rows(self) -> Iterator[_Row]:
+    def _rows(self) -> Iterator[Row]:
         try:
             stream = self.path.open("rb")
         except OSError as exc:
             raise JobError([Problem(self.file, 1, f"cannot read: {exc.strerror}")]) from None
         with stream:
             if self.format == "csv":
-                yield from self._csv_rows(stream)
+                yield from csv_rows(stream)
             elif self.format == "jsonl":
-                yield from self._jsonl_rows(stream)
+                yield from jsonl_rows(stream)
             else:
-                yield from self._txt_rows(stream)
-
-    def _txt_rows(self, stream: BinaryIO) -> Iterator[_Row]:
-        for number, text in _lines(stream):
-            if text is None:
-                yield _Row(number, {}, problem="the line is not valid UTF-8")
-                continue
-            url = text.strip()
-            if url and not url.startswith("#"):
-                yield _Row(number, {"url": url})
-
-    def _jsonl_rows(self, stream: BinaryIO) -> Iterator[_Row]:
-        for number, text in _lines(stream):
-            if text is None:
-                yield _Row(number, {}, problem="the line is not valid UTF-8")
-                continue
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                message = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deep"
-                yield _Row(number, {}, problem=f"invalid JSON: {message}")
-                continue
-            yield _json_row(number, data)
-
-    def _csv_rows(self, stream: BinaryIO) -> Iterator[_Row]:
-        columns: list[str] | None = None
-        header_columns: list[tuple[int, str]] = []  # (index, name) of each header:<Name>
-        for row_start, fields, problem in _csv_records(stream):
-            if fields is None:
-                yield _Row(row_start, {}, problem=problem)
-                continue
-            if columns is None:
-                columns = [name.strip() for name in fields]
-                header_columns = [
-                    (index, name[len(HEADER_PREFIX) :].strip())
-                    for index, name in enumerate(columns)
-                    if name.lower().startswith(HEADER_PREFIX)
-                ]
-                continue
-            if len(fields) > len(columns):
-                yield _Row(
-                    row_start,
-                    {},
-                    problem=f"the row has {len(fields)} fields, the header {len(columns)}",
-                )
-                continue
-            if len(fields) < len(columns):
-                fields += [""] * (len(columns) - len(fields))
-            values = dict(zip(columns, fields, strict=True))
-            values.pop("", None)  # a column with no name is no variable
-            headers = [(name, fields[index]) for index, name in header_columns if fields[index]]
-            yield _Row(row_start, values, headers)
+                yield from txt_rows(stream)
 
     # -- rendering ------------------------------------------------------------------
 
-    def _render(self, row: _Row) -> Request:
+    def _render(self, row: Row) -> Request:
         values = row.values
         method = (values.get("method") or self.spec.method or "GET").upper()
         if row.problem:
@@ -810,78 +356,7 @@ def _redact_password(url: str) -> str:
     return f"{scheme}//{user}:{REDACTED}@{rest[len(userinfo) + 1 :]}"
 
 
-def _json_row(number: int, data: object) -> _Row:
-    if not isinstance(data, dict):
-        return _Row(number, {}, problem="a JSONL line must be an object")
-    values: dict[str, str] = {}
-    headers: list[tuple[str, str]] = []
-    for key, value in data.items():
-        if key == "headers":
-            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-                return _Row(number, values, problem="headers must be an object of strings")
-            headers.extend((str(k), v) for k, v in value.items())
-            continue
-        if isinstance(value, str):
-            values[key] = value
-        elif value is None:
-            values[key] = ""
-        elif isinstance(value, bool | int | float):
-            values[key] = json.dumps(value)
-        else:
-            return _Row(number, values, problem=f"{key} must be a string, number or boolean")
-        if key.lower().startswith(HEADER_PREFIX) and values[key]:
-            headers.append((key[len(HEADER_PREFIX) :].strip(), values[key]))
-    return _Row(number, values, headers)
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _csv_records(stream: BinaryIO) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield ``(first line, fields, None)`` for each CSV record, skipping blank lines, or
-    ``(line, None, problem)`` for a record that cannot be read."""
-    lines = _lines(stream)
-    current = 0
-    bad_lines: list[int] = []
-
-    def texts() -> Iterator[str]:
-        nonlocal current
-        for number, text in lines:
-            current = number
-            if text is None:
-                bad_lines.append(number)
-                yield "\n"
-            else:
-                yield text
-
-    reader = csv.reader(texts(), strict=True)
-    start = 1
-    while True:
-        problem = None
-        try:
-            fields: list[str] = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            fields, problem = [], f"malformed CSV: {exc}"
-        line, start = start, current + 1
-        if bad_lines:
-            line, problem = bad_lines[0], "the line is not valid UTF-8"
-            bad_lines.clear()
-        if problem is not None:
-            yield line, None, problem
-        elif len(fields) > 1 or (fields and fields[0].strip()):
-            yield line, fields, None
-
-
-def _csv_columns(path: Path, file: str) -> tuple[tuple[str, ...], int]:
-    """Read the CSV header row; return its columns and its line."""
-    with path.open("rb") as stream:
-        for line, fields, problem in _csv_records(stream):
-            if fields is None:
-                raise JobError([Problem(file, line, f"the header row: {problem}")])
-            return tuple(name.strip() for name in fields), line
-    return (), 1
 
 
 def load_job(
@@ -986,7 +461,7 @@ def _load_job(
     problems += _unset_env(compiled, environment)
     columns: tuple[str, ...] = ()
     if fmt == "csv":
-        columns, header_line = _csv_columns(job_path, file)
+        columns, header_line = csv_columns(job_path, file)
         problems += _check_columns(file, header_line, columns, spec)
         if columns:
             problems += _unknown_placeholders(fmt, file, columns, compiled)

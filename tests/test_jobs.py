@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fetcher._version import __version__
+from fetcher.checks import check_url
 from fetcher.errors import JobError
-from fetcher.jobs import Job, check_url, load_job
+from fetcher.jobs import Job, load_job
 from fetcher.models import REDACTED, Request
 
 ENV = {"API_TOKEN": "tok-123", "API_USER": "ann", "API_PASSWORD": "pw-456"}
