@@ -42,7 +42,6 @@ FORMATS = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 FORMAT_NAMES = ("csv", "txt", "jsonl")
 STDIN = "-"  # the job path that means standard input
 STDIN_FILE = "<stdin>"  # what messages call it
-RESERVED_COLUMNS = frozenset({"url", "method", "body", "out", "headers"})
 DEFAULT_HEADERS = (("User-Agent", f"fetcher/{__version__}"),)
 
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
