@@ -9,7 +9,7 @@ record and does not count against ``max_pages``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.robotparser import RobotFileParser
 
 from yarl import URL
@@ -87,9 +87,9 @@ class RobotsCache:
 
     Args:
         fetch: fetches robots.txt as the run sends its rows (its headers, host slots,
-            pacers, ``--timeout``, redirects, and a stop's grace period).
+            rate limiters, ``--timeout``, redirects, and a stop's grace period).
         agent: the User-Agent token matched against the rules.
-        on_delay: called with ``(url, seconds)`` when a host asks for a Crawl-delay.
+        on_delay: awaited with ``(url, seconds)`` when a host asks for a Crawl-delay.
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class RobotsCache:
         fetch: FetchFile,
         *,
         agent: str,
-        on_delay: Callable[[str, float], None] | None = None,
+        on_delay: Callable[[str, float], Awaitable[None]] | None = None,
     ) -> None:
         self.fetch, self.agent, self.on_delay = fetch, agent, on_delay
         self._rules: dict[str, asyncio.Future[_Rules]] = {}
@@ -128,7 +128,7 @@ class RobotsCache:
             future.set_result(rules)
             delay = rules.delay(self.agent)
             if delay and self.on_delay is not None:
-                self.on_delay(origin, delay)
+                await self.on_delay(origin, delay)
             return rules
         return await asyncio.shield(future)
 

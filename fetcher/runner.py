@@ -448,10 +448,10 @@ def _source(run: Run) -> _Rows | CrawlSource:
     robots = None
     if not config.crawl.ignore_robots:
 
-        def on_delay(origin: str, seconds: float) -> None:
+        async def on_delay(origin: str, seconds: float) -> None:
             if config.host_rate is not None:
                 seconds = max(seconds, 1 / config.host_rate)
-            run.limits.set_host_delay(host_key(origin), seconds)
+            await run.limits.set_host_delay(host_key(origin), seconds)
 
         robots = RobotsCache(fetch, agent=run.job.user_agent(), on_delay=on_delay)
     frontier = Frontier(store.state / "frontier.sqlite", resume=store.resuming)
