@@ -31,6 +31,7 @@ from fetcher.models import (
     PriorCopy,
     Request,
     Response,
+    fetched_outcome,
 )
 from fetcher.request import REDIRECT_STATUSES, Chain, Exchange
 from fetcher.retry import RETRY_STATUSES, AttemptFailed, RetryPolicy, parse_retry_after
@@ -93,22 +94,22 @@ async def fetch_one(
 def _outcome(
     request: Request, fetched: _Fetched, attempts: int, elapsed_ms: int, fetched_at: str
 ) -> Outcome:
-    """The outcome of a row whose final response was fetched (or kept its copy: 304)."""
+    """The outcome of a row whose final response was fetched (or kept its copy: 304),
+    with the row's figures over all its attempts; the store's ``sink._fetched`` builds
+    the same outcome with the final attempt's figures for a row cancelled after its copy
+    was staged."""
     response = fetched.response
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.NOT_MODIFIED if fetched.not_modified else OutcomeKind.FETCHED,
-        status=response.status,
-        reason=response.reason,
-        final_url=response.final_url,
-        redirects=response.redirects,
+    return fetched_outcome(
+        request,
+        response,
+        attempts=attempts,
+        elapsed_ms=elapsed_ms,
+        fetched_at=fetched_at,
         path=fetched.path,
         meta=fetched.meta,
         size=fetched.size,
         sha256=fetched.sha256,
-        attempts=attempts,
-        elapsed_ms=elapsed_ms,
-        fetched_at=fetched_at,
+        not_modified=fetched.not_modified,
         content_type=next((v for k, v in response.headers if k.lower() == "content-type"), None),
     )
 

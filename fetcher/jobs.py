@@ -25,7 +25,7 @@ from typing import BinaryIO
 from fetcher._version import __version__
 from fetcher.checks import check_header, check_url, is_token, merge_headers, parse_header
 from fetcher.errors import JobError, TemplateError
-from fetcher.models import REDACTED, Problem, Request, same_origin
+from fetcher.models import Problem, Request, redact_userinfo, same_origin
 from fetcher.rows import HEADER_PREFIX, Row, csv_columns, csv_rows, jsonl_rows, txt_rows
 from fetcher.spec import JobSpec, load_spec
 from fetcher.templates import Rendered, Template, compile_template
@@ -182,7 +182,7 @@ class Job:
             except TemplateError as exc:
                 raise JobError([Problem(file, entry.line, f"setup: {exc}")]) from None
             sent, shown = _split_headers(merge_headers(_DEFAULT_RENDERED, headers))
-            safe_url = _redact_password(url.safe)
+            safe_url = redact_userinfo(url.safe)
             problem = check_url(url.text, safe_url)
             for name, value in sent:
                 problem = problem or check_header(name, value)
@@ -241,7 +241,7 @@ class Job:
             sent, shown = self._constant_tuple, self._constant_shown
         else:
             sent, shown = _split_headers(headers)
-        safe_url = _redact_password(url.safe)
+        safe_url = redact_userinfo(url.safe)
         problem = check_url(url.text, safe_url)
         if problem is None and method not in _COMMON_METHODS and not is_token(method):
             problem = f"method {method!r} is not valid"
@@ -340,19 +340,6 @@ def _split_headers(
     if not any(rendered.secret for _, rendered in headers):
         return sent, None
     return sent, tuple((name, rendered.safe) for name, rendered in headers)
-
-
-def _redact_password(url: str) -> str:
-    """``url`` with the password of ``scheme://user:password@host/...`` redacted."""
-    if "@" not in url:
-        return url
-    scheme, slashes, rest = url.partition("//")
-    authority_end = len(rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0])
-    userinfo, at, _ = rest[:authority_end].rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (slashes and at and colon and password) or password == REDACTED:
-        return url
-    return f"{scheme}//{user}:{REDACTED}@{rest[len(userinfo) + 1 :]}"
 
 
 # --------------------------------------------------------------------------- loading

@@ -32,14 +32,44 @@ __all__ = [
     "Response",
     "RunSummary",
     "Stored",
+    "fetched_outcome",
     "interrupted_outcome",
     "invalid_outcome",
+    "redact_userinfo",
     "same_origin",
     "skipped_outcome",
 ]
 
 REDACTED = "<redacted>"
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def redact_userinfo(url: str, *, whole: bool = False) -> str:
+    """``url`` with the secret in its userinfo replaced by ``<redacted>``.
+
+    A request URL (``scheme://user:password@host/...``, what ``whole`` False is for)
+    keeps its user name and an empty or already redacted password: only a password is
+    replaced, and the authority ends at the first ``/``, ``?`` or ``#`` (an ``@`` in the
+    path is no userinfo). A proxy URL (``[scheme://][user:password@]host[:port]``,
+    nothing after the host: ``whole`` True) has all its userinfo replaced, the user name
+    too, since both become ``Proxy-Authorization``; it ends at the last ``@``, since a
+    password may hold ``/`` or ``@``, and a URL without a scheme has one too.
+    """
+    if "@" not in url:
+        return url
+    if whole:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "", url
+        _, at, host = rest.rpartition("@")
+        return f"{scheme}{sep}{REDACTED}@{host}" if at else url
+    scheme, slashes, rest = url.partition("//")
+    authority_end = len(rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0])
+    userinfo, at, _ = rest[:authority_end].rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (slashes and at and colon and password) or password == REDACTED:
+        return url
+    return f"{scheme}//{user}:{REDACTED}@{rest[len(userinfo) + 1 :]}"
 
 
 class ErrorKind(StrEnum):
@@ -256,6 +286,46 @@ class Outcome:
     def ok(self) -> bool:
         """Fetched, not modified or skipped: every kind but ``failed``."""
         return self.kind is not OutcomeKind.FAILED
+
+
+def fetched_outcome(
+    request: Request,
+    response: Response,
+    *,
+    attempts: int,
+    elapsed_ms: int,
+    fetched_at: str,
+    path: str | None = None,
+    meta: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    not_modified: bool = False,
+    content_type: str | None = None,
+) -> Outcome:
+    """The outcome of a row whose final ``response`` was fetched (``not_modified``: a
+    304 that kept its copy), stored at ``path`` with its sidecar at ``meta``.
+
+    The engine passes the row's ``attempts``, its ``elapsed_ms`` over all of them
+    (backoff included) and the time it started, and the Content-Type the crawler reads;
+    the store, finishing a row cancelled after its copy was staged, has only the final
+    attempt's figures from ``response`` and no Content-Type.
+    """
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.NOT_MODIFIED if not_modified else OutcomeKind.FETCHED,
+        status=response.status,
+        reason=response.reason,
+        final_url=response.final_url,
+        redirects=response.redirects,
+        path=path,
+        meta=meta,
+        size=size,
+        sha256=sha256,
+        attempts=attempts,
+        elapsed_ms=elapsed_ms,
+        fetched_at=fetched_at,
+        content_type=content_type,
+    )
 
 
 def invalid_outcome(request: Request, fetched_at: str) -> Outcome:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from fetcher.models import REDACTED
+from fetcher.models import redact_userinfo
 
 __all__ = ["Proxy", "ProxyRoutes", "safe_proxy"]
 
@@ -38,12 +38,9 @@ _SEPARATORS = re.compile(r"[,\s]+")
 
 
 def safe_proxy(text: str) -> str:
-    """``text`` with any credentials in it replaced by ``<redacted>``."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    _, at, host = rest.rpartition("@")  # the last @: a password may hold / or @
-    return f"{scheme}{sep}{REDACTED}@{host}" if at else text
+    """``text`` with any credentials in it, user name and password, replaced by
+    ``<redacted>`` (``models.redact_userinfo`` for a proxy URL)."""
+    return redact_userinfo(text, whole=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ def run_record_name(run: str) -> str:
     return f"{RUNS_DIR}/{run}.json"
 
 
-# A row's path is asked for a few times while it is in flight (prior copy, sink).
+# A memo of a pure function, not state: a row's path is asked for a few times (7 µs a miss).
 _body_path = functools.lru_cache(maxsize=4096)(body_path)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import IO, TypeAlias
 
 from fetcher.errors import StoreError
-from fetcher.models import Outcome, OutcomeKind, Request, Response, Stored
+from fetcher.models import Outcome, Request, Response, Stored, fetched_outcome
 from fetcher.store import files
 from fetcher.store.layout import head_meta_path, meta_path
 from fetcher.store.records import Sidecar, validators
@@ -36,21 +36,20 @@ EnsureDir = Callable[[str], str]  # a relative path -> its absolute one, its fol
 
 
 def _fetched(request: Request, response: Response, stored: Stored | None, meta: str) -> Outcome:
-    """The fetch a staged copy is (``stored`` None: a HEAD's sidecar ``meta`` alone)."""
-    return Outcome(
-        request=request,
-        kind=OutcomeKind.FETCHED,
-        status=response.status,
-        reason=response.reason,
-        final_url=response.final_url,
-        redirects=response.redirects,
+    """The fetch a staged copy is (``stored`` None: a HEAD's sidecar ``meta`` alone),
+    for a row cancelled after its copy was staged: unlike the engine's ``fetch._outcome``
+    it has only the final attempt's figures (attempts, elapsed time, start) and no
+    Content-Type."""
+    return fetched_outcome(
+        request,
+        response,
+        attempts=response.attempts,
+        elapsed_ms=response.elapsed_ms,
+        fetched_at=response.started_at,
         path=stored.path if stored else None,
         meta=meta,
         size=stored.size if stored else None,
         sha256=stored.sha256 if stored else None,
-        attempts=response.attempts,
-        elapsed_ms=response.elapsed_ms,
-        fetched_at=response.started_at,
     )
 
 
