@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TypeVar
 
-import yarl
+from fetcher.hosts import parse_origin
 
 __all__ = ["check_header", "check_url", "is_token", "merge_headers", "parse_header"]
 
@@ -63,13 +63,12 @@ def check_url(url: str, shown: str | None = None) -> str | None:
     if not rest.startswith("//"):
         return f"the URL {quoted} has no host"
     try:
-        parsed = yarl.URL(url)
-        host, _port = parsed.host, parsed.port
-    except (ValueError, TypeError, UnicodeError) as exc:
+        found = parse_origin(url)
+    except (ValueError, TypeError) as exc:
         # yarl's words may quote a part of the URL, a secret one perhaps.
         why = f" ({exc})" if shown is None or shown == url else ""
         return f"the URL {quoted} is malformed{why}"
-    if not host:
+    if found is None:  # no host, or only dots (``http://./``)
         return f"the URL {quoted} has no host"
     return None
 

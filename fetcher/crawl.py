@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from fetcher.hosts import host_name, origin
+
 __all__ = [
     "CRAWL_KEYS",
     "CRAWL_OPTIONS",
@@ -241,7 +243,7 @@ def registrable_domain(host: str) -> str:
 
     IP addresses and single-label hosts are their own domain.
     """
-    host = host.lower().strip("[]").rstrip(".")
+    host = host_name(host)
     try:
         ipaddress.ip_address(host)
         return host
@@ -256,11 +258,13 @@ def registrable_domain(host: str) -> str:
 
 
 def in_scope(url: str, seed: str, scope: str) -> bool:
-    """True when ``url`` is within ``scope`` of the ``seed`` URL."""
+    """True when ``url`` is within ``scope`` of the ``seed`` URL (its host, ``hosts.origin``'s,
+    or its registrable domain; a URL that names no host is in no scope but ``any``)."""
     if scope == "any":
         return True
-    host = (urlsplit(url).hostname or "").lower()
-    seed_host = (urlsplit(seed).hostname or "").lower()
+    found, seed_origin = origin(url), origin(seed)
+    if found is None or seed_origin is None:
+        return False
     if scope == "host":
-        return host == seed_host
-    return registrable_domain(host) == registrable_domain(seed_host)
+        return found.host == seed_origin.host
+    return registrable_domain(found.host) == registrable_domain(seed_origin.host)

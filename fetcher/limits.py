@@ -15,6 +15,7 @@ from aiolimiter import AsyncLimiter
 from yarl import URL
 
 from fetcher.config import FetchConfig
+from fetcher.hosts import origin
 
 __all__ = ["BURST", "Limits", "Slot", "host_key", "make_limiter"]
 
@@ -42,9 +43,11 @@ def make_limiter(rate: float) -> AsyncLimiter:
 
 
 def host_key(url: str | URL) -> str:
-    """The key of a URL's host in ``Limits``: host and port."""
-    parsed = url if isinstance(url, URL) else URL(url)
-    return f"{parsed.host}:{parsed.port}"
+    """The key of a URL's host in ``Limits``: ``hosts.Origin.key``, its host and port
+    (``[::1]:8080``), so every spelling of one host shares its limits (``HTTP://Example.COM.``
+    and ``http://example.com:80``). A URL with no host (never sent) keys on itself."""
+    found = origin(url)
+    return found.key if found is not None else str(url)
 
 
 @dataclass(slots=True)

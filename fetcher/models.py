@@ -17,6 +17,8 @@ from typing import Final, Protocol
 
 from yarl import URL
 
+from fetcher.hosts import origin
+
 __all__ = [
     "REDACTED",
     "SECRET_HEADERS",
@@ -174,22 +176,13 @@ class Request:
 
 
 def same_origin(url: str | URL, other: str | URL) -> bool:
-    """Whether two URLs have one origin (RFC 6454): scheme, host and port alike, a default
-    port given or not. A request's secret headers go to its own origin only: a redirect
-    to another drops them, and so does a page or file a crawl finds on another. A URL
-    that is not absolute has no origin."""
-    origin = _origin(url)
-    return origin is not None and origin == _origin(other)
-
-
-def _origin(url: str | URL) -> tuple[str, str, int | None] | None:
-    try:
-        parsed = url if isinstance(url, URL) else URL(url)
-    except ValueError:
-        return None
-    if not parsed.absolute or parsed.host is None:
-        return None
-    return parsed.scheme, parsed.host, parsed.port
+    """Whether two URLs have one origin (RFC 6454): scheme, host and port alike, as
+    ``hosts.origin`` makes them canonical (a default port given or not, a trailing dot,
+    an internationalised name in either form). A request's secret headers go to its own
+    origin only: a redirect to another drops them, and so does a page or file a crawl
+    finds on another. A URL that names no host has no origin."""
+    found = origin(url)
+    return found is not None and found == origin(other)
 
 
 @dataclass(slots=True, kw_only=True)

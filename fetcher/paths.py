@@ -55,6 +55,8 @@ import re
 from array import array
 from urllib.parse import unquote
 
+from fetcher.hosts import authority_origin
+
 __all__ = [
     "FILE_SUFFIX",
     "FOLDER_SUFFIX",
@@ -97,7 +99,7 @@ _CAREFUL = re.compile(
     r"(?i)(?:^|/)(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\.[^/]*)?(?:/|$)|\.meta\.json(?:/|$)"
 )
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?")
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_UNKNOWN_HOST = "unknown-host"  # the folder of a URL that names no host (never sent)
 
 
 def _short_hash(text: str, length: int = 10) -> str:
@@ -188,27 +190,22 @@ def safe_relpath(path: str) -> str:
 # a run, a thread or a test could see (a job's URLs share a few hosts and folders).
 @functools.lru_cache(maxsize=1024)
 def _host(scheme: str, authority: str) -> str:
-    host = authority.rpartition("@")[2].lower()  # never the userinfo
-    port = ""
-    if host.startswith("["):
-        end = host.find("]")
-        if end > 0:
-            host, port = host[1:end], host[end + 1 :].lstrip(":")
-    elif ":" in host:
-        host, _, port = host.rpartition(":")
-    host = host.rstrip(".") or "unknown-host"
-    if port and port != _DEFAULT_PORTS.get(scheme.lower()):
-        host = f"{host}_{port}"
-    return host
+    """The folder of a URL's host: ``hosts.Origin.host``, and ``_<port>`` after it for a
+    port that is not the scheme's default (``example.com_8080``)."""
+    origin = authority_origin(scheme, authority)
+    if origin is None:
+        return _UNKNOWN_HOST
+    return origin.host if origin.default_port else f"{origin.host}_{origin.port}"
 
 
 def url_path(url: str) -> str:
     """The default relative path of a URL's body: ``<host>/<path>``, by the rules of the
     module docstring.
 
-    A port other than the scheme's default is kept as ``<host>_<port>``. Percent-escapes
-    are decoded and dot segments resolved the way a server would (``/a/%2e%2e/b.txt`` ->
-    ``b.txt``).
+    The host is named as ``fetcher.hosts`` writes it (lower case, no trailing dot, an
+    internationalised name in its ``xn--`` form), and a port other than the scheme's
+    default is kept as ``<host>_<port>``. Percent-escapes are decoded and dot segments
+    resolved the way a server would (``/a/%2e%2e/b.txt`` -> ``b.txt``).
     """
     # The common case: a plain name in a folder many URLs share. The folder is worked
     # out once, and only the name is checked (the same result, at a third of the cost).

@@ -11,7 +11,8 @@ with curl). Only http proxies are supported: an https URL goes through one with 
 ``--noproxy`` (else ``no_proxy`` / ``NO_PROXY``) lists the hosts reached directly,
 whichever proxy is set, separated by commas or spaces: ``*`` is every host; a name
 matches itself and its subdomains (``example.com`` and ``.example.com`` both match
-``www.example.com``, not ``notexample.com``); an IP address or a CIDR range
+``www.example.com``, not ``notexample.com``; ``bücher.de`` matches ``xn--bcher-kva.de``,
+as ``fetcher.hosts`` writes both); an IP address or a CIDR range
 (``10.0.0.0/8``, ``::1``) matches IP-address hosts in it.
 
 Credentials in a proxy URL (``http://user:pass@proxy:3128``) are secrets: they become
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
+from fetcher.hosts import host_name, origin
 from fetcher.models import redact_userinfo
 
 __all__ = ["Proxy", "ProxyRoutes", "safe_proxy"]
@@ -88,7 +90,7 @@ class ProxyRoutes:
         cannot be used."""
         if noproxy is None:
             _, noproxy = _variable(environ, "no_proxy")
-        bypass = tuple(pattern for pattern in _SEPARATORS.split(noproxy.lower()) if pattern)
+        bypass = tuple(_pattern(text) for text in _SEPARATORS.split(noproxy) if text)
         if proxy is not None:
             one = Proxy.parse(proxy) if proxy else None
             return cls(one, one, bypass)
@@ -102,12 +104,21 @@ class ProxyRoutes:
         proxy = self.https if url.scheme == "https" else self.http
         if proxy is None or not self.bypass:
             return proxy
-        return None if bypasses(url.raw_host or "", self.bypass) else proxy
+        found = origin(url)
+        return None if bypasses(found.host if found else "", self.bypass) else proxy
+
+
+def _pattern(text: str) -> str:
+    """A ``NO_PROXY`` pattern as ``bypasses`` compares it: a name as ``hosts.host_name``
+    writes it (``.BÜCHER.de`` -> ``.xn--bcher-kva.de``), its leading dot kept."""
+    dot = "." if text.startswith(".") else ""
+    return dot + host_name(text.lstrip("."))
 
 
 def bypasses(host: str, patterns: tuple[str, ...]) -> bool:
-    """Whether ``host`` matches one of the ``NO_PROXY`` patterns (lower case)."""
-    host = host.lower().rstrip(".").strip("[]")
+    """Whether ``host`` matches one of the ``NO_PROXY`` patterns (as ``ProxyRoutes``
+    keeps them)."""
+    host = host_name(host)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

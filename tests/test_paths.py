@@ -156,6 +156,14 @@ def test_url_path_fast_path_is_the_slow_path(
         ("http://example.com/.~fetch-1-1", "example.com/_.~fetch-1-1.body"),
         ("http://example.com/caf%C3%A9.txt", "example.com/café.txt"),
         ("http://[::1]:8080/x.txt", "__1_8080/x.txt"),
+        # One host, one folder, however the URL spells it (fetcher.hosts).
+        ("http://[0:0::1]:8080/x.txt", "__1_8080/x.txt"),
+        ("HTTP://Example.COM.:80/x.txt", "example.com/x.txt"),
+        ("http://example.com:080/x.txt", "example.com/x.txt"),
+        ("http://Bücher.DE./x.txt", "xn--bcher-kva.de/x.txt"),
+        ("http://xn--bcher-kva.de/x.txt", "xn--bcher-kva.de/x.txt"),
+        ("http://u:p@ss@example.com:8080/x.txt", "example.com_8080/x.txt"),
+        ("http://:8080/x.txt", "unknown-host/x.txt"),
         ("http://example.com/#frag", "example.com/index.html"),
         # A name that could be a file and a folder: a file always has an extension, a
         # folder has none (or .d), so the two never meet.

@@ -309,6 +309,10 @@ async def test_https_goes_through_the_proxy_with_connect_and_the_credentials_sta
         ("::1", "[::1]", True),
         ("::1", "::1/128", True),
         ("127.0.0.1", "localhost", False),
+        ("xn--bcher-kva.de", "Bücher.de", True),
+        ("www.bücher.de", ".xn--bcher-kva.de", True),
+        ("bucher.de", "bücher.de", False),
+        ("::1", "[0:0::1]", True),
         ("localhost", "127.0.0.1", False),
     ],
 )

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fetcher.hosts import authority_origin
 from fetcher.store.files import batched
 from fetcher.store.records import ManifestRecord
 
@@ -112,13 +113,16 @@ SET_END = "INSERT OR REPLACE INTO meta VALUES ('manifest_end', ?)"
 
 
 def _host_of(url: str) -> str:
+    """The ``host`` column: ``hosts.Origin.netloc`` (``example.com``, ``[::1]:8080``),
+    "" for a URL that names no host."""
     parts = url.split("/", 3)
-    return _host_of_authority(parts[2]) if len(parts) > 2 else ""
+    return _host_of_authority(parts[0], parts[2]) if len(parts) > 2 else ""
 
 
 @functools.lru_cache(maxsize=1024)  # a job's URLs share a few hosts
-def _host_of_authority(authority: str) -> str:
-    return authority.rpartition("@")[2].lower()
+def _host_of_authority(scheme: str, authority: str) -> str:
+    origin = authority_origin(scheme.rstrip(":"), authority)
+    return origin.netloc if origin is not None else ""
 
 
 def latest_row(offset: int, record: ManifestRecord) -> tuple[object, ...]:
