@@ -428,32 +428,15 @@ def _load_job(
     """``load_job`` for ``job_path`` (standard input's copy when ``stdin``) and the
     sidecar at ``spec_path``, which must exist when it was ``named``."""
     file = STDIN_FILE if stdin else str(job_path)
-    fmt = format or FORMATS.get(job_path.suffix.lower())
-    if fmt is None:
-        message = "unknown job format: use a .csv, .txt or .jsonl file, or --format"
-        raise JobError([Problem(file, 1, message)])
-    if not job_path.is_file():
-        raise JobError([Problem(file, 1, "no such job file")])
-    spec = JobSpec()
-    if spec_path is not None and named and (not spec_path.exists() or spec_path.is_dir()):
-        raise JobError([Problem(str(spec_path), 1, "no such config file")])
-    if spec_path is not None and (named or spec_path.is_file()):
-        spec = load_spec(spec_path)  # a named config may be any readable file, or a pipe
+    fmt = _job_format(job_path, file, format)
+    spec = _sidecar(spec_path, named=named)
     environment = os.environ if env is None else env
     problems: list[Problem] = []
     extra, extra_at = _option_headers(headers, problems)
     compiled = _spec_templates(spec, str(spec_path), problems)
     compiled += _option_templates(extra, extra_at, problems)
     problems += _unset_env(compiled, environment)
-    columns: tuple[str, ...] = ()
-    if fmt == "csv":
-        columns, header_line = csv_columns(job_path, file)
-        problems += _check_columns(file, header_line, columns, spec)
-        if columns:
-            problems += _unknown_placeholders(fmt, file, columns, compiled)
-    elif fmt == "txt":
-        columns = ("url",)
-        problems += _unknown_placeholders(fmt, file, columns, compiled)
+    columns = _columns(fmt, job_path, file, spec, compiled, problems)
     if problems:
         raise JobError(problems)
     return Job(
@@ -470,8 +453,54 @@ def _load_job(
     )
 
 
+def _job_format(job_path: Path, file: str, format: str | None) -> str:
+    """The job's format (``format``, else from the file's ending); the file must exist."""
+    fmt = format or FORMATS.get(job_path.suffix.lower())
+    if fmt is None:
+        message = "unknown job format: use a .csv, .txt or .jsonl file, or --format"
+        raise JobError([Problem(file, 1, message)])
+    if not job_path.is_file():
+        raise JobError([Problem(file, 1, "no such job file")])
+    return fmt
+
+
+def _sidecar(spec_path: Path | None, *, named: bool) -> JobSpec:
+    """The sidecar at ``spec_path``: it must exist when it was ``named``, else an empty
+    one stands for a missing file."""
+    if spec_path is None:
+        return JobSpec()
+    if named and (not spec_path.exists() or spec_path.is_dir()):
+        raise JobError([Problem(str(spec_path), 1, "no such config file")])
+    if named or spec_path.is_file():
+        return load_spec(spec_path)  # a named config may be any readable file, or a pipe
+    return JobSpec()
+
+
 # A template as checked: (template, where: a file or "-H", its line there, what it is).
 _Compiled = tuple[Template, str, int, str]
+
+
+def _columns(
+    fmt: str,
+    job_path: Path,
+    file: str,
+    spec: JobSpec,
+    compiled: Sequence[_Compiled],
+    problems: list[Problem],
+) -> tuple[str, ...]:
+    """The job's columns (a .jsonl job's are known per row: none), read from a CSV's
+    header row; ``problems`` gains what is wrong with them and with the placeholders
+    that name none."""
+    if fmt == "csv":
+        columns, header_line = csv_columns(job_path, file)
+        problems += _check_columns(file, header_line, columns, spec)
+        if columns:
+            problems += _unknown_placeholders(fmt, file, columns, compiled)
+        return columns
+    if fmt == "txt":
+        problems += _unknown_placeholders(fmt, file, ("url",), compiled)
+        return ("url",)
+    return ()
 
 
 def _spec_templates(spec: JobSpec, toml: str, problems: list[Problem]) -> list[_Compiled]:

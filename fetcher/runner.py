@@ -180,39 +180,22 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
-    options = _options(config)
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
-        stopper = _Stopper(config.deadline)
         progress = Progress(total=total, config=config)
-        aborted = False
-        error: str | None = None
-        try:
-            with _one_error(store.root):
-                store.start_run(summary.run, summary.started_at, options)
-                with stopper.on_signals():
-                    async with open_session(config) as session:
-                        run = Run(
-                            job=job,
-                            config=config,
-                            store=store,
-                            session=session,
-                            limits=Limits.from_config(config),
-                            summary=summary,
-                            stopper=stopper,
-                            progress=progress,
-                        )
-                        await _setup(run)
-                        await _pipeline(run)
-        except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
-            error = str(exc) or type(exc).__name__
-            raise
-        except BaseException:  # cancelled: --resume goes on
-            aborted = True
-            raise
-        finally:
-            progress.close()
-            _finish_summary(summary, started, stopper, failed=aborted or error is not None)
-            _finish_run(store, summary, options, aborted=aborted, error=error)
+        with _recorded(store, summary, config, progress, started) as stopper:
+            async with open_session(config) as session:
+                run = Run(
+                    job=job,
+                    config=config,
+                    store=store,
+                    session=session,
+                    limits=Limits.from_config(config),
+                    summary=summary,
+                    stopper=stopper,
+                    progress=progress,
+                )
+                await _setup(run)
+                await _pipeline(run)
         progress.summary(summary, store.root)
     return summary
 
@@ -229,6 +212,35 @@ class Run:
     summary: RunSummary
     stopper: _Stopper
     progress: Progress
+
+
+@contextlib.contextmanager
+def _recorded(
+    store: Store, summary: RunSummary, config: FetchConfig, progress: Progress, started: float
+) -> Iterator[_Stopper]:
+    """Record a run in ``store`` from its start to its end, and stop it on a signal or
+    at the deadline (the ``_Stopper`` it yields). At the end, however it came, the
+    summary gets its end and exit code and the run record is written: finished, aborted
+    (cancelled: ``--resume`` goes on) or the error that ended it."""
+    options = _options(config)
+    stopper = _Stopper(config.deadline)
+    aborted = False
+    error: str | None = None
+    try:
+        with _one_error(store.root):
+            store.start_run(summary.run, summary.started_at, options)
+            with stopper.on_signals():
+                yield stopper
+    except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
+        error = str(exc) or type(exc).__name__
+        raise
+    except BaseException:  # cancelled
+        aborted = True
+        raise
+    finally:
+        progress.close()
+        _finish_summary(summary, started, stopper, failed=aborted or error is not None)
+        _finish_run(store, summary, options, aborted=aborted, error=error)
 
 
 def _finish_run(
