@@ -344,7 +344,8 @@ def test_validate_counts_rows_and_keeps_the_first_problems(tmp_path: Path) -> No
 # --------------------------------------------------------------------------- URLs
 
 _host = st.lists(
-    st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True) | st.sampled_from(["", "ü", "[::1]"]),
+    st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
+    | st.sampled_from(["", "ü", "[::1]", "xn--bcher-kva", "xn--zz"]),
     min_size=1,
     max_size=4,
 ).map(".".join)
@@ -367,7 +368,8 @@ def _accepted_by_yarl(url: str) -> bool:
         return False
     try:
         parsed = yarl.URL(url)
-        return bool(parsed.host) and parsed.port is not None
+        # A host, not only dots: ``http://./`` names none (``example.com.`` is example.com).
+        return bool((parsed.raw_host or "").rstrip(".")) and parsed.port is not None
     except (ValueError, TypeError, UnicodeError):
         return False
 
