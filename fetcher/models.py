@@ -17,6 +17,8 @@ from typing import Final, Protocol
 
 from yarl import URL
 
+from fetcher.throughput import Throughput
+
 __all__ = [
     "REDACTED",
     "SECRET_HEADERS",
@@ -380,6 +382,7 @@ class RunSummary:
     bytes: int = 0
     exit_code: int = 0
     interrupted_by: int | None = None
+    throughput: Throughput = field(default_factory=Throughput)  # for the run report
 
     @property
     def total(self) -> int:
@@ -399,8 +402,9 @@ class RunSummary:
         if outcome.error is not None:
             kind = outcome.error.kind.value
             self.errors[kind] = self.errors.get(kind, 0) + 1
-        if outcome.kind is OutcomeKind.FETCHED and outcome.size:
-            self.bytes += outcome.size
+        size = outcome.size if outcome.kind is OutcomeKind.FETCHED and outcome.size else 0
+        self.bytes += size
+        self.throughput.add(size)
 
     def as_dict(self) -> dict[str, object]:
         """The summary as JSON-ready data."""
