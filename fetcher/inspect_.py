@@ -251,6 +251,11 @@ class OutputDir:
         for row in self._view.entries(failed=failed, statuses=statuses, depth=depth):
             yield Entry(**dict(zip(ENTRY_FIELDS, row, strict=True)))
 
+    def slowest(self, limit: int) -> Iterator[Entry]:
+        """The ``limit`` entries that made a request and took longest, slowest first."""
+        for row in self._view.slowest(limit):
+            yield Entry(**dict(zip(ENTRY_FIELDS, row, strict=True)))
+
     def widths(
         self,
         *,
