@@ -29,6 +29,11 @@ def duration_text(seconds: float) -> str:
     return "".join(shown[:2])
 
 
+def _percent(share: float) -> str:
+    """``0.004`` -> ``0.4%``: a share under 1% keeps a digit, one over none."""
+    return f"{100 * share:.1f}%" if 0 < share < 0.01 else f"{100 * share:.0f}%"
+
+
 def time_series(
     values: Sequence[float],
     *,
@@ -87,10 +92,10 @@ def bars(
     *,
     title: str,
     color: Callable[[str], str] = lambda name: "#0969da",
-    width: int = 360,
+    width: int = 300,
 ) -> str:
     """Horizontal bars, one per ``(name, count)``, each with its name and count."""
-    row, label_w, count_w = 22, 110, 100
+    row, label_w, count_w = 22, 96, 96
     height = max(len(items), 1) * row
     most = max((count for _, count in items), default=0) or 1
     total = sum(count for _, count in items) or 1
@@ -110,7 +115,7 @@ def bars(
             f'<rect x="{label_w}" y="{top + 4}" width="{length:.1f}" height="{row - 8}" '
             f'fill="{escape(color(name))}" rx="2"/>'
             f'<text x="{label_w + length + 5:.1f}" y="{top + 15}" fill="{_TEXT}">'
-            f"{count:,} ({100 * count / total:.0f}%)</text>"
+            f"{count:,} ({_percent(count / total)})</text>"
         )
     if not items:
         parts.append(f'<text x="{label_w}" y="15" fill="{_TEXT}">none</text>')

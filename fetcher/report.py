@@ -118,7 +118,8 @@ margin-bottom:4px}table{border-collapse:collapse;width:100%}th,td{text-align:lef
 padding:3px 8px;border-bottom:1px solid #eaeef2;vertical-align:top}th{color:#57606a;
 font-weight:600}td.n,th.n{text-align:right;white-space:nowrap}td.u{overflow-wrap:anywhere;
 font-family:ui-monospace,monospace;font-size:12px}.note{color:#57606a}
-.bad{color:#cf222e}.ok{color:#1a7f37}
+.bad{color:#cf222e}.ok{color:#1a7f37}table.urls{table-layout:fixed}
+table.urls th:nth-child(-n+2){width:80px}table.urls th:nth-child(3){width:130px}
 """
 _COLORS = {
     "fetched": "#2da44e",
@@ -176,7 +177,7 @@ def _totals(report: Report) -> str:
         _card(run.state or "-", "state", "ok" if run.state == "finished" else "bad"),
         _card("-" if total is None else f"{total:,}", "rows"),
         _card(f"{failed:,}", "failed", "bad" if failed else "ok"),
-        _card(format_bytes(run.bytes) if run.bytes is not None else "-", "fetched"),
+        _card(format_bytes(run.bytes) if run.bytes is not None else "-", "bytes fetched"),
         _card(duration_text(duration) if duration is not None else "-", "duration"),
         _card(rate, "rows/s"),
         _card("-" if run.exit_code is None else run.exit_code, "exit code"),
@@ -232,7 +233,7 @@ def _mix(report: Report) -> str:
     """Outcomes, status classes and error kinds of the run's URLs."""
     stats = report.stats
     scope = (
-        f"Of the {stats.urls} URLs whose latest outcome this run recorded "
+        f"Of the {stats.urls:,} URLs whose latest outcome this run recorded "
         f"({format_bytes(stats.bytes)} stored)."
     )
     if report.later_runs:
@@ -256,7 +257,7 @@ def _mix(report: Report) -> str:
 Cells = Iterable[tuple[object, str]]  # (value, css class): "n" a number, "u" a URL
 
 
-def _table(headers: Cells, rows: Iterable[Cells]) -> str:
+def _table(headers: Cells, rows: Iterable[Cells], css: str = "") -> str:
     """A table; each heading and cell ``(value, css class)``, the value escaped."""
     head = "".join(f'<th class="{css}">{escape(str(name))}</th>' for name, css in headers)
     body = "".join(
@@ -268,7 +269,7 @@ def _table(headers: Cells, rows: Iterable[Cells]) -> str:
         + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _ms(value: int | None) -> str:
@@ -283,7 +284,7 @@ def _latency(stats: Stats) -> str:
         latency = stats.host_latency_ms.get(host, {})
         rows.append([(host, "u"), (f"{urls:,}", "n"), *_percentile_cells(latency)])
     more = len(stats.hosts) - HOSTS
-    note = f"{stats.timed} of the URLs made a request."
+    note = f"{stats.timed:,} of the URLs made a request."
     if more > 0:
         note += f" {more} more hosts: fetch stats --json lists them."
     return (
@@ -315,7 +316,7 @@ def _entry_rows(entries: Iterable[Entry]) -> list[list[tuple[object, str]]]:
 def _slowest(report: Report) -> str:
     if not report.slowest:
         return '<h2>Slowest requests</h2><p class="note">No request was timed.</p>'
-    return "<h2>Slowest requests</h2>" + _table(_ENTRY_HEADERS, _entry_rows(report.slowest))
+    return "<h2>Slowest requests</h2>" + _table(_ENTRY_HEADERS, _entry_rows(report.slowest), "urls")
 
 
 def _failed(report: Report) -> str:
@@ -324,10 +325,10 @@ def _failed(report: Report) -> str:
         return '<h2>Failed URLs</h2><p class="note ok">None failed.</p>'
     shown = len(report.failed)
     note = (
-        f"{failed} failed; the first {shown} by URL. All of them: fetch ls {report.root} --failed"
+        f"{failed:,} failed; the first {shown} by URL. All of them: fetch ls {report.root} --failed"
         if failed > shown
         else f"{failed} failed."
     )
     return f'<h2>Failed URLs</h2><p class="note">{escape(note)}</p>' + _table(
-        _ENTRY_HEADERS, _entry_rows(report.failed)
+        _ENTRY_HEADERS, _entry_rows(report.failed), "urls"
     )
