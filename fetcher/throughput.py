@@ -50,7 +50,7 @@ class Series:
 class Throughput:
     """Counts outcomes per step of run time, from when it is made (see the module)."""
 
-    __slots__ = ("_bytes", "_clock", "_rows", "_started", "step_s")
+    __slots__ = ("_bytes", "_clock", "_rows", "_started", "_until", "step_s")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -58,20 +58,25 @@ class Throughput:
         self.step_s = 1
         self._rows: list[int] = []
         self._bytes: list[int] = []
+        self._until = self._started  # the end of the last step: later outcomes open one
 
     def add(self, size: int) -> None:
         """Count one finished row that fetched ``size`` bytes (0 for none)."""
+        if self._clock() >= self._until:  # the clock only moves on: a step ended
+            self._open_step()
+        self._rows[-1] += 1
+        self._bytes[-1] += size
+
+    def _open_step(self) -> None:
+        """Make the step the clock is in the last one (coarsening past ``MAX_STEPS``)."""
         at = int(self._clock() - self._started) // self.step_s
         while at >= MAX_STEPS:
             self._coarsen()
             at //= 2
-        rows = self._rows
-        if at >= len(rows):
-            grow = [0] * (at + 1 - len(rows))
-            rows.extend(grow)
-            self._bytes.extend(grow)
-        rows[at] += 1
-        self._bytes[at] += size
+        grow = [0] * (at + 1 - len(self._rows))
+        self._rows.extend(grow)
+        self._bytes.extend(grow)
+        self._until = self._started + (at + 1) * self.step_s
 
     def _coarsen(self) -> None:
         """Merge neighbouring steps: half as many, each twice as long."""
