@@ -444,7 +444,7 @@ def stats_lines(root: Path, stats: Stats) -> list[str]:
     if run is not None:
         duration = run.duration_s
         facts += [
-            ("last run", run.run),
+            ("run" if stats.run else "last run", run.run),
             ("  state", run.state or "-"),
             ("  started", run.started_at or "-"),
             ("  duration", f"{duration} s" if duration is not None else "-"),
