@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from html import escape
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.report_state import RUN, generate
+from fetcher.charts import duration_text
 from fetcher.config import FetchConfig
 from fetcher.models import RunSummary
 from fetcher.progress import Progress
@@ -263,3 +266,57 @@ def test_series_from_a_bad_record_is_none() -> None:
         {**good, "rows": [1, "2"]},
     ):
         assert Series.from_json(bad) is None, bad
+
+
+def test_durations_read_as_a_person_says_them() -> None:
+    cases = {0.384: "0.384s", 9.5: "9.5s", 42.4: "42s", 75: "1m15s", 3600: "1h", 3725: "1h2m"}
+    assert {seconds: duration_text(seconds) for seconds in cases} == cases
+    assert duration_text(7 * 24 * 3600) == "168h"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An output directory written directly (``benchmarks/report_state.py``): 3,000 rows
+    on 25 hosts, no index; then a run with a name that is no file name, and a run that
+    was killed (its record still says ``running``, its pid gone)."""
+    out = tmp_path_factory.mktemp("made") / "out"
+    generate(out, 3000, hosts=25)
+    for run, state, started in (
+        ("../away", "finished", "2026-02"),
+        ("killed", "running", "2026-03"),
+    ):
+        record = {"run": run, "started_at": started, "state": state, "pid": 2**22 + 1}
+        record["host"] = socket.gethostname()
+        (out / "runs" / f"{run.strip('./')}.json").write_text(json.dumps(record))
+    return out
+
+
+def test_a_written_directory_reports_its_hosts_and_its_killed_run(made: Path) -> None:
+    first = _json("report", made, "--json", "--run", RUN)
+    assert first["urls"] == 3000
+    assert len(first["hosts"]) == len(first["host_latency_ms"]) == 25
+    assert sum(first["outcomes"].values()) == 3000
+    assert sum(first["series"]["rows"]) == 3000
+    page = made / "first.html"
+    assert run_fetch("report", made, "--run", RUN, "-o", page).exit_code == 0
+    assert "5 more hosts: fetch stats --json lists them." in page.read_text()
+    assert "fetch ls" in page.read_text()  # more failed URLs than it lists
+    assert "Later runs fetched some of its URLs again" in page.read_text()
+    killed = run_fetch("report", made)  # the last run: killed, nothing recorded
+    assert killed.exit_code == 0, killed.stderr
+    shown = (made / "runs" / "killed.html").read_text()
+    assert ">crashed<" in shown
+    assert "No time series for this run: the run has not finished (or was killed)." in shown
+    assert "None failed." in shown
+    assert "No request was timed." in shown
+    human = run_fetch("stats", made, "--run", "killed").stdout.splitlines()
+    assert human[-5].split() == ["run", "killed"]
+    assert human[-4].split() == ["state", "crashed"]
+
+
+def test_a_run_whose_name_is_no_file_name_needs_o(made: Path) -> None:
+    refused = run_fetch("report", made, "--run", "../away")
+    assert refused.exit_code == 2
+    assert "cannot name a file: give -o FILE" in refused.stderr
+    assert not (made.parent / "away.html").exists()
+    assert run_fetch("report", made, "--run", "../away", "-o", made / "away.html").exit_code == 0
