@@ -382,7 +382,7 @@ class RunSummary:
     bytes: int = 0
     exit_code: int = 0
     interrupted_by: int | None = None
-    throughput: Throughput = field(default_factory=Throughput)  # for the run report
+    throughput: Throughput = field(default_factory=Throughput)  # rows sent, per second
 
     @property
     def total(self) -> int:
@@ -404,7 +404,8 @@ class RunSummary:
             self.errors[kind] = self.errors.get(kind, 0) + 1
         size = outcome.size if outcome.kind is OutcomeKind.FETCHED and outcome.size else 0
         self.bytes += size
-        self.throughput.add(size)
+        if outcome.kind is not OutcomeKind.SKIPPED:  # a skip sent nothing: not in the series
+            self.throughput.add(size)
 
     def as_dict(self) -> dict[str, object]:
         """The summary as JSON-ready data."""

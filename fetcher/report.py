@@ -196,18 +196,20 @@ def _totals(report: Report) -> str:
 
 def _series(report: Report) -> str:
     series = report.record.series
-    if series is None or not series.rows:
+    if series is None:
         why = (
             "the run has not finished (or was killed)"
             if report.record.state in ("running", "crashed")
             else "its record was written by a fetch that kept none"
         )
         return f'<h2>Over time</h2><p class="note">No time series for this run: {why}.</p>'
+    if not series.rows:
+        return '<h2>Over time</h2><p class="note">No row of this run sent a request.</p>'
     step = series.step_s
     rows = time_series(
         [n / step for n in series.rows],
         step_s=step,
-        title="rows finished per second",
+        title="rows fetched or failed per second",
         label=_rate_text,
     )
     sizes = time_series(
@@ -219,7 +221,8 @@ def _series(report: Report) -> str:
     )
     each = f"each step {step} s" if step > 1 else "per second"
     return (
-        f'<h2>Over time</h2><p class="note">Rows finished and bytes fetched, {each}.</p>'
+        f'<h2>Over time</h2><p class="note">Rows fetched or failed and bytes fetched, {each} '
+        "(rows skipped count in the totals, not here).</p>"
         f'<div class="row"><figure><figcaption>rows/s</figcaption>{rows}</figure>'
         f"<figure><figcaption>bytes/s</figcaption>{sizes}</figure></div>"
     )

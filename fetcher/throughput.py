@@ -1,11 +1,14 @@
 """Rows finished and bytes fetched per step of run time: what a run report draws.
 
 ``Throughput`` counts each outcome into the step of run time it finished in, one step
-a second to begin with. Memory is bounded: past ``MAX_STEPS`` steps, neighbouring
-steps merge and the step doubles (1 s, 2 s, 4 s ...), so a run keeps at most
-``MAX_STEPS`` pairs of integers however long it goes: a week (604,800 s) ends with
-steps of 512 s, 1,182 of them. A chart a page wide shows no more points than that.
-``Series`` is what the run record keeps.
+a second to begin with (``RunSummary`` gives it the rows that sent a request: not the
+skipped ones, which would pile up in the first seconds of a ``--resume``).
+
+Memory is bounded: past ``MAX_STEPS`` steps, neighbouring steps merge and the step
+doubles (1 s, 2 s, 4 s ...), so a run keeps at most ``MAX_STEPS`` pairs of integers
+however long it goes: a week (604,800 s) ends with steps of 512 s, 1,182 of them. A
+chart a page wide shows no more points than that. ``Series`` is what the run record
+keeps.
 """
 
 from __future__ import annotations

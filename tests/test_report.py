@@ -28,7 +28,7 @@ from tests.support import items_app, manifest_records, run_fetch, serve_in_threa
 HOSTILE = "/items/7?q=<script>alert('x')</script>&say=\"hi\""
 
 
-def _runs(out: Path) -> list[dict[str, object]]:
+def _runs(out: Path) -> list[dict[str, Any]]:
     records = [json.loads(path.read_text()) for path in (out / "runs").glob("*.json")]
     return sorted(records, key=lambda record: str(record["started_at"]))
 
@@ -148,10 +148,28 @@ def test_series_sums_to_the_runs_totals(output: tuple[Path, str]) -> None:
         series = Series.from_json(run["series"])
         assert series is not None
         assert series.step_s == 1
-        assert sum(series.rows) == run["total"]
+        assert sum(series.rows) == run["total"] - run["outcomes"].get("skipped", 0)
         assert sum(series.bytes) == run["bytes"]
     text = (out / "runs" / f"{_runs(out)[0]['run']}.json").read_text()
     assert re.search(r'\n    "rows": \[\d+(,\d+)*\],\n', text)  # one line, not one per number
+
+
+def test_skipped_rows_are_not_in_the_series(tmp_path: Path) -> None:
+    with serve_in_thread(items_app()) as server:
+        job = tmp_path / "job.txt"
+        job.write_text("".join(server.at(f"/items/{n}") + "\n" for n in range(1, 4)))
+        out = tmp_path / "out"
+        assert run_fetch("run", job, "-o", out, "-q").exit_code == 0
+        job.write_text("".join(server.at(f"/items/{n}") + "\n" for n in range(1, 6)))
+        assert run_fetch("run", job, "-o", out, "-q", "--skip-existing").exit_code == 0
+        assert run_fetch("run", job, "-o", out, "-q", "--skip-existing").exit_code == 0
+    first, second, third = _runs(out)
+    assert sum(first["series"]["rows"]) == 3
+    assert second["outcomes"] == {"fetched": 2, "skipped": 3}
+    assert sum(second["series"]["rows"]) == 2
+    assert third["series"]["rows"] == []
+    page = (out / "runs" / f"{third['run']}.html").read_text()
+    assert "No row of this run sent a request." in page
 
 
 def test_a_record_without_a_series_still_reports(output: tuple[Path, str], tmp_path: Path) -> None:
