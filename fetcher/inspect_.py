@@ -424,7 +424,8 @@ def table(title: str, counts: dict[str, int], *, limit: int | None = None) -> li
 
 def stats_lines(root: Path, stats: Stats) -> list[str]:
     """``fetch stats`` in aligned columns."""
-    lines = [f"{root}: {stats.urls} URLs (the latest outcome of each)", ""]
+    scope = f", recorded by run {stats.run}" if stats.run else ""
+    lines = [f"{root}: {stats.urls} URLs (the latest outcome of each{scope})", ""]
     lines += [*table("outcome", stats.outcomes), ""]
     lines += [*table("status", stats.statuses), ""]
     if stats.errors:

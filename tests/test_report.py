@@ -18,6 +18,7 @@ import pytest
 from benchmarks.report_state import RUN, generate
 from fetcher.charts import duration_text
 from fetcher.config import FetchConfig
+from fetcher.inspect_ import OutputDir
 from fetcher.models import RunSummary
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
@@ -198,6 +199,10 @@ def test_bad_directories_and_runs_are_refused(output: tuple[Path, str], tmp_path
     assert "no run 'nope'" in unknown.stderr
     assert str(_runs(out)[-1]["run"]) in unknown.stderr
     assert run_fetch("stats", out, "--run", "nope").exit_code == 2
+    with OutputDir(out, run="x' OR run != '") as scoped:  # a literal, not SQL
+        assert list(scoped.entries()) == []
+    with OutputDir(out, run=str(_runs(out)[-1]["run"])) as scoped:
+        assert len(list(scoped.entries())) == 4
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "manifest.jsonl").write_text("")
@@ -328,6 +333,7 @@ def test_a_written_directory_reports_its_hosts_and_its_killed_run(made: Path) ->
     assert "None failed." in shown
     assert "No request was timed." in shown
     human = run_fetch("stats", made, "--run", "killed").stdout.splitlines()
+    assert human[0] == f"{made}: 0 URLs (the latest outcome of each, recorded by run killed)"
     assert human[-5].split() == ["run", "killed"]
     assert human[-4].split() == ["state", "crashed"]
 
