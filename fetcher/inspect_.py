@@ -225,6 +225,8 @@ class OutputDir:
         return self._view.indexed
 
     def __enter__(self) -> OutputDir:
+        if self.run is not None:
+            self.run_record()  # no such run: refused before the URLs are read
         try:
             self._view.__enter__()
         except sqlite3.Error as exc:

@@ -62,17 +62,17 @@ def build_report(root: Path, *, run: str | None = None) -> Report:
     Raises ``UsageError`` when ``root`` is no output directory, has no run recorded, or
     no such run.
     """
-    with OutputDir(root) as out:
-        runs = [record.run for record in out.runs()] if run is None else None
-    if runs is not None and not runs:
-        raise UsageError(f"{root} has no run recorded (no {RUNS_DIR}/*.json)")
-    with OutputDir(root, run=run or (runs or [""])[-1]) as out:
+    if run is None:
+        runs = OutputDir(root).runs()  # the records alone: no view of the URLs yet
+        if not runs:
+            raise UsageError(f"{root} has no run recorded (no {RUNS_DIR}/*.json)")
+        run = runs[-1].run
+    with OutputDir(root, run=run) as out:  # refuses an unknown run before reading URLs
         record = out.run_record()
         stats = out.stats()
         slowest = tuple(out.slowest(SLOWEST))
         failed = tuple(itertools.islice(out.entries(failed=True), FAILED))
-        names = [other.run for other in out.runs()]
-    later = names.index(record.run) < len(names) - 1 if record.run in names else False
+        later = out.runs()[-1].run != record.run
     return Report(
         root=root, stats=stats, record=record, slowest=slowest, failed=failed, later_runs=later
     )

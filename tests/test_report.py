@@ -22,6 +22,7 @@ from fetcher.inspect_ import OutputDir
 from fetcher.models import RunSummary
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
+from fetcher.store.view import IndexView
 from fetcher.throughput import MAX_STEPS, Series, Throughput
 from tests.support import items_app, manifest_records, run_fetch, serve_in_thread
 
@@ -199,8 +200,9 @@ def test_bad_directories_and_runs_are_refused(output: tuple[Path, str], tmp_path
     assert "no run 'nope'" in unknown.stderr
     assert str(_runs(out)[-1]["run"]) in unknown.stderr
     assert run_fetch("stats", out, "--run", "nope").exit_code == 2
-    with OutputDir(out, run="x' OR run != '") as scoped:  # a literal, not SQL
-        assert list(scoped.entries()) == []
+    index = out / ".fetch" / "index.sqlite"
+    with IndexView(out / "manifest.jsonl", index, run="x' OR run != '") as view:
+        assert list(view.entries()) == []  # the run is a literal, not SQL
     with OutputDir(out, run=str(_runs(out)[-1]["run"])) as scoped:
         assert len(list(scoped.entries())) == 4
     bare = tmp_path / "bare"
