@@ -23,7 +23,7 @@ from typing import Any
 from fetcher.errors import StoreError, UsageError
 from fetcher.store.files import read_json
 from fetcher.store.layout import INDEX, LOCK, MANIFEST, RUNS_DIR, STATE_DIR, meta_path
-from fetcher.store.records import ManifestRecord, Sidecar
+from fetcher.store.records import ManifestRecord, Sidecar, read_records
 from fetcher.store.runs import RunRecord, read_runs
 from fetcher.store.view import ENTRY_FIELDS, TALLY_FIELDS, IndexView
 from fetcher.units import format_bytes
@@ -252,6 +252,15 @@ class OutputDir:
         or-ed."""
         for row in self._view.entries(failed=failed, statuses=statuses, depth=depth):
             yield Entry(**dict(zip(ENTRY_FIELDS, row, strict=True)))
+
+    def run_lines(self) -> Iterator[ManifestRecord]:
+        """Every manifest record ``run`` wrote, in order (not only the latest of each
+        URL), read from where the index says the run starts."""
+        if self.run is None:
+            return
+        for _, record in read_records(self.manifest, start=self._view.run_start(self.run)):
+            if record.run == self.run:
+                yield record
 
     def slowest(self, limit: int) -> Iterator[Entry]:
         """The ``limit`` entries that made a request and took longest, slowest first."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from html import escape
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from fetcher.errors import FetcherError, UsageError
 from fetcher.inspect_ import PERCENTILES, Entry, OutputDir, Stats
 from fetcher.store.files import write_atomic
 from fetcher.store.layout import RUNS_DIR
+from fetcher.store.records import ManifestRecord
 from fetcher.store.runs import RunRecord
+from fetcher.throughput import Series
 from fetcher.units import format_bytes
 
 __all__ = ["Report", "build_report", "default_path", "render", "write_report", "write_run_report"]
@@ -40,6 +43,7 @@ class Report:
     root: Path
     stats: Stats
     record: RunRecord
+    series: Series | None  # the record's, or derived from the manifest's times
     slowest: tuple[Entry, ...]
     failed: tuple[Entry, ...]
     later_runs: bool  # runs after it may have fetched some of its URLs again
@@ -47,10 +51,9 @@ class Report:
     def as_dict(self) -> dict[str, object]:
         """``fetch stats --run RUN --json``'s object, plus ``series``, ``slowest`` and
         ``failed``."""
-        series = self.record.series
         return {
             **self.stats.as_dict(),
-            "series": series.to_json() if series else None,
+            "series": self.series.to_json() if self.series else None,
             "slowest": [entry.as_dict() for entry in self.slowest],
             "failed": [entry.as_dict() for entry in self.failed],
         }
@@ -73,9 +76,43 @@ def build_report(root: Path, *, run: str | None = None) -> Report:
         slowest = tuple(out.slowest(SLOWEST))
         failed = tuple(itertools.islice(out.entries(failed=True), FAILED))
         later = out.runs()[-1].run != record.run
+        series = record.series or _derived_series(out, record)
     return Report(
-        root=root, stats=stats, record=record, slowest=slowest, failed=failed, later_runs=later
+        root=root,
+        stats=stats,
+        record=record,
+        series=series,
+        slowest=slowest,
+        failed=failed,
+        later_runs=later,
     )
+
+
+def _derived_series(out: OutputDir, record: RunRecord) -> Series | None:
+    """The series of a run whose record keeps none (it was killed, or written before
+    runs kept one), from its manifest lines: each row sent finished ``elapsed_ms`` after
+    its ``fetched_at``. None when the record gives no start."""
+    try:
+        started = _seconds(record.started_at or "")
+    except ValueError:
+        return None
+    return Series.of(_finished(out.run_lines(), started))
+
+
+def _finished(lines: Iterable[ManifestRecord], started: float) -> Iterator[tuple[float, int]]:
+    """When each row sent finished (seconds after ``started``) and the bytes it fetched."""
+    for line in lines:
+        if line.outcome == "skipped" or not line.fetched_at:
+            continue
+        try:
+            at = _seconds(line.fetched_at) + (line.elapsed_ms or 0) / 1000 - started
+        except ValueError:
+            continue
+        yield at, (line.size or 0) if line.outcome == "fetched" else 0
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def default_path(root: Path, run: str) -> Path:
@@ -195,14 +232,9 @@ def _totals(report: Report) -> str:
 
 
 def _series(report: Report) -> str:
-    series = report.record.series
+    series = report.series
     if series is None:
-        why = (
-            "the run has not finished (or was killed)"
-            if report.record.state in ("running", "crashed")
-            else "its record was written by a fetch that kept none"
-        )
-        return f'<h2>Over time</h2><p class="note">No time series for this run: {why}.</p>'
+        return '<h2>Over time</h2><p class="note">No time series: no start in the run record.</p>'
     if not series.rows:
         return '<h2>Over time</h2><p class="note">No row of this run sent a request.</p>'
     step = series.step_s
@@ -220,9 +252,15 @@ def _series(report: Report) -> str:
         color="#8250df",
     )
     each = f"each step {step} s" if step > 1 else "per second"
+    derived = (
+        ""
+        if report.record.series
+        else " Its record keeps no series (the run was killed, or an older fetch wrote "
+        "it): these come from the times in the manifest."
+    )
     return (
         f'<h2>Over time</h2><p class="note">Rows fetched or failed and bytes fetched, {each} '
-        "(rows skipped count in the totals, not here).</p>"
+        f"(rows skipped count in the totals, not here).{derived}</p>"
         f'<div class="row"><figure><figcaption>rows/s</figcaption>{rows}</figure>'
         f"<figure><figcaption>bytes/s</figcaption>{sizes}</figure></div>"
     )

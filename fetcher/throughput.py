@@ -14,7 +14,7 @@ keeps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,34 @@ class Series:
         if not all(isinstance(n, int) and n >= 0 for n in (*rows, *sizes)):
             return None
         return cls(step_s=step, rows=tuple(rows), bytes=tuple(sizes))
+
+    @classmethod
+    def of(cls, finished: Iterable[tuple[float, int]]) -> Series:
+        """The series of rows that finished ``(seconds after the start, bytes)``, in any
+        order (what a run record that keeps none is given from its manifest lines).
+        Memory is bounded as ``Throughput``'s: past ``MAX_STEPS`` steps they merge."""
+        step = 1
+        steps: dict[int, list[int]] = {}  # step -> [rows, bytes]
+        for at, size in finished:
+            key = max(int(at), 0) // step
+            while key >= MAX_STEPS:
+                step, key = step * 2, key // 2
+                merged: dict[int, list[int]] = {}
+                for old, (count, total) in steps.items():
+                    into = merged.setdefault(old // 2, [0, 0])
+                    into[0] += count
+                    into[1] += total
+                steps = merged
+            counts = steps.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += size
+        empty = [0, 0]
+        length = max(steps, default=-1) + 1
+        return cls(
+            step_s=step,
+            rows=tuple(steps.get(i, empty)[0] for i in range(length)),
+            bytes=tuple(steps.get(i, empty)[1] for i in range(length)),
+        )
 
 
 class Throughput:

@@ -174,20 +174,41 @@ def test_skipped_rows_are_not_in_the_series(tmp_path: Path) -> None:
     assert "No row of this run sent a request." in page
 
 
-def test_a_record_without_a_series_still_reports(output: tuple[Path, str], tmp_path: Path) -> None:
+def test_a_record_without_a_series_reports_one_from_the_manifest(
+    output: tuple[Path, str], tmp_path: Path
+) -> None:
     out, _ = output
     copy = tmp_path / "old"
     shutil.copytree(out, copy)
+    kept = {}
     for path in (copy / "runs").glob("*.json"):
         record = json.loads(path.read_text())
-        del record["series"]
+        kept[record["run"]] = record.pop("series")
         path.write_text(json.dumps(record))
-    report = _json("report", copy, "--json")
-    assert report["series"] is None
+    for index in (True, False):  # where the run starts, by the index; or read it all
+        if not index:
+            shutil.rmtree(copy / ".fetch")
+        for run, record in ((r["run"], r) for r in _runs(copy)):
+            derived = _json("report", copy, "--json", "--run", run)["series"]
+            assert derived["step_s"] == 1
+            assert sum(derived["rows"]) == sum(kept[run]["rows"]) == record["total"]
+            assert sum(derived["bytes"]) == sum(kept[run]["bytes"]) == record["bytes"]
     assert run_fetch("report", copy).exit_code == 0
-    page = (copy / "runs" / f"{report['run']}.html").read_text()
-    assert "No time series for this run" in page
-    assert page.count("<svg") == 3
+    page = (copy / "runs" / f"{_runs(copy)[-1]['run']}.html").read_text()
+    assert "Its record keeps no series" in page
+    assert page.count("<svg") == 5
+
+
+def test_a_series_from_times_in_any_order_is_bounded() -> None:
+    times = [(at, 1) for at in (3.5, 0.2, 1.9, 0.0, -0.5, 1.0)]
+    assert Series.of(times) == Series(step_s=1, rows=(3, 2, 0, 1), bytes=(3, 2, 0, 1))
+    week = [(float(at), 2) for at in range(7 * 24 * 3600, 0, -45)]  # latest first
+    series = Series.of(week)
+    assert series.step_s == 512
+    assert len(series.rows) <= MAX_STEPS
+    assert sum(series.rows) == len(week)
+    assert sum(series.bytes) == 2 * len(week)
+    assert Series.of([]) == Series(step_s=1, rows=(), bytes=())
 
 
 def test_bad_directories_and_runs_are_refused(output: tuple[Path, str], tmp_path: Path) -> None:
@@ -307,8 +328,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("made") / "out"
     generate(out, 3000, hosts=25)
     for run, state, started in (
-        ("../away", "finished", "2026-02"),
-        ("killed", "running", "2026-03"),
+        ("../away", "finished", "2026-02-01T00:00:00.000Z"),
+        ("killed", "running", "2026-03-01T00:00:00.000Z"),
     ):
         record = {"run": run, "started_at": started, "state": state, "pid": 2**22 + 1}
         record["host"] = socket.gethostname()
@@ -331,7 +352,7 @@ def test_a_written_directory_reports_its_hosts_and_its_killed_run(made: Path) ->
     assert killed.exit_code == 0, killed.stderr
     shown = (made / "runs" / "killed.html").read_text()
     assert ">crashed<" in shown
-    assert "No time series for this run: the run has not finished (or was killed)." in shown
+    assert "No row of this run sent a request." in shown  # none is in the manifest
     assert "None failed." in shown
     assert "No request was timed." in shown
     human = run_fetch("stats", made, "--run", "killed").stdout.splitlines()

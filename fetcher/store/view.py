@@ -207,6 +207,16 @@ class IndexView:
         ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
+    def run_start(self, run: str) -> int:
+        """The manifest offset where ``run``'s records start, by the index (0 without
+        one, or when it does not know)."""
+        if not self.indexed:
+            return 0
+        row = self.db.execute(
+            "SELECT manifest_start FROM idx.runs WHERE run = ?", (run,)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     def tally(self) -> list[tuple[Any, ...]]:
         """The entries counted in one scan, a row (fields ``TALLY_FIELDS``) for each
         combination of outcome, status class, error, host, depth and timed found."""
