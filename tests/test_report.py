@@ -3,11 +3,16 @@ number by number), its escaping, and the series the run record keeps for it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import pty
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from html import escape
 from pathlib import Path
@@ -367,3 +372,25 @@ def test_a_run_whose_name_is_no_file_name_needs_o(made: Path) -> None:
     assert "cannot name a file: give -o FILE" in refused.stderr
     assert not (made.parent / "away.html").exists()
     assert run_fetch("report", made, "--run", "../away", "-o", made / "away.html").exit_code == 0
+
+
+def test_fetch_run_names_its_report_when_stderr_is_a_terminal(tmp_path: Path) -> None:
+    with serve_in_thread(items_app()) as server:
+        job = tmp_path / "job.txt"
+        job.write_text(server.at("/items/1") + "\n")
+        out = tmp_path / "out"
+        primary, secondary = pty.openpty()
+        command: list[str | Path] = [sys.executable, "-m", "fetcher", "run", job, "-o", out]
+        command.append("--no-progress")  # the live line is drawn on a terminal too
+        with subprocess.Popen(command, stderr=secondary, stdout=subprocess.DEVNULL) as child:
+            os.close(secondary)
+            said = b""
+            with contextlib.suppress(OSError):  # EIO once the child has closed its end
+                while chunk := os.read(primary, 4096):
+                    said += chunk
+        os.close(primary)
+    assert child.returncode == 0
+    (report,) = (out / "runs").glob("*.html")
+    (line,) = said.decode().splitlines()
+    assert line.startswith("fetch: 1 rows (1 fetched)")
+    assert line.endswith(f"; exit 0; report {report}")
