@@ -275,7 +275,7 @@ def _run_job(job: Job, config: FetchConfig) -> RunSummary | None:
             dry_run(job, config, out=sys.stdout)
         return None
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(run_batch(job, config))
+        return runner.run(run_batch(job, config, report=True))
 
 
 @contextlib.contextmanager
@@ -379,18 +379,20 @@ def show(directory: Path, url: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("directory", type=_DIRECTORY)
+@click.option("--run", metavar="RUN", help="Only the URLs whose latest outcome RUN recorded.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def stats(directory: Path, as_json: bool) -> None:
+def stats(directory: Path, run: str | None, as_json: bool) -> None:
     """Counts, bytes, latency percentiles and the last run.
 
     Counts per outcome, status class, error kind and host are of the latest outcome of
-    each URL; latency percentiles (p50, p90, p99) of those that made a request.
-    Read-only.
+    each URL; latency percentiles (p50, p90, p99) of those that made a request. With
+    --run, of the URLs whose latest outcome that run recorded, and that run's record
+    in place of the last. Read-only.
     """
     from fetcher.inspect_ import OutputDir, stats_lines
 
     try:
-        with OutputDir(directory) as out:
+        with OutputDir(directory, run=run) as out:
             result = out.stats()
     except FetcherError as exc:
         _fail(exc)
@@ -399,6 +401,36 @@ def stats(directory: Path, as_json: bool) -> None:
         _echo_lines([json.dumps(result.as_dict())])
     else:
         _echo_lines(stats_lines(directory, result))
+
+
+@main.command()
+@click.argument("directory", type=_DIRECTORY)
+@click.option("--run", metavar="RUN", help="The run to report [default: the last].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the page here [default: DIR/runs/<run>.html].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON; write no page.")
+def report(directory: Path, run: str | None, output: Path | None, as_json: bool) -> None:
+    """Write a run's report: one HTML page, viewable offline.
+
+    Totals, rows and bytes per second, outcomes, status classes and error kinds,
+    latency per host, the slowest and the failed URLs. Its figures are those of
+    fetch stats --run RUN. Prints the page's path. Read-only but for the page.
+    """
+    from fetcher.report import build_report, write_report
+
+    try:
+        if as_json:
+            _echo_lines([json.dumps(build_report(directory, run=run).as_dict())])
+            return
+        click.echo(write_report(directory, run=run, path=output))
+    except FetcherError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(FetcherError(f"cannot write the report: {exc}"))
 
 
 @main.command()

@@ -23,9 +23,9 @@ from typing import Any
 from fetcher.errors import StoreError, UsageError
 from fetcher.store.files import read_json
 from fetcher.store.layout import INDEX, LOCK, MANIFEST, RUNS_DIR, STATE_DIR, meta_path
-from fetcher.store.records import ManifestRecord, Sidecar
+from fetcher.store.records import ManifestRecord, Sidecar, read_records
 from fetcher.store.runs import RunRecord, read_runs
-from fetcher.store.view import ENTRY_FIELDS, IndexView
+from fetcher.store.view import ENTRY_FIELDS, TALLY_FIELDS, IndexView
 from fetcher.units import format_bytes
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 PERCENTILES = (50, 90, 99)
+_COUNTED = ("outcome", "status_class", "error", "host", "depth")  # what stats counts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,8 +118,10 @@ class Found:
 
 @dataclass(slots=True, kw_only=True)
 class Stats:
-    """Counts over the latest outcome of each URL, and the last run."""
+    """Counts over the latest outcome of each URL (with ``run``: of those whose latest
+    outcome that run recorded), and the last run (or that run)."""
 
+    run: str | None = None
     urls: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
@@ -127,11 +130,13 @@ class Stats:
     depths: dict[str, int] = field(default_factory=dict)  # crawl mode: pages per depth
     bytes: int = 0
     latency_ms: dict[str, int | None] = field(default_factory=dict)
+    host_latency_ms: dict[str, dict[str, int | None]] = field(default_factory=dict)
     timed: int = 0
     last_run: RunRecord | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "run": self.run,
             "urls": self.urls,
             "outcomes": self.outcomes,
             "statuses": self.statuses,
@@ -140,6 +145,8 @@ class Stats:
             "depths": self.depths,
             "bytes": self.bytes,
             "latency_ms": self.latency_ms,
+            "host_latency_ms": self.host_latency_ms,
+            "timed": self.timed,
             "last_run": _without_options(self.last_run),
         }
 
@@ -149,7 +156,42 @@ def _without_options(run: RunRecord | None) -> dict[str, Any] | None:
         return None
     data = run.to_json()
     del data["options"]
+    data.pop("series", None)  # fetch report draws it
     return data
+
+
+def _by_key(counts: dict[Any, int]) -> dict[str, int]:
+    """Counts keyed by name (numbers in numeric order)."""
+    return {str(key): counts[key] for key in sorted(counts)}
+
+
+def _rank(percentile: int, count: int) -> int:
+    """The nearest rank of a percentile among ``count`` values (1-based)."""
+    return max(1, -(-percentile * count // 100))
+
+
+def _percentiles(
+    by_latency: Iterable[tuple[str | None, int]], timed: int, per_host: dict[str, int]
+) -> tuple[dict[str, int | None], dict[str, dict[str, int | None]]]:
+    """The latency percentiles (nearest rank) of all rows and of each host's, from
+    the rows in order of latency: ``timed`` rows in all, ``per_host`` of each host."""
+    overall: dict[str, int | None] = {f"p{p}": None for p in PERCENTILES}
+    hosts = {host: dict(overall) for host in per_host}
+    wanted: dict[str | None, dict[int, list[str]]] = {None: {}}
+    for host, count in [(None, timed), *per_host.items()]:
+        ranks = wanted.setdefault(host, {})
+        for p in PERCENTILES:
+            if count:
+                ranks.setdefault(_rank(p, count), []).append(f"p{p}")
+    overall_ranks, seen = wanted[None], dict.fromkeys(per_host, 0)
+    for at, (host, elapsed) in enumerate(by_latency, 1):
+        for name in overall_ranks.get(at, ()):
+            overall[name] = elapsed
+        if host in seen:
+            seen[host] += 1
+            for name in wanted[host].get(seen[host], ()):
+                hosts[host][name] = elapsed
+    return overall, hosts
 
 
 def parse_status(text: str) -> tuple[int, int]:
@@ -169,12 +211,13 @@ class OutputDir:
     Raises ``UsageError`` when ``root`` holds no manifest.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, run: str | None = None) -> None:
         self.root = root
         self.manifest = root / MANIFEST
         if not self.manifest.is_file():
             raise UsageError(f"{root} is not an output directory of fetch (no {MANIFEST})")
-        self._view = IndexView(self.manifest, root / STATE_DIR / INDEX)
+        self.run = run  # when set, the queries see only the URLs it left as latest
+        self._view = IndexView(self.manifest, root / STATE_DIR / INDEX, run=run)
 
     @property
     def indexed(self) -> bool:
@@ -182,6 +225,8 @@ class OutputDir:
         return self._view.indexed
 
     def __enter__(self) -> OutputDir:
+        if self.run is not None:
+            self.run_record()  # no such run: refused before the URLs are read
         try:
             self._view.__enter__()
         except sqlite3.Error as exc:
@@ -206,6 +251,20 @@ class OutputDir:
         """The latest outcome of each URL, ordered by URL; filters are and-ed, statuses
         or-ed."""
         for row in self._view.entries(failed=failed, statuses=statuses, depth=depth):
+            yield Entry(**dict(zip(ENTRY_FIELDS, row, strict=True)))
+
+    def run_lines(self) -> Iterator[ManifestRecord]:
+        """Every manifest record ``run`` wrote, in order (not only the latest of each
+        URL), read from where the index says the run starts."""
+        if self.run is None:
+            return
+        for _, record in read_records(self.manifest, start=self._view.run_start(self.run)):
+            if record.run == self.run:
+                yield record
+
+    def slowest(self, limit: int) -> Iterator[Entry]:
+        """The ``limit`` entries that made a request and took longest, slowest first."""
+        for row in self._view.slowest(limit):
             yield Entry(**dict(zip(ENTRY_FIELDS, row, strict=True)))
 
     def widths(
@@ -244,31 +303,60 @@ class OutputDir:
         return Copy(path=row[0], method=method, run=row[1], fetched_at=row[2]) if row else None
 
     def stats(self) -> Stats:
-        """Counts per outcome, status class, error kind and host, bytes stored, latency
-        percentiles (of the rows that made a request), and the last run."""
-        view = self._view
-        stats = Stats()
-        stats.urls = view.count()
-        stats.outcomes = view.counts("outcome")
-        stats.statuses = {f"{key}xx": count for key, count in view.counts("status").items()}
-        stats.errors = view.counts("error")
-        stats.hosts = view.counts("host", by_count=True)
-        stats.depths = view.counts("depth")
-        stats.bytes = view.stored_bytes()
-        stats.timed, stats.latency_ms = view.latencies(PERCENTILES)
-        stats.last_run = self.last_run()
+        """Counts per outcome, status class, error kind, host and depth, bytes stored,
+        latency percentiles (of the rows that made a request), overall and per host,
+        and the last run (with ``run``: that run's record). One scan counts, one sorted
+        scan finds the percentiles."""
+        stats = Stats(run=self.run)
+        counts: dict[str, dict[Any, int]] = {name: {} for name in _COUNTED}
+        timed: dict[str, int] = {}
+        for row in self._view.tally():
+            group = dict(zip(TALLY_FIELDS, row, strict=True))
+            urls = group["urls"]
+            stats.urls += urls
+            stats.bytes += group["bytes"]
+            for name, by in counts.items():
+                if (key := group[name]) is not None:
+                    by[key] = by.get(key, 0) + urls
+            if group["timed"]:
+                stats.timed += urls
+                host = group["host"] or ""
+                timed[host] = timed.get(host, 0) + urls
+        stats.outcomes = _by_key(counts["outcome"])
+        stats.statuses = {f"{key}xx": n for key, n in _by_key(counts["status_class"]).items()}
+        stats.errors = _by_key(counts["error"])
+        stats.hosts = dict(sorted(_by_key(counts["host"]).items(), key=lambda kv: -kv[1]))
+        stats.depths = _by_key(counts["depth"])
+        stats.latency_ms, stats.host_latency_ms = _percentiles(
+            self._view.by_latency(), stats.timed, {host: timed.get(host, 0) for host in stats.hosts}
+        )
+        stats.last_run = self.run_record() if self.run else self.last_run()
         return stats
 
     def last_run(self) -> RunRecord | None:
         """The record of the latest run (``runs/<run>.json``); its state is ``crashed``
         when it says ``running`` but its process is gone."""
         runs = read_runs(self.root / RUNS_DIR)
-        if not runs:
-            return None
-        last = runs[-1]
-        if last.state == "running" and self._gone(last):
-            last = dataclasses.replace(last, state="crashed")
-        return last
+        return self._checked(runs[-1]) if runs else None
+
+    def runs(self) -> list[RunRecord]:
+        """The records of the directory's runs, oldest first."""
+        return [self._checked(run) for run in read_runs(self.root / RUNS_DIR)]
+
+    def run_record(self) -> RunRecord:
+        """The record of ``run``; raise ``UsageError`` naming the runs there are when
+        the directory holds no such run."""
+        runs = read_runs(self.root / RUNS_DIR)
+        for record in runs:
+            if record.run == self.run:
+                return self._checked(record)
+        known = ", ".join(record.run for record in runs[-5:]) or "none"
+        raise UsageError(f"{self.root} has no run {self.run!r} (the last runs: {known})")
+
+    def _checked(self, run: RunRecord) -> RunRecord:
+        if run.state == "running" and self._gone(run):
+            return dataclasses.replace(run, state="crashed")
+        return run
 
     def _gone(self, run: RunRecord) -> bool:
         """True when the process of a run recorded as running is known to be gone: the
@@ -347,7 +435,8 @@ def table(title: str, counts: dict[str, int], *, limit: int | None = None) -> li
 
 def stats_lines(root: Path, stats: Stats) -> list[str]:
     """``fetch stats`` in aligned columns."""
-    lines = [f"{root}: {stats.urls} URLs (the latest outcome of each)", ""]
+    scope = f", recorded by run {stats.run}" if stats.run else ""
+    lines = [f"{root}: {stats.urls} URLs (the latest outcome of each{scope})", ""]
     lines += [*table("outcome", stats.outcomes), ""]
     lines += [*table("status", stats.statuses), ""]
     if stats.errors:
@@ -367,7 +456,7 @@ def stats_lines(root: Path, stats: Stats) -> list[str]:
     if run is not None:
         duration = run.duration_s
         facts += [
-            ("last run", run.run),
+            ("run" if stats.run else "last run", run.run),
             ("  state", run.state or "-"),
             ("  started", run.started_at or "-"),
             ("  duration", f"{duration} s" if duration is not None else "-"),

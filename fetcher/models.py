@@ -18,6 +18,7 @@ from typing import Final, Protocol
 from yarl import URL
 
 from fetcher.hosts import origin
+from fetcher.throughput import Throughput
 
 __all__ = [
     "REDACTED",
@@ -373,6 +374,7 @@ class RunSummary:
     bytes: int = 0
     exit_code: int = 0
     interrupted_by: int | None = None
+    throughput: Throughput = field(default_factory=Throughput)  # rows sent, per second
 
     @property
     def total(self) -> int:
@@ -392,8 +394,10 @@ class RunSummary:
         if outcome.error is not None:
             kind = outcome.error.kind.value
             self.errors[kind] = self.errors.get(kind, 0) + 1
-        if outcome.kind is OutcomeKind.FETCHED and outcome.size:
-            self.bytes += outcome.size
+        size = outcome.size if outcome.kind is OutcomeKind.FETCHED and outcome.size else 0
+        self.bytes += size
+        if outcome.kind is not OutcomeKind.SKIPPED:  # a skip sent nothing: not in the series
+            self.throughput.add(size)
 
     def as_dict(self) -> dict[str, object]:
         """The summary as JSON-ready data."""

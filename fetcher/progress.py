@@ -71,9 +71,15 @@ class Progress:
             self._clear()
             self.stream.flush()
 
-    def summary(self, summary: RunSummary, root: Path) -> None:
-        """Print the run's one summary line; with ``-q``, one line only when rows failed
-        (a cron job mails stderr: exit 1 alone gives no clue), saying where to look."""
+    def warn(self, message: str) -> None:
+        """Print a warning (unless ``-q``)."""
+        if self.verbosity:
+            print(f"fetch: warning: {message}", file=self.stream)
+
+    def summary(self, summary: RunSummary, root: Path, *, report: Path | None = None) -> None:
+        """Print the run's one summary line, ending with the path of its ``report``
+        when stderr is a terminal; with ``-q``, one line only when rows failed (a cron
+        job mails stderr: exit 1 alone gives no clue), saying where to look."""
         if self.verbosity == 0:
             if summary.failed:
                 print(
@@ -84,8 +90,9 @@ class Progress:
             return
         counts = ", ".join(f"{count} {name}" for name, count in sorted(summary.outcomes.items()))
         rate = summary.total / summary.duration_s if summary.duration_s else 0.0
+        shown = f"; report {report}" if report is not None and self.stream.isatty() else ""
         print(
             f"fetch: {summary.total} rows ({counts or 'none'}); {format_bytes(summary.bytes)} "
-            f"in {summary.duration_s:.1f}s ({rate:.0f}/s); exit {summary.exit_code}",
+            f"in {summary.duration_s:.1f}s ({rate:.0f}/s); exit {summary.exit_code}{shown}",
             file=self.stream,
         )

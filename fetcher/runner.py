@@ -48,6 +48,7 @@ from fetcher.models import (
 )
 from fetcher.paths import PathCollisions, meta_path
 from fetcher.progress import Progress
+from fetcher.report import write_run_report
 from fetcher.request import fetch_file, send_setup
 from fetcher.retry import RetryPolicy
 from fetcher.session import check_cookie_jar, open_session, proxy_routes
@@ -161,7 +162,9 @@ def _options(config: FetchConfig) -> dict[str, object]:
     return options
 
 
-async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
+async def run_batch(
+    job: Job, config: FetchConfig | None = None, *, report: bool = False
+) -> RunSummary:
     """Run a job: validate it, then fetch every row into the output directory.
 
     Args:
@@ -169,6 +172,8 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
         config: the run's options, taken as they are; by default ``configure(job)``:
             the job's ``[fetch]`` and ``[crawl]`` tables over the defaults, as
             ``fetch run`` takes them (``configure(job, options)`` adds flags on top).
+        report: write the run's report, ``runs/<run>.html`` (``fetch report``), when
+            it ends (``fetch run`` does; a failure to is a warning).
 
     Returns the run's ``RunSummary``; its ``exit_code`` is 0 when every row is ok, 1
     when some failed, 128 + the signal number when a signal stopped the run.
@@ -196,7 +201,8 @@ async def run_batch(job: Job, config: FetchConfig | None = None) -> RunSummary:
                 )
                 await _setup(run)
                 await _pipeline(run)
-        progress.summary(summary, store.root)
+        shown = write_run_report(store.root, summary.run, progress.warn) if report else None
+        progress.summary(summary, store.root, report=shown)
     return summary
 
 

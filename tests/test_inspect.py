@@ -179,7 +179,7 @@ def test_stats_agree_with_the_manifest(output: tuple[Path, str]) -> None:
     assert {key: stats[key] for key in expected_stats(out)} == expected_stats(out)
     assert stats["hosts"] == {base.removeprefix("http://"): 15}
     last = stats["last_run"]
-    runs = [json.loads(p.read_text()) for p in (out / "runs").iterdir()]
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     assert last["run"] == max(runs, key=lambda run: run["started_at"])["run"]
     assert last["exit_code"] == 0
     assert last["outcomes"] == {"fetched": 3, "skipped": 3}

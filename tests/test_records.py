@@ -147,7 +147,7 @@ def test_run_records_round_trip(tmp_path: Path) -> None:
     summary.ended_at = "2026-01-01T00:00:01Z"
     ended = RunRecord.ended(summary, state="finished", error=None, resumed=True, options={})
     data = ended.to_json()
-    assert list(data) == [*summary.as_dict(), "state", "resumed", "options"]
+    assert list(data) == [*summary.as_dict(), "state", "resumed", "options", "series"]
     assert {key: data[key] for key in summary.as_dict()} == summary.as_dict()
     folder = tmp_path / "runs"
     folder.mkdir()

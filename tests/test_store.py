@@ -121,7 +121,8 @@ def test_every_row_has_one_record_and_every_ok_file_matches(
         "meta", "size", "sha256", "attempts", "elapsed_ms", "fetched_at", "error",
     }  # fmt: skip
     assert all(set(record) == fields for record in records)
-    assert {p.name for p in (workdir / "out/runs").iterdir()} == {f"{run}.json" for run in runs}
+    records_and_reports = {f"{run}.{ending}" for run in runs for ending in ("json", "html")}
+    assert {p.name for p in (workdir / "out/runs").iterdir()} == records_and_reports
     assert not (workdir / "out/.fetch/tmp").exists()
     leftovers = [p for p in files_under(workdir / "out") if ".~" in p or p.endswith(".tmp")]
     assert leftovers == []

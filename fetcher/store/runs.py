@@ -20,6 +20,7 @@ from fetcher.store.files import overwrite, read_json, write_atomic
 from fetcher.store.index import Index
 from fetcher.store.layout import MANIFEST, run_record_name
 from fetcher.store.records import int_or_none, mapping_or_empty, read_records, str_or_none
+from fetcher.throughput import Series
 
 __all__ = ["FinishedRows", "RunRecord", "mark_crashed", "read_runs", "write_run"]
 
@@ -40,7 +41,8 @@ _TOTALS = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunRecord:
     """``runs/<run>.json``: a run's start (state ``running``, its pid and host) and,
-    once it ends, its totals and final state."""
+    once it ends, its totals, final state and ``series`` (rows and bytes per step of
+    its time; records written before fetch kept it have none)."""
 
     run: str
     started_at: str | None = None
@@ -59,6 +61,7 @@ class RunRecord:
     host: str | None = None
     options: Mapping[str, object] = field(default_factory=dict)
     crashed: bool | None = None  # True: it never finished (killed), found by the next run
+    series: Series | None = None
 
     @classmethod
     def ended(
@@ -72,7 +75,8 @@ class RunRecord:
     ) -> RunRecord:
         """The record of a run that ended, from its summary."""
         data = {**summary.as_dict(), "state": state, "error": error, "resumed": resumed}
-        return replace(cls.from_json(data) or cls(run=summary.run), options=options)
+        record = cls.from_json(data) or cls(run=summary.run)
+        return replace(record, options=options, series=summary.throughput.series())
 
     def to_json(self) -> dict[str, Any]:
         """The record as written: the totals once the run has ended (``total`` is set),
@@ -89,11 +93,23 @@ class RunRecord:
         data["options"] = dict(self.options)
         if self.crashed:
             data["crashed"] = True
+        if self.series is not None:
+            data["series"] = self.series.to_json()
         return data
 
     def to_bytes(self) -> builtins.bytes:
-        """The record file's bytes (indented: a person reads it)."""
-        return json.dumps(self.to_json(), indent=2).encode() + b"\n"
+        """The record file's bytes: indented (a person reads it), but the series's
+        lists on one line each, not a line per number."""
+        data = self.to_json()
+        series = data.pop("series", None)
+        text = json.dumps(data, indent=2)
+        if series is not None:
+            lines = ",\n".join(
+                f'    "{name}": {json.dumps(value, separators=(",", ":"))}'
+                for name, value in series.items()
+            )
+            text = f'{text[:-2]},\n  "series": {{\n{lines}\n  }}\n}}'
+        return text.encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord | None:
@@ -120,6 +136,7 @@ class RunRecord:
             host=str_or_none(get("host")),
             options=mapping_or_empty(get("options")),
             crashed=True if get("crashed") else None,
+            series=Series.from_json(get("series")),
         )
 
 

@@ -11,7 +11,6 @@ directory holds, and every listing streams.
 from __future__ import annotations
 
 import contextlib
-import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from fetcher.store.files import batched
 from fetcher.store.index import BUSY_MS, LATEST_SCHEMA, SCHEMA_VERSION, latest_row, latest_upsert
 from fetcher.store.records import read_records
 
-__all__ = ["ENTRY_FIELDS", "IndexView"]
+__all__ = ["ENTRY_FIELDS", "TALLY_FIELDS", "IndexView"]
 
 # What a row of ``entries`` says: a skipped row describes the copy it kept (its status,
 # when it was fetched); ``fetched_at`` is when the stored body was fetched.
@@ -48,25 +47,26 @@ ENTRY_FIELDS = (
 _BATCH = 10_000
 # The rows whose latency counts: those that made a request.
 _TIMED = (
-    "FROM entries WHERE elapsed_ms IS NOT NULL AND (outcome IN "
-    "('fetched', 'not_modified') OR (outcome = 'failed' "
-    "AND error NOT IN ('invalid', 'interrupted')))"
+    "elapsed_ms IS NOT NULL AND (outcome IN ('fetched', 'not_modified') "
+    "OR (outcome = 'failed' AND error NOT IN ('invalid', 'interrupted')))"
 )
-_COUNTED = {  # what ``counts`` can count, and which rows have it
-    "outcome": ("outcome", "outcome IS NOT NULL"),
-    "status": ("status / 100", "status IS NOT NULL"),
-    "error": ("error", "error IS NOT NULL"),
-    "host": ("host", "host IS NOT NULL"),
-    "depth": ("depth", "depth IS NOT NULL"),
-}
+# What one scan of the entries counts (``tally``): the rows per outcome, status class,
+# error kind, host, depth and whether they are timed, and the bytes their bodies keep.
+TALLY_FIELDS = ("outcome", "status_class", "error", "host", "depth", "timed", "urls", "bytes")
+_TALLY = (
+    f"SELECT outcome, status / 100, error, host, depth, CASE WHEN {_TIMED} THEN 1 ELSE 0 END, "
+    "count(*), coalesce(sum(CASE WHEN outcome != 'failed' AND path IS NOT NULL "
+    "THEN size END), 0) FROM entries GROUP BY 1, 2, 3, 4, 5, 6"
+)
 
 
 class IndexView:
     """The latest record of each URL in the output directory whose manifest and index
     are given; use ``with IndexView(manifest, index) as view``."""
 
-    def __init__(self, manifest: Path, index: Path) -> None:
+    def __init__(self, manifest: Path, index: Path, *, run: str | None = None) -> None:
         self.manifest, self.index = manifest, index
+        self.run = run  # when set: only the URLs whose latest record this run wrote
         self._db: sqlite3.Connection | None = None
         self.indexed = False  # True when the run's index was used
 
@@ -80,7 +80,10 @@ class IndexView:
             upsert = latest_upsert("tail")
             for batch in batched(read_records(self.manifest, start=start), _BATCH):
                 db.executemany(upsert, [latest_row(offset, record) for offset, record in batch])
-            db.execute(f"CREATE TEMP VIEW entries AS {self._source()}")
+            source = self._source()
+            if self.run is not None:
+                source = f"SELECT * FROM ({source}) WHERE run = {_quoted(self.run)}"
+            db.execute(f"CREATE TEMP VIEW entries AS {source}")
         except BaseException:
             self.close()
             raise
@@ -204,44 +207,40 @@ class IndexView:
         ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
-    def count(self) -> int:
-        """The number of URLs."""
-        return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
+    def run_start(self, run: str) -> int:
+        """The manifest offset where ``run``'s records start, by the index (0 without
+        one, or when it does not know)."""
+        if not self.indexed:
+            return 0
+        row = self.db.execute(
+            "SELECT manifest_start FROM idx.runs WHERE run = ?", (run,)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
-    def counts(self, what: str, *, by_count: bool = False) -> dict[str, int]:
-        """The URLs per ``outcome``, ``status`` (class: ``4`` for 4xx), ``error``,
-        ``host`` or ``depth``; by name, or by count (most first) when ``by_count``."""
-        key, where = _COUNTED[what]
-        order = "count(*) DESC, 1" if by_count else "1"
-        rows = self.db.execute(
-            f"SELECT {key}, count(*) FROM entries WHERE {where} GROUP BY 1 ORDER BY {order}"
-        ).fetchall()
-        return {str(name): count for name, count in rows}
+    def tally(self) -> list[tuple[Any, ...]]:
+        """The entries counted in one scan, a row (fields ``TALLY_FIELDS``) for each
+        combination of outcome, status class, error, host, depth and timed found."""
+        return self.db.execute(_TALLY).fetchall()
 
-    def stored_bytes(self) -> int:
-        """The size of the bodies the latest records keep."""
-        return int(
-            self.db.execute(
-                "SELECT coalesce(sum(size), 0) FROM entries "
-                "WHERE outcome != 'failed' AND path IS NOT NULL"
-            ).fetchone()[0]
+    def by_latency(self) -> Iterator[tuple[str | None, int]]:
+        """The host and latency of each row that made a request, fastest first."""
+        yield from self.db.execute(
+            f"SELECT host, elapsed_ms FROM entries WHERE {_TIMED} ORDER BY elapsed_ms"
         )
 
-    def latencies(self, percentiles: Sequence[int]) -> tuple[int, dict[str, int | None]]:
-        """The number of rows that made a request, and their latency percentiles
-        (nearest rank, ``p50``...)."""
-        timed = int(self.db.execute(f"SELECT count(*) {_TIMED}").fetchone()[0])
-        values: dict[str, int | None] = {}
-        for p in percentiles:
-            value = None
-            if timed:
-                rank = max(1, math.ceil(p / 100 * timed))
-                value = self.db.execute(
-                    f"SELECT elapsed_ms {_TIMED} ORDER BY elapsed_ms LIMIT 1 OFFSET ?",
-                    (rank - 1,),
-                ).fetchone()[0]
-            values[f"p{p}"] = value
-        return timed, values
+    def slowest(self, limit: int) -> list[tuple[Any, ...]]:
+        """The ``limit`` rows that made a request and took longest (fields
+        ``ENTRY_FIELDS``), slowest first."""
+        return self.db.execute(
+            f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE {_TIMED} "
+            "ORDER BY elapsed_ms DESC, url LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an SQL string literal (a view takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _filters(

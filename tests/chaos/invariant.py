@@ -343,7 +343,7 @@ def _check_tree(
     odd_state = sorted(p for p in state if p.split("/")[1] not in STATE_FILES)
     if odd_state:
         problems.append(f"unexpected files in .fetch: {odd_state[:5]}")
-    run_records = {f"runs/{run}.json" for run in runs}
+    run_records = {f"runs/{run}.{ending}" for run in runs for ending in ("json", "html")}
     bodies = found - state - run_records - {"manifest.jsonl"}
     if bodies - expected:
         problems.append(f"files no good record names: {sorted(bodies - expected)[:10]}")
