@@ -2,22 +2,25 @@
 
 How a body lands, and what a crash at any point leaves:
 
-1. the engine's worker streams the body into a *sink* (``sink.py``), which writes body
-   and sidecar to temp files (a small body and its sidecar in one go) and *stages* the
-   copy;
-2. the recorder takes a batch of outcomes. For the staged copies among them, one index
-   transaction notes each as *pending* (with its manifest line and its sidecar) and as
-   its path's good copy (its ETag, Last-Modified, sha256);
+1. the engine's worker streams the body into a *sink* (``sink.py``), which hashes it and
+   *stages* the copy: a small body in memory, a larger one in a temp file with its
+   sidecar beside it;
+2. the recorder takes a batch of outcomes. It writes the small staged bodies and their
+   sidecars to temp files, then one index transaction notes each staged copy as
+   *pending* (with its manifest line and its sidecar) and as its path's good copy (its
+   ETag, Last-Modified, sha256);
 3. each body, then its sidecar, is renamed into place;
 4. the batch's manifest lines are appended (flushed), and one index transaction records
    them and clears the pending notes.
 
-Steps 2-4 run in the recorder (``DiskStore.record``) without an ``await``, so nothing
-cancels them half way, and a row cancelled after its copy was staged is recorded as the
-fetch it was. A crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the
-next open (``recovery.py``) checks whether the body at each final path is the pending
-one (by its sha256); if so it rewrites the sidecar and appends the manifest line, if not
-it drops the note and the copy's row (the old body is still there, so the next run
+Steps 2-4 run in the recorder (``DiskStore.record``) in one call, which the runner makes
+in a worker thread so that the event loop reads sockets meanwhile: nothing cancels a
+thread half way, one lock lets one batch (or a run's start or end) use the index at a
+time, and a row cancelled after its copy was staged is recorded as the fetch it was. A
+crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the next open
+(``recovery.py``) checks whether the body at each final path is the pending one (by its
+sha256); if so it rewrites the sidecar and appends the manifest line, if not it drops
+the note and the copy's row (the old body is still there, so the next run
 fetches it without conditional headers). So every body at a final path ends up matching
 its latest manifest record.
 
@@ -43,6 +46,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -101,9 +105,10 @@ class DiskStore:
         self._manifest: IO[bytes] | None = None
         self._manifest_end = 0
         self._finished = FinishedRows()  # of the runs being resumed
-        self._copies: PriorCopies | None = None
+        self._copies: PriorCopies | None = None  # on the event loop, with its own connection
         self._placer: Placer | None = None
         self._staged: dict[int, StagedCopy] = {}  # id(request) -> its copy
+        self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
     # -- opening and closing --------------------------------------------------------
@@ -142,6 +147,10 @@ class DiskStore:
 
     def close(self) -> None:
         """Flush and release everything; remove the temp directory."""
+        with self._lock:  # a batch still being recorded in its thread ends first
+            self._close()
+
+    def _close(self) -> None:
         if self._manifest is not None:
             with contextlib.suppress(OSError):  # a full disk: the error was told already
                 self._manifest.flush()
@@ -149,6 +158,8 @@ class DiskStore:
             with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
                 self._manifest.close()  # which the next open cuts off
             self._manifest = None
+        if self._copies is not None:
+            self._copies.index.close()
         if self._index is not None:
             self._index.close()
             self._index = self._copies = self._placer = None
@@ -188,7 +199,7 @@ class DiskStore:
     @property
     def copies(self) -> PriorCopies:
         if self._copies is None:
-            self._copies = PriorCopies(self._root, self.index)
+            self._copies = PriorCopies(self._root, Index.reader(self.state / INDEX))
         return self._copies
 
     @property
@@ -246,6 +257,12 @@ class DiskStore:
         After an error, the copies not yet placed are let go first, so that on a full
         disk their space is free for the record.
         """
+        with self._lock:  # after the batch being recorded, if any
+            self._finish_run(summary, options, aborted=aborted, error=error)
+
+    def _finish_run(
+        self, summary: RunSummary, options: dict[str, object], *, aborted: bool, error: str | None
+    ) -> None:
         if aborted or error:
             for staged in self._staged.values():
                 staged.discard()
@@ -301,14 +318,19 @@ class DiskStore:
         self._staged[id(staged.request)] = staged
 
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
-        """Place the outcomes' staged copies, append their manifest lines (flushed), then
-        index them: steps 2-4 of the module docstring.
+        """Write and place the outcomes' staged copies, append their manifest lines
+        (flushed), then index them: steps 2-4 of the module docstring. Safe to call in
+        a worker thread (the runner does), one batch at a time.
 
         A row cancelled after its copy was staged is recorded as the fetch it was; a
         copy that cannot reach its path (a file or directory in the way, or another
         URL's copy at it) makes its row fail as ``invalid``. Returns the outcomes as
         recorded.
         """
+        with self._lock:
+            return self._record(outcomes, run)
+
+    def _record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
         final, staged = self._take_staged(outcomes)
         records = [ManifestRecord.of(outcome, run) for outcome in final]
         lines = [record.to_line() for record in records]
@@ -316,7 +338,8 @@ class DiskStore:
         forgotten: list[tuple[str, str]] = []
         if staged:
             staged, taken = self.placer.claim(staged)
-            self._note_pending(staged, lines)  # step 2
+            self._write(staged)  # step 2
+            self._note_pending(staged, lines)
             placed, failures = self.placer.place(staged)  # step 3
             forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
             for index, _, why in [*taken, *failures]:
@@ -341,6 +364,17 @@ class DiskStore:
                         final[index] = copy.outcome()
                     staged.append((index, copy))
         return final, staged
+
+    def _write(self, staged: Sequence[tuple[int, StagedCopy]]) -> None:
+        """Step 2: write the bodies staged in memory, and their sidecars, to temp files;
+        on a failure (a full disk) let the batch's copies go."""
+        try:
+            for _, copy in staged:
+                copy.write(str(self.temp_dir), self.durable)
+        except OSError as exc:
+            for _, copy in staged:
+                copy.discard()
+            raise StoreError(f"cannot store a body: {exc}") from exc
 
     def _note_pending(
         self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]
