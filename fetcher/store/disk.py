@@ -55,7 +55,6 @@ from fetcher.errors import StoreError
 from fetcher.models import (
     BodySink,
     Outcome,
-    OutcomeKind,
     PriorCopy,
     Request,
     RunSummary,
@@ -77,7 +76,7 @@ from fetcher.store.rebuild import Reindexed, rebuild
 from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending, repair_manifest
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
-from fetcher.store.sink import DiskSink, Staged, StagedCopy
+from fetcher.store.sink import DiskSink, Staged, StagedCopy, Staging
 
 __all__ = ["DiskStore"]
 
@@ -107,7 +106,7 @@ class DiskStore:
         self._finished = FinishedRows()  # of the runs being resumed
         self._copies: PriorCopies | None = None  # on the event loop, with its own connection
         self._placer: Placer | None = None
-        self._staged: dict[int, StagedCopy] = {}  # id(request) -> its copy
+        self._staging = Staging(durable=durable)  # the sinks' copies, until recorded
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
@@ -264,9 +263,7 @@ class DiskStore:
         self, summary: RunSummary, options: dict[str, object], *, aborted: bool, error: str | None
     ) -> None:
         if aborted or error:
-            for staged in self._staged.values():
-                staged.discard()
-            self._staged.clear()
+            self._staging.discard()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
         state = "failed" if error else "interrupted" if stopped else "finished"
         record = RunRecord.ended(
@@ -315,7 +312,7 @@ class DiskStore:
 
     def stage(self, staged: StagedCopy) -> None:
         """Hold a sink's complete copy (or a HEAD's sidecar) until ``record`` places it."""
-        self._staged[id(staged.request)] = staged
+        self._staging.add(staged)
 
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
         """Write and place the outcomes' staged copies, append their manifest lines
@@ -331,14 +328,14 @@ class DiskStore:
             return self._record(outcomes, run)
 
     def _record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
-        final, staged = self._take_staged(outcomes)
+        final, staged = self._staging.take(outcomes)
+        final, staged, error = self._staging.write(final, staged, str(self.temp_dir))  # step 2
         records = [ManifestRecord.of(outcome, run) for outcome in final]
         lines = [record.to_line() for record in records]
         placed: list[tuple[str, str]] = []
         forgotten: list[tuple[str, str]] = []
         if staged:
             staged, taken = self.placer.claim(staged)
-            self._write(staged)  # step 2
             self._note_pending(staged, lines)
             placed, failures = self.placer.place(staged)  # step 3
             forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
@@ -347,34 +344,9 @@ class DiskStore:
                 records[index] = ManifestRecord.of(final[index], run)
                 lines[index] = records[index].to_line()
         self._append(records, lines, placed=placed, refused=forgotten)  # step 4
+        if error is not None:  # a full disk: the rows before it are recorded
+            raise error
         return final
-
-    def _take_staged(
-        self, outcomes: Sequence[Outcome]
-    ) -> tuple[list[Outcome], list[tuple[int, StagedCopy]]]:
-        """The outcomes' staged copies (with each one's index); an outcome whose copy was
-        staged is the fetch it was, even if the row was cancelled after."""
-        final = list(outcomes)
-        staged: list[tuple[int, StagedCopy]] = []
-        if self._staged:
-            for index, outcome in enumerate(final):
-                copy = self._staged.pop(id(outcome.request), None)
-                if copy is not None:
-                    if outcome.kind is not OutcomeKind.FETCHED:
-                        final[index] = copy.outcome()
-                    staged.append((index, copy))
-        return final, staged
-
-    def _write(self, staged: Sequence[tuple[int, StagedCopy]]) -> None:
-        """Step 2: write the bodies staged in memory, and their sidecars, to temp files;
-        on a failure (a full disk) let the batch's copies go."""
-        try:
-            for _, copy in staged:
-                copy.write(str(self.temp_dir), self.durable)
-        except OSError as exc:
-            for _, copy in staged:
-                copy.discard()
-            raise StoreError(f"cannot store a body: {exc}") from exc
 
     def _note_pending(
         self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]

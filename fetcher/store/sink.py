@@ -21,16 +21,24 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TypeAlias
 
 from fetcher.errors import StoreError
-from fetcher.models import Outcome, Request, Response, Stored, fetched_outcome
+from fetcher.models import Outcome, OutcomeKind, Request, Response, Stored, fetched_outcome
 from fetcher.store import files
 from fetcher.store.layout import head_meta_path, meta_path
 from fetcher.store.records import Sidecar, validators
 
-__all__ = ["SMALL_BODY", "WRITE_CHUNK", "DiskSink", "Staged", "StagedCopy", "StagedHead"]
+__all__ = [
+    "SMALL_BODY",
+    "WRITE_CHUNK",
+    "DiskSink",
+    "Staged",
+    "StagedCopy",
+    "StagedHead",
+    "Staging",
+]
 
 # Bodies up to this size stay in memory until the recorder writes them: at most the
 # outcomes queued for it (4 x -c) and the batch it writes, about 10 MiB at -c 32.
@@ -180,6 +188,63 @@ class StagedHead:
 
 
 StagedCopy: TypeAlias = Staged | StagedHead  # a body and its sidecar, or a HEAD's
+Batch: TypeAlias = list[tuple[int, StagedCopy]]  # copies, each with its row's index
+
+
+class Staging:
+    """The copies the sinks staged, until the recorder takes them (by the request they
+    belong to). Sinks add on the event loop, the recorder takes in its thread: a dict's
+    single operations are atomic."""
+
+    def __init__(self, *, durable: bool) -> None:
+        self.durable = durable
+        self._copies: dict[int, StagedCopy] = {}  # id(request) -> its copy
+
+    def add(self, copy: StagedCopy) -> None:
+        self._copies[id(copy.request)] = copy
+
+    def take(self, outcomes: Sequence[Outcome]) -> tuple[list[Outcome], Batch]:
+        """The outcomes' staged copies (with each one's index); an outcome whose copy was
+        staged is the fetch it was, even if the row was cancelled after."""
+        final = list(outcomes)
+        staged: Batch = []
+        if self._copies:
+            for index, outcome in enumerate(final):
+                copy = self._copies.pop(id(outcome.request), None)
+                if copy is not None:
+                    if outcome.kind is not OutcomeKind.FETCHED:
+                        final[index] = copy.outcome()
+                    staged.append((index, copy))
+        return final, staged
+
+    def write(
+        self, final: list[Outcome], staged: Batch, temp_dir: str
+    ) -> tuple[list[Outcome], Batch, StoreError | None]:
+        """Write the copies still in memory to temp files. On a failure (a full disk)
+        the rows from the one that failed on are left out of the batch, their copies let
+        go: the rows before it are recorded, then the error ends the run (``--resume``
+        fetches the others again)."""
+        for done, (_, copy) in enumerate(staged):
+            try:
+                copy.write(temp_dir, self.durable)
+            except OSError as exc:
+                lost = staged[done:]
+                for _, gone in lost:
+                    gone.discard()
+                left_out = {index for index, _ in lost}
+                kept = [index for index in range(len(final)) if index not in left_out]
+                moved = {index: new for new, index in enumerate(kept)}
+                error = StoreError(f"cannot store a body: {exc}")
+                error.__cause__ = exc
+                staged = [(moved[index], copy) for index, copy in staged[:done]]
+                return [final[index] for index in kept], staged, error
+        return final, staged, None
+
+    def discard(self) -> None:
+        """Let every copy not yet taken go (a run that ends on an error)."""
+        for copy in self._copies.values():
+            copy.discard()
+        self._copies.clear()
 
 
 class DiskSink:
