@@ -76,7 +76,7 @@ from fetcher.store.rebuild import Reindexed, rebuild
 from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending, repair_manifest
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
-from fetcher.store.sink import DiskSink, Staged, StagedCopy, Staging
+from fetcher.store.sink import DiskSink, StagedCopy, Staging
 
 __all__ = ["DiskStore"]
 
@@ -145,28 +145,25 @@ class DiskStore:
             raise
 
     def close(self) -> None:
-        """Flush and release everything; remove the temp directory."""
-        with self._lock:  # a batch still being recorded in its thread ends first
-            self._close()
-
-    def _close(self) -> None:
-        if self._manifest is not None:
-            with contextlib.suppress(OSError):  # a full disk: the error was told already
-                self._manifest.flush()
-                os.fsync(self._manifest.fileno())
-            with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
-                self._manifest.close()  # which the next open cuts off
-            self._manifest = None
-        if self._copies is not None:
-            self._copies.index.close()
-        if self._index is not None:
-            self._index.close()
+        """Flush and release everything; remove the temp directory. A batch still being
+        recorded in its thread ends first."""
+        with self._lock:
+            if self._manifest is not None:
+                with contextlib.suppress(OSError):  # a full disk: the error was told already
+                    self._manifest.flush()
+                    os.fsync(self._manifest.fileno())
+                with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
+                    self._manifest.close()  # which the next open cuts off
+                self._manifest = None
+            for index in (self._copies.index if self._copies else None, self._index):
+                if index is not None:
+                    index.close()
             self._index = self._copies = self._placer = None
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self.temp_dir)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(self.temp_dir)
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def _open_index(self) -> None:
         """Open the index; rebuild it when it is new or ahead of the manifest, and catch
@@ -256,24 +253,19 @@ class DiskStore:
         After an error, the copies not yet placed are let go first, so that on a full
         disk their space is free for the record.
         """
-        with self._lock:  # after the batch being recorded, if any
-            self._finish_run(summary, options, aborted=aborted, error=error)
-
-    def _finish_run(
-        self, summary: RunSummary, options: dict[str, object], *, aborted: bool, error: str | None
-    ) -> None:
-        if aborted or error:
-            self._staging.discard()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
         state = "failed" if error else "interrupted" if stopped else "finished"
         record = RunRecord.ended(
             summary, state=state, error=error, resumed=self.resuming, options=options
         )
-        write_run(self.root, record, self.temp_dir)
-        try:
-            self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot use {self.state}: {exc}") from exc
+        with self._lock:  # after the batch being recorded, if any
+            if aborted or error:
+                self._staging.discard()
+            write_run(self.root, record, self.temp_dir)
+            try:
+                self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot use {self.state}: {exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -325,37 +317,25 @@ class DiskStore:
         recorded.
         """
         with self._lock:
-            return self._record(outcomes, run)
-
-    def _record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
-        final, staged = self._staging.take(outcomes)
-        final, staged, error = self._staging.write(final, staged, str(self.temp_dir))  # step 2
-        records = [ManifestRecord.of(outcome, run) for outcome in final]
-        lines = [record.to_line() for record in records]
-        placed: list[tuple[str, str]] = []
-        forgotten: list[tuple[str, str]] = []
-        if staged:
-            staged, taken = self.placer.claim(staged)
-            self._note_pending(staged, lines)
-            placed, failures = self.placer.place(staged)  # step 3
-            forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
-            for index, _, why in [*taken, *failures]:
-                final[index] = refused(final[index], why)
-                records[index] = ManifestRecord.of(final[index], run)
-                lines[index] = records[index].to_line()
-        self._append(records, lines, placed=placed, refused=forgotten)  # step 4
+            final, staged = self._staging.take(outcomes)
+            final, staged, error = self._staging.write(final, staged, str(self.temp_dir))  # 2
+            records = [ManifestRecord.of(outcome, run) for outcome in final]
+            lines = [record.to_line() for record in records]
+            placed: list[tuple[str, str]] = []
+            forgotten: list[tuple[str, str]] = []
+            if staged:
+                staged, taken = self.placer.claim(staged)
+                self.placer.note(staged, lines)
+                placed, failures = self.placer.place(staged)  # step 3
+                forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
+                for index, _, why in [*taken, *failures]:
+                    final[index] = refused(final[index], why)
+                    records[index] = ManifestRecord.of(final[index], run)
+                    lines[index] = records[index].to_line()
+            self._append(records, lines, placed=placed, refused=forgotten)  # step 4
         if error is not None:  # a full disk: the rows before it are recorded
             raise error
         return final
-
-    def _note_pending(
-        self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]
-    ) -> None:
-        """Step 2: note the copies as pending, with their manifest lines, and as their
-        paths' good copies."""
-        notes = [copy.note(lines[index]) for index, copy in staged]
-        copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
-        self.index.note_pending(notes, copies)
 
     def _append(
         self,
