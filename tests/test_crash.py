@@ -164,7 +164,7 @@ def test_sigkill_mid_body_leaves_a_temp_file_that_the_next_run_removes(
     out = workdir / "out"
     temp = out / ".fetch/tmp"
     child = spawn(job)
-    # Past 256 KB the body streams to a temp file. Before the request, the run record's
+    # Past 64 KiB the body streams to a temp file. Before the request, the run record's
     # own temp file comes and goes there: only once the server stalls is a file the body's.
     wait_for(lambda: bool(state.get("stalled")) and any(temp.glob("*")), child)
     os.kill(child.pid, signal.SIGKILL)

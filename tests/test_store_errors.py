@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from fetcher.store import DiskStore
+from fetcher.store.sink import SMALL_BODY
 from tests.support import Mount, Served, manifest_records, run_fetch, serve_in_thread
 
 
@@ -74,7 +75,9 @@ def test_a_cookie_jar_in_the_output_directory_the_run_makes_is_saved(
 
 def _filling_app(disk: Path) -> web.Application:
     """``/fill`` fills ``disk`` and answers 404 (no body to store: the index is what
-    finds the disk full), once; after that, every path answers 200 ``ok <path>``."""
+    finds the disk full), once; after that, every path answers 200 ``ok <path>``, padded
+    past ``SMALL_BODY`` so that the sink writes it to a temp file while it streams (a
+    smaller one waits in memory for the recorder, which may find the disk full)."""
     filled: list[bool] = []
 
     async def page(request: web.Request) -> web.Response:
@@ -82,7 +85,7 @@ def _filling_app(disk: Path) -> web.Application:
             filled.append(True)
             _fill(disk)
             raise web.HTTPNotFound()
-        return web.Response(text=f"ok {request.path}")
+        return web.Response(text=f"ok {request.path}".ljust(SMALL_BODY + 1))
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)

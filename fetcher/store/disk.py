@@ -2,22 +2,25 @@
 
 How a body lands, and what a crash at any point leaves:
 
-1. the engine's worker streams the body into a *sink* (``sink.py``), which writes body
-   and sidecar to temp files (a small body and its sidecar in one go) and *stages* the
-   copy;
-2. the recorder takes a batch of outcomes. For the staged copies among them, one index
-   transaction notes each as *pending* (with its manifest line and its sidecar) and as
-   its path's good copy (its ETag, Last-Modified, sha256);
+1. the engine's worker streams the body into a *sink* (``sink.py``), which hashes it and
+   *stages* the copy: a small body in memory, a larger one in a temp file with its
+   sidecar beside it;
+2. the recorder takes a batch of outcomes. It writes the small staged bodies and their
+   sidecars to temp files, then one index transaction notes each staged copy as
+   *pending* (with its manifest line and its sidecar) and as its path's good copy (its
+   ETag, Last-Modified, sha256);
 3. each body, then its sidecar, is renamed into place;
 4. the batch's manifest lines are appended (flushed), and one index transaction records
    them and clears the pending notes.
 
-Steps 2-4 run in the recorder (``DiskStore.record``) without an ``await``, so nothing
-cancels them half way, and a row cancelled after its copy was staged is recorded as the
-fetch it was. A crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the
-next open (``recovery.py``) checks whether the body at each final path is the pending
-one (by its sha256); if so it rewrites the sidecar and appends the manifest line, if not
-it drops the note and the copy's row (the old body is still there, so the next run
+Steps 2-4 run in the recorder (``DiskStore.record``) in one call, which the runner makes
+in a worker thread so that the event loop reads sockets meanwhile: nothing cancels a
+thread half way, one lock lets one batch (or a run's start or end) use the index at a
+time, and a row cancelled after its copy was staged is recorded as the fetch it was. A
+crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the next open
+(``recovery.py``) checks whether the body at each final path is the pending one (by its
+sha256); if so it rewrites the sidecar and appends the manifest line, if not it drops
+the note and the copy's row (the old body is still there, so the next run
 fetches it without conditional headers). So every body at a final path ends up matching
 its latest manifest record.
 
@@ -43,6 +46,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -51,7 +55,6 @@ from fetcher.errors import StoreError
 from fetcher.models import (
     BodySink,
     Outcome,
-    OutcomeKind,
     PriorCopy,
     Request,
     RunSummary,
@@ -73,7 +76,7 @@ from fetcher.store.rebuild import Reindexed, rebuild
 from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending, repair_manifest
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
-from fetcher.store.sink import DiskSink, Staged, StagedCopy
+from fetcher.store.sink import DiskSink, StagedCopy, Staging
 
 __all__ = ["DiskStore"]
 
@@ -101,9 +104,10 @@ class DiskStore:
         self._manifest: IO[bytes] | None = None
         self._manifest_end = 0
         self._finished = FinishedRows()  # of the runs being resumed
-        self._copies: PriorCopies | None = None
+        self._copies: PriorCopies | None = None  # on the event loop, with its own connection
         self._placer: Placer | None = None
-        self._staged: dict[int, StagedCopy] = {}  # id(request) -> its copy
+        self._staging = Staging(durable=durable)  # the sinks' copies, until recorded
+        self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
     # -- opening and closing --------------------------------------------------------
@@ -141,22 +145,25 @@ class DiskStore:
             raise
 
     def close(self) -> None:
-        """Flush and release everything; remove the temp directory."""
-        if self._manifest is not None:
-            with contextlib.suppress(OSError):  # a full disk: the error was told already
-                self._manifest.flush()
-                os.fsync(self._manifest.fileno())
-            with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
-                self._manifest.close()  # which the next open cuts off
-            self._manifest = None
-        if self._index is not None:
-            self._index.close()
+        """Flush and release everything; remove the temp directory. A batch still being
+        recorded in its thread ends first."""
+        with self._lock:
+            if self._manifest is not None:
+                with contextlib.suppress(OSError):  # a full disk: the error was told already
+                    self._manifest.flush()
+                    os.fsync(self._manifest.fileno())
+                with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
+                    self._manifest.close()  # which the next open cuts off
+                self._manifest = None
+            for index in (self._copies.index if self._copies else None, self._index):
+                if index is not None:
+                    index.close()
             self._index = self._copies = self._placer = None
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self.temp_dir)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(self.temp_dir)
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def _open_index(self) -> None:
         """Open the index; rebuild it when it is new or ahead of the manifest, and catch
@@ -188,7 +195,7 @@ class DiskStore:
     @property
     def copies(self) -> PriorCopies:
         if self._copies is None:
-            self._copies = PriorCopies(self._root, self.index)
+            self._copies = PriorCopies(self._root, Index.reader(self.state / INDEX))
         return self._copies
 
     @property
@@ -246,20 +253,19 @@ class DiskStore:
         After an error, the copies not yet placed are let go first, so that on a full
         disk their space is free for the record.
         """
-        if aborted or error:
-            for staged in self._staged.values():
-                staged.discard()
-            self._staged.clear()
         stopped = aborted or summary.interrupted_by or summary.errors.get("interrupted")
         state = "failed" if error else "interrupted" if stopped else "finished"
         record = RunRecord.ended(
             summary, state=state, error=error, resumed=self.resuming, options=options
         )
-        write_run(self.root, record, self.temp_dir)
-        try:
-            self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot use {self.state}: {exc}") from exc
+        with self._lock:  # after the batch being recorded, if any
+            if aborted or error:
+                self._staging.discard()
+            write_run(self.root, record, self.temp_dir)
+            try:
+                self.index.end_run(summary.run, summary.ended_at, state, summary.exit_code)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot use {self.state}: {exc}") from exc
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -298,58 +304,38 @@ class DiskStore:
 
     def stage(self, staged: StagedCopy) -> None:
         """Hold a sink's complete copy (or a HEAD's sidecar) until ``record`` places it."""
-        self._staged[id(staged.request)] = staged
+        self._staging.add(staged)
 
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
-        """Place the outcomes' staged copies, append their manifest lines (flushed), then
-        index them: steps 2-4 of the module docstring.
+        """Write and place the outcomes' staged copies, append their manifest lines
+        (flushed), then index them: steps 2-4 of the module docstring. Safe to call in
+        a worker thread (the runner does), one batch at a time.
 
         A row cancelled after its copy was staged is recorded as the fetch it was; a
         copy that cannot reach its path (a file or directory in the way, or another
         URL's copy at it) makes its row fail as ``invalid``. Returns the outcomes as
         recorded.
         """
-        final, staged = self._take_staged(outcomes)
-        records = [ManifestRecord.of(outcome, run) for outcome in final]
-        lines = [record.to_line() for record in records]
-        placed: list[tuple[str, str]] = []
-        forgotten: list[tuple[str, str]] = []
-        if staged:
-            staged, taken = self.placer.claim(staged)
-            self._note_pending(staged, lines)  # step 2
-            placed, failures = self.placer.place(staged)  # step 3
-            forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
-            for index, _, why in [*taken, *failures]:
-                final[index] = refused(final[index], why)
-                records[index] = ManifestRecord.of(final[index], run)
-                lines[index] = records[index].to_line()
-        self._append(records, lines, placed=placed, refused=forgotten)  # step 4
+        with self._lock:
+            final, staged = self._staging.take(outcomes)
+            final, staged, error = self._staging.write(final, staged, str(self.temp_dir))  # 2
+            records = [ManifestRecord.of(outcome, run) for outcome in final]
+            lines = [record.to_line() for record in records]
+            placed: list[tuple[str, str]] = []
+            forgotten: list[tuple[str, str]] = []
+            if staged:
+                staged, taken = self.placer.claim(staged)
+                self.placer.note(staged, lines)
+                placed, failures = self.placer.place(staged)  # step 3
+                forgotten = [(copy.target, copy.sha256) for _, copy, _ in failures]
+                for index, _, why in [*taken, *failures]:
+                    final[index] = refused(final[index], why)
+                    records[index] = ManifestRecord.of(final[index], run)
+                    lines[index] = records[index].to_line()
+            self._append(records, lines, placed=placed, refused=forgotten)  # step 4
+        if error is not None:  # a full disk: the rows before it are recorded
+            raise error
         return final
-
-    def _take_staged(
-        self, outcomes: Sequence[Outcome]
-    ) -> tuple[list[Outcome], list[tuple[int, StagedCopy]]]:
-        """The outcomes' staged copies (with each one's index); an outcome whose copy was
-        staged is the fetch it was, even if the row was cancelled after."""
-        final = list(outcomes)
-        staged: list[tuple[int, StagedCopy]] = []
-        if self._staged:
-            for index, outcome in enumerate(final):
-                copy = self._staged.pop(id(outcome.request), None)
-                if copy is not None:
-                    if outcome.kind is not OutcomeKind.FETCHED:
-                        final[index] = copy.outcome()
-                    staged.append((index, copy))
-        return final, staged
-
-    def _note_pending(
-        self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]
-    ) -> None:
-        """Step 2: note the copies as pending, with their manifest lines, and as their
-        paths' good copies."""
-        notes = [copy.note(lines[index]) for index, copy in staged]
-        copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
-        self.index.note_pending(notes, copies)
 
     def _append(
         self,

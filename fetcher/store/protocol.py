@@ -64,4 +64,5 @@ class Store(Protocol):
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
         """Place the outcomes' staged copies and append the outcomes to the manifest,
         flushed. Returns the outcomes as recorded (a copy that could not be placed is
-        a failed row)."""
+        a failed row). The runner calls it in a worker thread, one batch at a time,
+        while the event loop goes on with the sinks and lookups."""

@@ -1,9 +1,12 @@
-"""Step 1 of the crash protocol (``disk.py``): stream a body and its sidecar to temp
-files and *stage* them, a complete copy the recorder places by rename.
+"""Step 1 of the crash protocol (``disk.py``): take a body as it streams, hash it, and
+*stage* the complete copy for the recorder, which writes what is still in memory and
+places it by rename.
 
-A small body is kept in memory and written with its sidecar in one go at ``commit`` (in
-a worker thread when durable, else at once); a larger one goes to a temp file a piece at
-a time in a worker thread, which also hashes it. Nothing is renamed here.
+A small body (up to ``SMALL_BODY``) stays in memory: the recorder writes it and its
+sidecar to temp files in its own thread (``Staged.write``), so the event loop does no
+file work for it. A larger one goes to a temp file a piece at a time in a worker thread,
+which also hashes it; its sidecar is written there too when the body ends. Nothing is
+renamed here.
 
 Not aiofiles: its file objects hop to a thread once per call and cannot hash there. On
 W2 (20 x 50 MiB, ``--repeat 5``, 2026-12-03) ``await f.write(chunk)`` per chunk, hashing
@@ -18,18 +21,28 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TypeAlias
 
 from fetcher.errors import StoreError
-from fetcher.models import Outcome, Request, Response, Stored, fetched_outcome
+from fetcher.models import Outcome, OutcomeKind, Request, Response, Stored, fetched_outcome
 from fetcher.store import files
 from fetcher.store.layout import head_meta_path, meta_path
 from fetcher.store.records import Sidecar, validators
 
-__all__ = ["SMALL_BODY", "WRITE_CHUNK", "DiskSink", "Staged", "StagedCopy", "StagedHead"]
+__all__ = [
+    "SMALL_BODY",
+    "WRITE_CHUNK",
+    "DiskSink",
+    "Staged",
+    "StagedCopy",
+    "StagedHead",
+    "Staging",
+]
 
-SMALL_BODY = 256 * 1024  # bodies up to this size are written in one go, with the sidecar
+# Bodies up to this size stay in memory until the recorder writes them: at most the
+# outcomes queued for it (4 x -c) and the batch it writes, about 10 MiB at -c 32.
+SMALL_BODY = 64 * 1024
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
 
 EnsureDir = Callable[[str], str]  # a relative path -> its absolute one, its folders made
@@ -54,9 +67,13 @@ def _fetched(request: Request, response: Response, stored: Stored | None, meta: 
 
 
 class Staged:
-    """A complete copy in temp files, waiting for ``DiskStore.record`` to place it."""
+    """A complete copy waiting for ``DiskStore.record`` to place it: a small body still
+    in memory (``body``; ``write`` puts it and its sidecar in temp files), or a large
+    one already in temp files."""
 
-    __slots__ = ("body_temp", "meta", "meta_temp", "request", "response", "run", "stored")
+    __slots__ = (
+        "body", "body_temp", "meta", "meta_temp", "request", "response", "run", "stored",
+    )  # fmt: skip
     holds = "copy"
 
     def __init__(
@@ -65,10 +82,13 @@ class Staged:
         response: Response,
         stored: Stored,
         run: str,
-        temps: tuple[str, str],
-        meta: bytes,
+        *,
+        body: bytes | None = None,
+        temps: tuple[str, str] = ("", ""),
+        meta: bytes = b"",
     ) -> None:
         self.request, self.response, self.stored, self.run = request, response, stored, run
+        self.body = body
         self.body_temp, self.meta_temp = temps
         self.meta = meta
 
@@ -84,6 +104,18 @@ class Staged:
     def outcome(self) -> Outcome:
         """The fetch this copy is, for a row cancelled after its copy was staged."""
         return _fetched(self.request, self.response, self.stored, self.stored.meta)
+
+    def write(self, temp_dir: str, durable: bool) -> None:
+        """Write a body still in memory and its sidecar to temp files (the recorder
+        does, in its thread, before it notes the copy as pending)."""
+        if self.body is None:
+            return
+        self.meta = Sidecar.of(self.request, self.response, self.stored, self.run).to_bytes()
+        self.body_temp = files.temp_name(temp_dir)
+        files.write_file(self.body_temp, self.body, durable=durable)
+        self.body = None
+        self.meta_temp = files.temp_name(temp_dir)
+        files.write_file(self.meta_temp, self.meta, durable=durable)
 
     def note(self, line: bytes) -> tuple[object, ...]:
         """The copy's row in the ``pending`` table, ``line`` its manifest line."""
@@ -115,9 +147,11 @@ class Staged:
         )
 
     def discard(self) -> None:
+        self.body = None
         for temp in (self.body_temp, self.meta_temp):
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            if temp:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
 
 
 class StagedHead:
@@ -138,6 +172,9 @@ class StagedHead:
         """The fetch this HEAD is, for a row cancelled after its sidecar was staged."""
         return _fetched(self.request, self.response, None, self.target)
 
+    def write(self, temp_dir: str, durable: bool) -> None:
+        """Nothing: the sink wrote the sidecar."""
+
     def note(self, line: bytes) -> tuple[object, ...]:
         """The sidecar's row in the ``pending`` table, ``line`` its manifest line."""
         return (self.target, self.request.line, self.sha256, line[:-1].decode(), self.meta)
@@ -151,6 +188,63 @@ class StagedHead:
 
 
 StagedCopy: TypeAlias = Staged | StagedHead  # a body and its sidecar, or a HEAD's
+Batch: TypeAlias = list[tuple[int, StagedCopy]]  # copies, each with its row's index
+
+
+class Staging:
+    """The copies the sinks staged, until the recorder takes them (by the request they
+    belong to). Sinks add on the event loop, the recorder takes in its thread: a dict's
+    single operations are atomic."""
+
+    def __init__(self, *, durable: bool) -> None:
+        self.durable = durable
+        self._copies: dict[int, StagedCopy] = {}  # id(request) -> its copy
+
+    def add(self, copy: StagedCopy) -> None:
+        self._copies[id(copy.request)] = copy
+
+    def take(self, outcomes: Sequence[Outcome]) -> tuple[list[Outcome], Batch]:
+        """The outcomes' staged copies (with each one's index); an outcome whose copy was
+        staged is the fetch it was, even if the row was cancelled after."""
+        final = list(outcomes)
+        staged: Batch = []
+        if self._copies:
+            for index, outcome in enumerate(final):
+                copy = self._copies.pop(id(outcome.request), None)
+                if copy is not None:
+                    if outcome.kind is not OutcomeKind.FETCHED:
+                        final[index] = copy.outcome()
+                    staged.append((index, copy))
+        return final, staged
+
+    def write(
+        self, final: list[Outcome], staged: Batch, temp_dir: str
+    ) -> tuple[list[Outcome], Batch, StoreError | None]:
+        """Write the copies still in memory to temp files. On a failure (a full disk)
+        the rows from the one that failed on are left out of the batch, their copies let
+        go: the rows before it are recorded, then the error ends the run (``--resume``
+        fetches the others again)."""
+        for done, (_, copy) in enumerate(staged):
+            try:
+                copy.write(temp_dir, self.durable)
+            except OSError as exc:
+                lost = staged[done:]
+                for _, gone in lost:
+                    gone.discard()
+                left_out = {index for index, _ in lost}
+                kept = [index for index in range(len(final)) if index not in left_out]
+                moved = {index: new for new, index in enumerate(kept)}
+                error = StoreError(f"cannot store a body: {exc}")
+                error.__cause__ = exc
+                staged = [(moved[index], copy) for index, copy in staged[:done]]
+                return [final[index] for index in kept], staged, error
+        return final, staged, None
+
+    def discard(self) -> None:
+        """Let every copy not yet taken go (a run that ends on an error)."""
+        for copy in self._copies.values():
+            copy.discard()
+        self._copies.clear()
 
 
 class DiskSink:
@@ -211,35 +305,33 @@ class DiskSink:
             self._raw.write(chunk)
 
     async def commit(self, response: Response) -> Stored:
-        body = b""
-        if self._raw is None:  # small: body and sidecar in one go
+        if self._raw is None:  # small: staged in memory, the recorder writes it
             body = b"".join(self._take())
             self._digest.update(body)
-            self._temp()
-        else:
-            if self._writing is not None:
-                await self._writing
-                self._writing = None
-            if self._chunks:
-                await asyncio.to_thread(self._write_piece, self._take())
-        stored = Stored(
+            stored = self._stored()
+            self.stage(Staged(self.request, response, stored, self.run, body=body))
+            return stored
+        if self._writing is not None:
+            await self._writing
+            self._writing = None
+        if self._chunks:
+            await asyncio.to_thread(self._write_piece, self._take())
+        stored = self._stored()
+        meta = Sidecar.of(self.request, response, stored, self.run).to_bytes()
+        self._temp()
+        await asyncio.to_thread(self._close_large, meta)
+        temps = (self._temps[0], self._temps[1])
+        self.stage(Staged(self.request, response, stored, self.run, temps=temps, meta=meta))
+        self._temps = []  # the store owns them now
+        return stored
+
+    def _stored(self) -> Stored:
+        return Stored(
             path=self.path,
             meta=meta_path(self.path),
             size=self._size,
             sha256=self._digest.hexdigest(),
         )
-        meta = Sidecar.of(self.request, response, stored, self.run).to_bytes()
-        self._temp()
-        if self._raw is None and not self.durable:
-            self._write_small(body, meta)
-        elif self._raw is None:
-            await asyncio.to_thread(self._write_small, body, meta)
-        else:
-            await asyncio.to_thread(self._close_large, meta)
-        temps = (self._temps[0], self._temps[1])
-        self.stage(Staged(self.request, response, stored, self.run, temps, meta))
-        self._temps = []  # the store owns them now
-        return stored
 
     async def commit_headers(self, response: Response) -> str:
         target = head_meta_path(self.path)
@@ -252,10 +344,6 @@ class DiskSink:
         self.stage(StagedHead(self.request, response, target, temp, meta))
         self._temps = []  # the store owns it now
         return target
-
-    def _write_small(self, body: bytes, meta: bytes) -> None:
-        files.write_file(self._temps[0], body, durable=self.durable)
-        files.write_file(self._temps[1], meta, durable=self.durable)
 
     def _close_large(self, meta: bytes) -> None:
         assert self._raw is not None
