@@ -136,14 +136,16 @@ class _CookieJar(aiohttp.CookieJar):
     The hooks are private methods of aiohttp's jar (``_parse_date``, ``_build_morsel``,
     ``_do_expiration``, ``_touch_cookies``): an aiohttp that renames them fails the tests
     in tests/test_cookies.py, which set, send, change, expire and delete cookies on a
-    server.
+    server, and tests/test_session_cookies.py, which compares every ``Cookie`` header
+    sent with what aiohttp's own jar and request send.
     """
 
     def __init__(self, *, unsafe: bool = False, quote_cookie: bool = True) -> None:
         super().__init__(unsafe=unsafe, quote_cookie=quote_cookie)
         self._sent: dict[_SentKey, _Sent] = {}
-        self._paths: frozenset[str] | None = None  # None: the remembered are forgotten
-        self._longest = 0  # the longest Path of a cookie in the jar
+        self._stale = True  # _sent is to be started again
+        self._paths: frozenset[str] = frozenset()  # the Paths (less a final "/") in the jar
+        self._longest = 0  # the longest Path ending in "/" of a cookie in the jar
         self._count = 0  # how many cookies the jar held when _sent was started
         self._touched: Sequence[tuple[str, str, str]] | None = None
 
@@ -162,7 +164,7 @@ class _CookieJar(aiohttp.CookieJar):
         if not len(self) or type(request_url) is not URL:
             return super().filter_cookies(request_url)
         self._do_expiration()
-        if self._paths is None or len(self) != self._count or len(self._sent) >= _MAX_SENT:
+        if self._stale or len(self) != self._count or len(self._sent) >= _MAX_SENT:
             self._start_remembering()
         key = self._sent_key(request_url)
         sent = self._sent.get(key)
@@ -182,36 +184,39 @@ class _CookieJar(aiohttp.CookieJar):
         self._sent.clear()
         jar = self.cookies
         self._paths = frozenset(path for _, path in jar)
-        self._longest = max((len(m["path"]) for c in jar.values() for m in c.values()), default=0)
+        paths = (m["path"] for cookies in jar.values() for m in cookies.values())
+        self._longest = max((len(path) for path in paths if path.endswith("/")), default=0)
         self._count = len(self)
+        self._stale = False
 
     def _sent_key(self, url: URL) -> _SentKey:
         """What aiohttp's filter reads of ``url``: its origin, the prefixes of its path
-        that are some cookie's path, and the path itself only when a cookie's Path is as
-        long (a Path of ``/a/`` is not sent to ``/a``)."""
+        that are some cookie's path (less a final ``/``), and the path itself when a
+        cookie's Path that ends in ``/`` is as long: ``/a/`` is not sent to ``/a``, a
+        Path without a final ``/`` goes to every path it prefixes."""
         path = url.path
-        prefixes = tuple(p for p in accumulate(path.split("/"), _FORMAT_PATH) if p in self._paths)  # type: ignore[operator]
+        prefixes = tuple(p for p in accumulate(path.split("/"), _FORMAT_PATH) if p in self._paths)
         exact = path if len(path) < self._longest else None
         return (url.scheme, url.raw_host or "", url.port, prefixes, exact)
 
     def update_cookies(self, cookies: LooseCookies, response_url: URL = _NO_URL) -> None:
-        self._paths = None
+        self._stale = True
         super().update_cookies(cookies, response_url)
 
     def update_cookies_from_headers(self, headers: Sequence[str], response_url: URL) -> None:
-        self._paths = None
+        self._stale = True
         super().update_cookies_from_headers(headers, response_url)
 
     def clear(self, predicate: ClearCookiePredicate | None = None) -> None:
-        self._paths = None
+        self._stale = True
         super().clear(predicate)
 
     def load(self, file_path: PathLike) -> None:
-        self._paths = None
+        self._stale = True
         super().load(file_path)
 
 
-_MAX_SENT = 1024  # remembered filters; the jar starts again when it holds this many
+_MAX_SENT = 256  # remembered filters; the jar starts again when it holds this many
 _FORMAT_PATH = "{}/{}".format  # how aiohttp's filter joins the prefixes of a path
 _SentKey = tuple[str, str, int | None, tuple[str, ...], str | None]
 
