@@ -6,7 +6,9 @@
 nginx (one worker, on 127.0.0.1) serves ``--count`` files of 1 KiB; the job's first URL,
 ``/set-cookies``, answers with ``--cookies`` ``Set-Cookie`` fields (``Path=/``), so from
 the first response on every request carries them all. Each tool runs the job twice, with
-that first URL (``jar``) and without it (``empty``): fetch (``python -P -m fetcher`` of
+that first URL (``jar``) and without it (``empty``), and with ``--cases churn``, with
+that first URL and every later response setting one more cookie (a load balancer's,
+``lb=<request id>``), so the jar changes every time: fetch (``python -P -m fetcher`` of
 this interpreter, ``run -c 32 --per-host 32``), each ``--also`` variant, and a bare
 aiohttp loop (the loop of ``benchmarks/bare_loop.py``, with ``CookieJar(unsafe=True)`` as
 fetch's jar: aiohttp's default jar refuses cookies from IP-address hosts). The runs
@@ -69,6 +71,11 @@ http {{
             return 200 "cookies\\n";
         }}
         location /w1/ {{ access_log {log} sent; }}
+        location /churn/ {{
+            alias {root}/w1/;
+            add_header Set-Cookie "lb=$request_id; Path=/";
+            access_log {log} sent;
+        }}
     }}
 }}
 """
@@ -186,9 +193,14 @@ def probe(args: argparse.Namespace, tools: dict[str, list[str]], cases: list[str
     server, base = start_nginx(work / "root", work / "state", args.cookies)
     try:
         files = [f"{base}/w1/{i:05d}.bin" for i in range(args.count)]
-        jobs = {"jar": [f"{base}/set-cookies", *files], "empty": files}
-        for case, urls in jobs.items():
-            (work / f"{case}.txt").write_text("\n".join(urls) + "\n")
+        churn = [f"{base}/churn/{i:05d}.bin" for i in range(args.count)]
+        jobs = {
+            "jar": [f"{base}/set-cookies", *files],
+            "empty": files,
+            "churn": [f"{base}/set-cookies", *churn],
+        }
+        for case in cases:
+            (work / f"{case}.txt").write_text("\n".join(jobs[case]) + "\n")
         results: dict[tuple[str, str], list[Run]] = {}
         arms = [(tool, case) for case in cases for tool in tools]
         for repeat in range(args.repeat):
@@ -229,7 +241,7 @@ def one_run(
     if (stored := count_bodies(out)) != args.count:
         raise SystemExit(f"{tool} {case}: {stored} bodies stored of {args.count}")
     carried, logged = cookies_sent(log, since)
-    if case == "jar" and carried < 0.9 * logged:
+    if case != "empty" and carried < 0.9 * logged:
         raise SystemExit(f"{tool} {case}: the cookies went with {carried} of {logged} requests")
     if case == "empty" and carried:
         raise SystemExit(f"{tool} {case}: {carried} requests carried a cookie")
