@@ -3,10 +3,11 @@
 fetch's jar remembers the ``Cookie`` header it built for each origin and class of path
 until a cookie is set, changed, deleted or expires. Here long seeded sequences of
 requests, some setting cookies (paths, domains, subdomains, Secure, host-only, Max-Age),
-go once through ``open_session`` and once through a plain ``aiohttp.ClientSession`` with
-aiohttp's jar, and the server sees the same ``Cookie`` header on every request of both.
-Both sessions reach names such as ``a.example.test`` through a forward proxy that is
-the origin itself, so domain cookies can be sent to subdomains.
+some with a ``Cookie`` header of their own, go once through ``open_session`` and once
+through a plain ``aiohttp.ClientSession`` with aiohttp's jar, and the server sees the
+same ``Cookie`` header on every request of both. Both sessions reach names such as
+``a.example.test`` through a forward proxy that is the origin itself, so domain cookies
+can be sent to subdomains.
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def _sequence(seed: int, length: int) -> list[str]:
 
 
 async def _through(session: aiohttp.ClientSession, urls: list[str], **kwargs: Any) -> None:
-    for url in urls:
-        async with session.get(url, allow_redirects=False, **kwargs) as resp:
+    """Request ``urls`` in turn; every seventh carries a ``Cookie`` header of its own,
+    which aiohttp merges with the jar's."""
+    for n, url in enumerate(urls, start=1):
+        own = {"Cookie": "own=1; sid=mine"} if n % 7 == 0 else None
+        async with session.get(url, headers=own, allow_redirects=False, **kwargs) as resp:
             await resp.read()
             assert resp.status == 200
 
