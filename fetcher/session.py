@@ -3,9 +3,10 @@
 The session is made inside the running loop and handed to the engine; nothing else in
 fetcher creates one. The jar takes cookies from IP-address hosts too (aiohttp refuses
 them unless ``unsafe=True``) and, as always, sends a cookie only to the hosts it belongs to.
-It keeps and deletes cookies as curl and browsers do (see ``_CookieJar``). Each request,
-each redirect hop included, goes through the proxy that ``fetcher.proxies`` picks for its
-URL, or direct.
+It keeps and deletes cookies as curl and browsers do, and remembers the ``Cookie`` header
+it sends to each origin and class of path until a cookie changes (see ``_CookieJar``).
+Each request, each redirect hop included, goes through the proxy that ``fetcher.proxies``
+picks for its URL, or direct.
 """
 
 from __future__ import annotations
