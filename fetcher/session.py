@@ -3,9 +3,10 @@
 The session is made inside the running loop and handed to the engine; nothing else in
 fetcher creates one. The jar takes cookies from IP-address hosts too (aiohttp refuses
 them unless ``unsafe=True``) and, as always, sends a cookie only to the hosts it belongs to.
-It keeps and deletes cookies as curl and browsers do (see ``_CookieJar``). Each request,
-each redirect hop included, goes through the proxy that ``fetcher.proxies`` picks for its
-URL, or direct.
+It keeps and deletes cookies as curl and browsers do, and remembers the ``Cookie`` header
+it sends to each origin and class of path until a cookie changes (see ``_CookieJar``).
+Each request, each redirect hop included, goes through the proxy that ``fetcher.proxies``
+picks for its URL, or direct.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from http.cookies import Morsel
+from dataclasses import dataclass
+from http.cookies import BaseCookie, Morsel
+from itertools import accumulate
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from aiohttp import hdrs
+from aiohttp.abc import ClearCookiePredicate
+from aiohttp.typedefs import LooseCookies, PathLike
 from yarl import URL
 
 from fetcher.config import FetchConfig
@@ -25,11 +32,15 @@ from fetcher.errors import StoreError, UsageError
 from fetcher.proxies import ProxyRoutes
 from fetcher.store.files import temp_name, write_atomic
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsItems
+
 __all__ = ["check_cookie_jar", "load_cookies", "open_session", "proxy_routes", "save_cookies"]
 
 _MAX_LINE = 16 * 1024  # response line and header field limits (aiohttp's default is 8190)
 _MAX_HEADERS = 256
 _PROXY_AUTHORIZATION = "Proxy-Authorization"
+_NO_URL = URL()
 
 
 @contextlib.asynccontextmanager
@@ -56,8 +67,11 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
         max_line_size=_MAX_LINE,
         max_field_size=_MAX_LINE,
         max_headers=_MAX_HEADERS,
-        skip_auto_headers=("User-Agent",),
         middlewares=_through_proxies(proxy_routes(config)),
+        request_class=_Request,
+        # No skip_auto_headers: every request fetch makes carries its User-Agent (the
+        # job's, or an empty one), so aiohttp adds none, and skipping would copy each
+        # request's headers (building a ClientRequest took 2.3x as long).
     )
     try:
         yield session
@@ -103,7 +117,8 @@ def _through_proxies(routes: ProxyRoutes) -> Sequence[aiohttp.ClientMiddlewareTy
 
 
 class _CookieJar(aiohttp.CookieJar):
-    """aiohttp's jar, less two differences from curl and browsers (aiohttp 3.14.5).
+    """aiohttp's jar, less two differences from curl and browsers (aiohttp 3.14.5), and
+    with the cookies of a request remembered until the jar changes.
 
     - ``Expires=Thu, 01 Jan 1970 00:00:00 GMT``, the usual way to delete a cookie, parses
       to 0, which ``CookieJar._update_cookies`` takes for "no date": the cookie stayed, as
@@ -113,10 +128,29 @@ class _CookieJar(aiohttp.CookieJar):
       ``quote_cookie=True`` would quote ``sid=abc==`` as ``sid="abc=="``, and
       ``quote_cookie=False`` sends ``b=x y``. Here every value goes back as the server
       set it: the coded form, quotes and all.
+    - aiohttp filters the whole jar for every request, and ``ClientRequest`` builds a
+      morsel per cookie to write the ``Cookie`` header (aio-libs/aiohttp#9520, left to
+      CPython's faster ``Morsel``): with 50 cookies that is most of a small request's
+      CPU. Here ``filter_cookies`` remembers what it found, with the header
+      (``_Filtered``, which ``_Request`` sends as it is), for each origin and class of
+      path (``_Sent``), until a cookie is set, deleted, evicted or expires. What a
+      request gets is what aiohttp's filter gives, LRU bookkeeping included.
 
-    Both hooks are private methods of aiohttp's jar: an aiohttp that renames them fails
-    the tests in tests/test_cookies.py, which set, send and delete cookies on a server.
+    The hooks are private methods of aiohttp's jar (``_parse_date``, ``_build_morsel``,
+    ``_do_expiration``, ``_touch_cookies``): an aiohttp that renames them fails the tests
+    in tests/test_cookies.py, which set, send, change, expire and delete cookies on a
+    server, and tests/test_session_cookies.py, which compares every ``Cookie`` header
+    sent with what aiohttp's own jar and request send.
     """
+
+    def __init__(self, *, unsafe: bool = False, quote_cookie: bool = True) -> None:
+        super().__init__(unsafe=unsafe, quote_cookie=quote_cookie)
+        self._sent: dict[_SentKey, _Sent] = {}
+        self._stale = True  # _sent is to be started again
+        self._paths: frozenset[str] = frozenset()  # the Paths (less a final "/") in the jar
+        self._longest = 0  # the longest Path ending in "/" of a cookie in the jar
+        self._count = 0  # how many cookies the jar held when _sent was started
+        self._touched: Sequence[tuple[str, str, str]] | None = None
 
     @classmethod
     def _parse_date(cls, date_str: str) -> int | None:
@@ -128,6 +162,120 @@ class _CookieJar(aiohttp.CookieJar):
         state = {"key": cookie.key, "value": cookie.value, "coded_value": cookie.coded_value}
         morsel.__setstate__(state)  # type: ignore[attr-defined]
         return morsel
+
+    def filter_cookies(self, request_url: URL = _NO_URL) -> BaseCookie[str]:
+        if not len(self) or type(request_url) is not URL:
+            return super().filter_cookies(request_url)
+        self._do_expiration()
+        if self._stale or len(self) != self._count or len(self._sent) >= _MAX_SENT:
+            self._start_remembering()
+        key = self._sent_key(request_url)
+        sent = self._sent.get(key)
+        if sent is None:
+            self._touched = None
+            found = super().filter_cookies(request_url)
+            sent = self._sent[key] = _Sent(dict(found), _cookie_header(found), self._touched)
+        elif sent.touched is not None:
+            self._touch_cookies(sent.touched)  # as aiohttp's filter does, for its LRU
+        return _Filtered(sent)
+
+    def _touch_cookies(self, cookie_keys: Sequence[tuple[str, str, str]]) -> None:
+        self._touched = cookie_keys
+        super()._touch_cookies(cookie_keys)
+
+    def _start_remembering(self) -> None:
+        self._sent.clear()
+        jar = self.cookies
+        self._paths = frozenset(path for _, path in jar)
+        paths = (m["path"] for cookies in jar.values() for m in cookies.values())
+        self._longest = max((len(path) for path in paths if path.endswith("/")), default=0)
+        self._count = len(self)
+        self._stale = False
+
+    def _sent_key(self, url: URL) -> _SentKey:
+        """What aiohttp's filter reads of ``url``: its origin, the prefixes of its path
+        that are some cookie's path (less a final ``/``), and the path itself when a
+        cookie's Path that ends in ``/`` is as long: ``/a/`` is not sent to ``/a``, a
+        Path without a final ``/`` goes to every path it prefixes."""
+        path = url.path
+        prefixes = tuple(p for p in accumulate(path.split("/"), _FORMAT_PATH) if p in self._paths)
+        exact = path if len(path) < self._longest else None
+        return (url.scheme, url.raw_host or "", url.port, prefixes, exact)
+
+    def update_cookies(self, cookies: LooseCookies, response_url: URL = _NO_URL) -> None:
+        self._stale = True
+        super().update_cookies(cookies, response_url)
+
+    def update_cookies_from_headers(self, headers: Sequence[str], response_url: URL) -> None:
+        self._stale = True
+        super().update_cookies_from_headers(headers, response_url)
+
+    def clear(self, predicate: ClearCookiePredicate | None = None) -> None:
+        self._stale = True
+        super().clear(predicate)
+
+    def load(self, file_path: PathLike) -> None:
+        self._stale = True
+        super().load(file_path)
+
+
+_MAX_SENT = 256  # remembered filters; the jar starts again when it holds this many
+_FORMAT_PATH = "{}/{}".format  # how aiohttp's filter joins the prefixes of a path
+_SentKey = tuple[str, str, int | None, tuple[str, ...], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What the jar sends to one origin and class of path: aiohttp's filtered morsels,
+    the ``Cookie`` header ``ClientRequest`` writes of them, and the cookies (domain,
+    path, name) that aiohttp's filter marked as used."""
+
+    morsels: dict[str, Morsel[str]]
+    header: str
+    touched: Sequence[tuple[str, str, str]] | None
+
+
+def _cookie_header(cookies: BaseCookie[str]) -> str:
+    """The ``Cookie`` header as ``ClientRequest.update_cookies`` writes it: each morsel's
+    ``name=coded value`` (it has no attributes), by name, ``; `` between, stripped."""
+    return "; ".join(
+        f"{morsel.key}={morsel.coded_value}" for _, morsel in sorted(cookies.items())
+    ).strip()
+
+
+class _Filtered(BaseCookie[str]):
+    """The cookies ``filter_cookies`` found for a request, a ``BaseCookie`` as aiohttp's,
+    carrying their ``Cookie`` header; ``header`` is None once a cookie is added (aiohttp
+    ``load``s a request's own ``cookies=`` into it)."""
+
+    def __init__(self, sent: _Sent) -> None:
+        super().__init__()
+        dict.update(self, sent.morsels)  # as aiohttp's filter fills its result
+        self.header: str | None = sent.header
+
+    def load(self, rawdata: str | SupportsItems[str, str | Morsel[Any]]) -> None:
+        self.header = None
+        super().load(rawdata)
+
+    def __setitem__(self, key: str, value: str | Morsel[str]) -> None:
+        self.header = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.header = None
+        super().__delitem__(key)
+
+
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request, which writes the jar's ``Cookie`` header as the jar built it
+    (``_Filtered``) instead of building a morsel per cookie again. A request that has its
+    own ``Cookie`` header gets aiohttp's merge."""
+
+    def update_cookies(self, cookies: LooseCookies | None) -> None:
+        if isinstance(cookies, _Filtered) and cookies.header and hdrs.COOKIE not in self.headers:
+            self.headers[hdrs.COOKIE] = cookies.header
+        else:
+            super().update_cookies(cookies)
 
 
 def _first_of_a_session(cookies: Path, cookie_jar: Path | None) -> bool:

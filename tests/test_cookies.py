@@ -19,10 +19,12 @@ from tests.support import manifest, run_fetch, serve_in_thread, url_job
 
 
 def _cookie_app(seen: list[tuple[str, str, str]]) -> web.Application:
-    """``/set/NAME/VALUE`` sets a cookie; every request notes (host, path, Cookie)."""
+    """``/set/NAME/VALUE`` sets a cookie (``?attrs=`` its attributes); ``?wait=S`` answers
+    S seconds late; every request notes (host, path, Cookie)."""
 
     async def handler(request: web.Request) -> web.Response:
         seen.append((request.host.split(":")[0], request.path, request.headers.get("Cookie", "")))
+        await asyncio.sleep(float(request.query.get("wait", 0)))
         response = web.Response(text="ok")
         parts = request.path.split("/")
         if parts[1] == "set":
@@ -61,6 +63,99 @@ def test_a_cookie_set_by_one_row_goes_to_later_rows_of_its_host_only(workdir: Pa
 def _setting(name: str, value: str, attributes: str) -> str:
     """The path and query of ``_cookie_app`` that sets ``name=value; attributes``."""
     return f"/set/{name}/{quote(value)}?attrs={quote(attributes)}"
+
+
+def _sent(seen: list[tuple[str, str, str]]) -> list[tuple[str, str, list[str]]]:
+    return [(host, path, sorted(filter(None, header.split("; ")))) for host, path, header in seen]
+
+
+def test_every_request_gets_the_jar_as_it_is_then_set_changed_deleted_or_expired(
+    workdir: Path,
+) -> None:
+    """The jar remembers what it sent to a host until it changes: each request between
+    the changes (several, so a remembered header is sent again) gets what it holds."""
+    seen: list[tuple[str, str, str]] = []
+    with serve_in_thread(_cookie_app(seen)) as server:
+        paths = [
+            "/set/sid/1",
+            "/a/1",
+            "/a/2",
+            "/set/sid/2",  # changed
+            "/b/1",
+            "/b/2",
+            _setting("other", "o", "Path=/"),  # another cookie
+            "/c/1",
+            _setting("sid", "", "Path=/; Max-Age=0"),  # deleted
+            "/d/1",
+            "/d/2",
+            _setting("short", "s", "Path=/; Max-Age=1"),
+            "/e/1",
+            "/e/2?wait=1.5",  # sent before it expires, answered after
+            "/f/1",
+            "/f/2",
+        ]
+        job = url_job(workdir, [server.at(path) for path in paths])
+        result = run_fetch("run", job, "-o", "out", "-c", "1", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert [cookies for _, _, cookies in _sent(seen)] == [
+        [],
+        ["sid=1"],
+        ["sid=1"],
+        ["sid=1"],
+        ["sid=2"],
+        ["sid=2"],
+        ["sid=2"],
+        ["other=o", "sid=2"],
+        ["other=o", "sid=2"],
+        ["other=o"],
+        ["other=o"],
+        ["other=o"],
+        ["other=o", "short=s"],
+        ["other=o", "short=s"],
+        ["other=o"],
+        ["other=o"],
+    ]
+
+
+def test_path_secure_and_host_only_cookies_go_where_they_belong_request_after_request(
+    workdir: Path,
+) -> None:
+    seen: list[tuple[str, str, str]] = []
+    with serve_in_thread(_cookie_app(seen)) as server:
+        setting = [
+            server.at(_setting("app", "1", "Path=/app")),
+            server.at(_setting("slash", "1", "Path=/app/")),  # not for /app itself
+            server.at(_setting("deep", "1", "Path=/app/x")),
+            server.at(_setting("sec", "1", "Path=/; Secure")),  # never over http
+            server.at(_setting("ip", "1", "Path=/")),  # host-only: 127.0.0.1
+            server.at(_setting("lh", "1", "Path=/"), "localhost"),  # host-only: localhost
+            server.at(_setting("dom", "1", "Path=/; Domain=localhost"), "localhost"),
+        ]
+        asked = [
+            ("127.0.0.1", "/app"),
+            ("127.0.0.1", "/app/"),
+            ("127.0.0.1", "/app/x"),
+            ("127.0.0.1", "/app/x/y"),
+            ("127.0.0.1", "/apple"),
+            ("127.0.0.1", "/other"),
+            ("localhost", "/app/x/y"),
+            ("localhost", "/other"),
+        ]
+        urls = setting + [server.at(f"{path}?n={n}", host) for host, path in asked for n in (1, 2)]
+        result = run_fetch("run", url_job(workdir, urls), "-o", "out", "-c", "1", "-q")
+    assert result.exit_code == 0, result.stderr
+    got = _sent(seen)[len(setting) :]
+    assert got[::2] == got[1::2]  # the second of each pair as the first
+    assert got[::2] == [
+        ("127.0.0.1", "/app", ["app=1", "ip=1"]),
+        ("127.0.0.1", "/app/", ["app=1", "ip=1", "slash=1"]),
+        ("127.0.0.1", "/app/x", ["app=1", "deep=1", "ip=1", "slash=1"]),
+        ("127.0.0.1", "/app/x/y", ["app=1", "deep=1", "ip=1", "slash=1"]),
+        ("127.0.0.1", "/apple", ["ip=1"]),
+        ("127.0.0.1", "/other", ["ip=1"]),
+        ("localhost", "/app/x/y", ["dom=1", "lh=1"]),
+        ("localhost", "/other", ["dom=1", "lh=1"]),
+    ]
 
 
 _YESTERDAY = formatdate(time.time() - 86400, usegmt=True)
