@@ -36,13 +36,21 @@ from pathlib import Path
 
 from fetcher.config import configure
 from fetcher.demo_site import API, DESIGN, SHOP, SLOW, Design
-from fetcher.errors import FetcherError
+from fetcher.errors import FetcherError, StoreError
 from fetcher.jobs import load_job
 from fetcher.models import RunSummary
 from fetcher.runner import run_batch
 from fetcher.store import MANIFEST, RUNS_DIR, read_records
 
-__all__ = ["DemoResult", "DemoRun", "demo_lines", "report_path", "run_demo", "write_jobs"]
+__all__ = [
+    "DemoResult",
+    "DemoRun",
+    "check_run",
+    "demo_lines",
+    "report_path",
+    "run_demo",
+    "write_jobs",
+]
 
 DEFAULT_ROOT = Path("output/demo")
 _MIB = 1 << 20
@@ -127,7 +135,7 @@ async def run_demo(
                 summary = await run_batch(job, config)
             finally:
                 job.close()
-            runs.append(_checked(name, job_path, root / name, summary, design))
+            runs.append(check_run(name, job_path, root / name, summary, design))
             if summary.interrupted_by is not None:
                 break
     return DemoResult(root=root, runs=tuple(runs))
@@ -165,13 +173,21 @@ async def _serving() -> AsyncIterator[str]:
 
 def write_jobs(directory: Path, *, proxy: str, design: Design = DESIGN) -> tuple[Path, Path]:
     """Write the demo's two jobs, the batch and the crawl, with their sidecars, into
-    ``directory`` (made if missing; earlier ones replaced); return the two job files."""
-    directory.mkdir(parents=True, exist_ok=True)
+    ``directory`` (made if missing; earlier ones replaced); return the two job files.
+    Raises ``StoreError`` when they cannot be written."""
     api, shop = directory / "api.csv", directory / "shop.csv"
-    api.write_text("".join(_api_rows(design)), encoding="utf-8")
-    api.with_suffix(".toml").write_text(_API_TOML.format(proxy=proxy), encoding="utf-8")
-    shop.write_text(f"url\nhttp://{SHOP}/\n", encoding="utf-8")
-    shop.with_suffix(".toml").write_text(_SHOP_TOML.format(proxy=proxy), encoding="utf-8")
+    files = {
+        api: "".join(_api_rows(design)),
+        api.with_suffix(".toml"): _API_TOML.format(proxy=proxy),
+        shop: f"url\nhttp://{SHOP}/\n",
+        shop.with_suffix(".toml"): _SHOP_TOML.format(proxy=proxy),
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise StoreError(f"cannot write the demo's jobs in {directory}: {exc}") from None
     return api, shop
 
 
@@ -234,9 +250,13 @@ max_pages = 1000
 """
 
 
-def _checked(name: str, job: Path, output: Path, summary: RunSummary, design: Design) -> DemoRun:
-    """The run with what it did that the design did not plan: a failure that is not a
-    designed one, a designed failure that did not happen, pages the crawl missed."""
+def check_run(
+    name: str, job: Path, output: Path, summary: RunSummary, design: Design = DESIGN
+) -> DemoRun:
+    """The run of the demo's job ``name`` (``api`` or ``shop``) that wrote ``summary``
+    into ``output``, with what its manifest records show it did that ``design`` did not
+    plan: a failure that is not a designed one (or with another status), a designed
+    failure that did not happen, pages the crawl did not store."""
     failed: dict[str, int | None] = {}
     stored = 0
     for _, record in read_records(output / MANIFEST):
@@ -299,6 +319,9 @@ def demo_lines(result: DemoResult) -> Iterator[str]:
         )
     yield ""
     for run in result.runs:
+        if run.summary.interrupted_by is not None:
+            yield f"{run.name}: stopped by a signal (exit {run.summary.exit_code})"
+            continue
         if not run.surprises:
             yield f"{run.name}: as designed ({_designed(run)})"
             continue
