@@ -120,11 +120,10 @@ async def run_demo(
     Raises what ``run_batch`` raises (``LockedError`` when another run holds an output
     directory, ``StoreError``).
     """
-    design = DESIGN
     runs: list[DemoRun] = []
     async with _serving() as proxy:
         say(f"fetch demo: serving {SHOP}, {API} and {SLOW} through {proxy}")
-        for job_path in write_jobs(root / "jobs", proxy=proxy, design=design):
+        for job_path in write_jobs(root / "jobs", proxy=proxy):
             name = job_path.stem
             say(f"fetch demo: fetch run {job_path} -o {root / name}")
             job = load_job(job_path)
@@ -135,7 +134,7 @@ async def run_demo(
                 summary = await run_batch(job, config)
             finally:
                 job.close()
-            runs.append(check_run(name, job_path, root / name, summary, design))
+            runs.append(check_run(name, job_path, root / name, summary))
             if summary.interrupted_by is not None:
                 break
     return DemoResult(root=root, runs=tuple(runs))
