@@ -16,14 +16,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
 
-from fetcher.demo import check_run, report_path
-from fetcher.demo_site import API, DESIGN, SHOP, SLOW, demo_app
+from fetcher.demo import DemoResult, check_run, demo_lines, report_path
+from fetcher.demo_site import API, DESIGN, SHOP, SLOW, SLOW_DELAY, demo_app
 from fetcher.models import RunSummary
 from fetcher.store import DiskStore
 from tests.support import bodies, manifest_records, run_fetch, serve_in_thread, sidecar
@@ -184,22 +185,107 @@ def test_a_run_that_differs_from_the_design_is_named(demos: Demos) -> None:
     )
 
 
-def test_the_site_refuses_without_the_login_and_other_hosts() -> None:
+class _Client:
+    """urllib through the demo server as the proxy, with a cookie jar: what each URL
+    answers (status, headers, body)."""
+
+    def __init__(self, proxy: str) -> None:
+        self.opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": proxy}), urllib.request.HTTPCookieProcessor()
+        )
+
+    def get(
+        self, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, bytes]:
+        request = urllib.request.Request(url, data=data, headers=headers or {})
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return int(response.status), response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+
+@pytest.fixture
+def site() -> Iterator[_Client]:
     with serve_in_thread(demo_app()) as served:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": served.url}))
+        yield _Client(served.url)
 
-        def status(url: str, data: bytes | None = None) -> int:
-            try:
-                with opener.open(url, data=data, timeout=10) as response:
-                    return int(response.status)
-            except urllib.error.HTTPError as exc:
-                return exc.code
 
-        assert status(f"http://{API}/items/1.json") == 401  # no session cookie
-        assert status(f"http://{API}/login", b"user=demo&password=nope") == 403
-        assert status(f"http://{SHOP}/product/0.html") == 200
-        assert status(f"http://{SLOW}/reports/1.json") == 200
-        assert status("http://example.com/") == 502  # the demo reaches nothing else
+def test_the_site_refuses_without_the_login_and_other_hosts(site: _Client) -> None:
+    assert site.get(f"http://{API}/items/1.json")[0] == 401  # no session cookie
+    assert site.get(f"http://{API}/login", b"user=demo&password=nope")[0] == 403
+    assert site.get(f"http://{API}/items/1.json")[0] == 401
+    assert site.get("http://example.com/")[0] == 502  # the demo reaches nothing else
+    assert site.get(f"http://{SHOP}/category/10/")[0] == 404
+    assert site.get(f"http://{SHOP}/product/300.html")[0] == 404
+    assert site.get(f"http://{SLOW}/reports/9.json")[0] == 404
+    assert site.get(f"http://{API}/files/5.bin")[0] == 404
+
+
+def test_the_api_answers_as_designed_after_the_login(site: _Client) -> None:
+    assert site.get(f"http://{API}/login", b"user=demo&password=demo")[0] == 200
+    status, headers, body = site.get(f"http://{API}/items/1.json")
+    assert (status, json.loads(body)["id"]) == (200, 1)
+    assert (
+        site.get(f"http://{API}/items/1.json", headers={"If-None-Match": headers["ETag"]})[0] == 304
+    )
+    assert [site.get(f"http://{API}/items/5.json")[0] for _ in range(3)] == [500, 200, 200]
+    assert [site.get(f"http://{API}/items/77.json")[0] for _ in range(2)] == [500, 500]
+    assert site.get(f"http://{API}/items/13.json")[0] == 404
+    assert site.get(f"http://{API}/items/201.json")[0] == 404
+    moved = site.opener.open(f"http://{API}/v1/items/2.json", timeout=10)
+    assert moved.geturl() == f"http://{API}/items/2.json"
+    status, headers, body = site.get(f"http://{API}/files/1.bin")
+    assert (status, len(body)) == (200, 1 << 20)
+    etag = {"If-None-Match": headers["ETag"]}
+    assert site.get(f"http://{API}/files/1.bin", headers=etag)[0] == 304
+    started = time.monotonic()
+    assert site.get(f"http://{SLOW}/reports/1.json")[0] == 200
+    assert time.monotonic() - started >= SLOW_DELAY
+
+
+def test_the_shop_links_what_the_crawl_finds(site: _Client) -> None:
+    robots = site.get(f"http://{SHOP}/robots.txt")[2]
+    assert b"Disallow: /cart/" in robots
+    home = site.get(f"http://{SHOP}/")[2].decode()
+    assert 'href="/cart/"' in home
+    assert 'href="/old-catalog"' in home
+    category = site.get(f"http://{SHOP}/category/2/")[2].decode()
+    assert 'href="/product/1002.html"' in category  # a link to a page that is gone
+    assert site.get(f"http://{SHOP}/product/1002.html")[0] == 404
+    status, headers, page = site.get(f"http://{SHOP}/product/61.html")
+    assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    assert len(page) > 4000
+    assert (
+        site.get(f"http://{SHOP}/product/61.html", headers={"If-None-Match": headers["ETag"]})[0]
+        == 304
+    )
+    moved = site.opener.open(f"http://{SHOP}/old-catalog", timeout=10)
+    assert moved.geturl() == f"http://{SHOP}/catalog.html"
+
+
+def test_what_differs_from_the_design_is_printed_and_exits_1(demos: Demos) -> None:
+    output = demos.root / "api"
+    record = json.loads(sorted((output / "runs").glob("*.json"))[0].read_text())
+    summary = RunSummary(run=record["run"], duration_s=2.0)
+    summary.outcomes, summary.bytes = {"fetched": 208, "failed": 5}, 3 << 20
+    other = dataclasses.replace(DESIGN, missing_items=tuple(range(1, 20)))
+    run = check_run("api", demos.root / "jobs" / "api.csv", output, summary, other)
+    assert len(run.surprises) == 18 + 2  # 1-19 but 13 did not fail; 66 and 131 did
+    result = DemoResult(root=demos.root, runs=(run,))
+    assert result.exit_code == 1
+    lines = list(demo_lines(result))
+    assert "  api    213 pages in  2.00 s:    106 pages/s,    1.5 MiB/s" in lines
+    verdict = lines[lines.index("api: NOT as designed:") :]
+    assert verdict[1:3] == [
+        f"  http://{API}/items/66.json failed (404), not by design",
+        f"  http://{API}/items/131.json failed (404), not by design",
+    ]
+    assert verdict[3] == f"  http://{API}/items/1.json should have failed with 404"
+    assert verdict[11:] == [
+        "  ... and 10 more",
+        f"The jobs are in {demos.root / 'jobs'}; look around with fetch ls, show and stats.",
+    ]
 
 
 def test_report_path_is_the_runs_report_only_when_written(tmp_path: Path) -> None:
