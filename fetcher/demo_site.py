@@ -201,24 +201,29 @@ def _api(design: Design) -> web.Application:
         n = int(request.match_info["n"])
         if not 1 <= n <= design.files:
             raise web.HTTPNotFound()
-        etag = _etag(f"file {n}")
-        if request.headers.get("If-None-Match") == etag:
-            return web.Response(status=304, headers={"ETag": etag})
-        block = hashlib.sha256(f"{n}".encode()).digest() * 2048  # 64 KiB
-        response = web.StreamResponse(headers={"ETag": etag})
-        response.content_type = "application/octet-stream"
-        response.content_length = _FILE_SIZE
-        await response.prepare(request)
-        for _ in range(_FILE_SIZE // len(block)):
-            await response.write(block)
-        await response.write_eof()
-        return response
+        return await _file(request, n)
 
     app.router.add_post("/login", login)
     app.router.add_get(r"/items/{n:\d+}.json", item)
     app.router.add_get(r"/v1/items/{n:\d+}.json", old_item)
     app.router.add_get(r"/files/{n:\d+}.bin", file)
     return app
+
+
+async def _file(request: web.Request, n: int) -> web.StreamResponse:
+    """File ``n``: 1 MiB of bytes made from ``n``, streamed (or a 304 for its ETag)."""
+    etag = _etag(f"file {n}")
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    block = hashlib.sha256(f"{n}".encode()).digest() * 2048  # 64 KiB
+    response = web.StreamResponse(headers={"ETag": etag})
+    response.content_type = "application/octet-stream"
+    response.content_length = _FILE_SIZE
+    await response.prepare(request)
+    for _ in range(_FILE_SIZE // len(block)):
+        await response.write(block)
+    await response.write_eof()
+    return response
 
 
 # --------------------------------------------------------------------------- slow.demo.test
