@@ -448,9 +448,12 @@ def reindex(directory: Path) -> None:
     help="Fetch every page again, as a first demo does, instead of refreshing the copies.",
 )
 def demo(output: Path, progress: bool | None, force: bool) -> None:
-    """See fetch at work with no network: serve a made-up shop and API on 127.0.0.1,
-    write a batch job and a crawl for them into OUTPUT/jobs, run both, and print what
-    fetch stats says and how fast it went.
+    """Run fetch against a made-up site on 127.0.0.1: no network needed.
+
+    Serves a shop, an API behind a login and a slow host; writes a batch job and a
+    crawl for them into OUTPUT/jobs; runs both into OUTPUT/api and OUTPUT/shop; prints
+    fetch stats for each and the pace on this machine. A second demo refreshes the
+    copies (304s), as a second fetch run does.
 
     Exit 0 when both runs went as designed (their designed 404s and 500s included), 1
     when something else happened.
