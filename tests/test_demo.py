@@ -76,7 +76,9 @@ def test_the_demo_exits_0_and_prints_stats_pace_and_verdict(demos: Demos) -> Non
     assert re.search(r"^  shop +316 pages in +[\d.]+ s: +\d+ pages/s, +[\d.]+ MiB/s$", out, re.M)
     assert "api: as designed (208 pages stored or kept, 5 designed failures)" in out
     assert "shop: as designed (312 pages stored or kept, 3 designed failures)" in out
-    assert "report:" not in out  # no run wrote one (fetch report's runs do)
+    reports = re.findall(r"^report: (.+)$", out, re.M)  # each run wrote its report
+    assert [Path(r).parent for r in reports] == [root / "api" / "runs", root / "shop" / "runs"]
+    assert all(Path(r).is_file() for r in reports)
     # stderr: what is served, each run as fetch run would say it, and its summary line
     assert f"serving {SHOP}, {API} and {SLOW} through http://127.0.0.1:" in result.stderr
     assert f"fetch run {root / 'jobs' / 'api.csv'} -o {root / 'api'}" in result.stderr
