@@ -183,9 +183,12 @@ class _Coordinator:
         counts = await self._cut()
         active = [k for k, count in enumerate(counts) if count]
         if active and not self.stopping:
-            async with asyncio.TaskGroup() as group:
-                for shard in self._shards(active):
-                    group.create_task(self._drive(shard))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for shard in self._shards(active):
+                        group.create_task(self._drive(shard))
+            except BaseExceptionGroup as group:  # a bug, or a disk failure: its own error
+                raise group.exceptions[0] from None
         if self.error is not None:
             raise FetcherError(self.error)
 
@@ -296,6 +299,8 @@ class _Coordinator:
                 if result.error is not None and self.error is None:
                     self.error = result.error
                     self._forward(signal.SIGTERM)
+                elif result.signal is not None:  # stopped, maybe before its first row
+                    self._record_rest(shard)
                 return
             died = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
             if attempt < MAX_RESTARTS and not self.stopping:
@@ -307,7 +312,8 @@ class _Coordinator:
                 self._say(f"fetch: the worker of shard {shard.k} died ({died}); giving up on it")
                 self._record_rest(
                     shard,
-                    why=f"not fetched: the worker of its shard died {attempt + 1} times ({died})",
+                    why=f"not fetched: the worker of its shard died {attempt + 1} times ({died}); "
+                    "--resume tries it again",
                 )
                 return
         self._record_rest(shard)
@@ -331,8 +337,8 @@ class _Coordinator:
         try:
             if self.signum is not None:  # a signal came while it started
                 worker.send_signal(self.signum)
-            worker.stdin.write(_json.dumps(shard.to_json()) + b"\n")
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, RuntimeError):  # it died at once
+                worker.stdin.write(_json.dumps(shard.to_json()) + b"\n")
                 await worker.stdin.drain()
             async for line in worker.stdout:
                 kind, _, rest = line.partition(b" ")

@@ -19,6 +19,7 @@ so does the end of stdin: the coordinator is gone, and its workers never outlive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -127,12 +128,17 @@ def _stop_at_eof() -> None:
 
 
 def _say(kind: str, data: bytes) -> None:
-    sys.stdout.buffer.write(kind.encode() + b" " + data + b"\n")
-    sys.stdout.buffer.flush()
+    """Tell the coordinator; once it is gone (a closed pipe) there is no one to tell."""
+    with contextlib.suppress(OSError):
+        sys.stdout.buffer.write(kind.encode() + b" " + data + b"\n")
+        sys.stdout.buffer.flush()
 
 
 def main() -> None:
     """``python -m fetcher.worker``: run the shard described on stdin (see above)."""
+    early: list[int] = []  # a signal before the run's own handlers are in place
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: early.append(signum))
     shard = Shard.from_json(_json.loads(sys.stdin.buffer.readline()))
     threading.Thread(target=_stop_at_eof, daemon=True).start()
 
@@ -141,7 +147,10 @@ def main() -> None:
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            result = runner.run(run_shard(shard, report))
+            if early:  # stopped before it began: the coordinator records the rows
+                result = ShardResult(k=shard.k, signal=early[0])
+            else:
+                result = runner.run(run_shard(shard, report))
     except FetcherError as exc:
         result = ShardResult(k=shard.k, error=str(exc))
     except Exception as exc:  # a bug: its traceback, and the run ends on it
