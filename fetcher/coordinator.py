@@ -85,8 +85,11 @@ async def run_sharded(job: Job, config: FetchConfig) -> RunSummary:
     """``run_batch`` for ``config.workers > 1``: run the job as shards in worker
     processes (see the module docstring). Returns and raises as ``run_batch`` does."""
     job, config = with_config_headers(job, config)
-    if config.crawl is not None:
-        raise UsageError("crawl mode does not run with --workers yet: use --workers 1")
+    if config.crawl is not None and config.crawl.scope == "any":
+        raise UsageError(
+            "a crawl with scope any cannot run as shards (a link may lead to any "
+            "shard's domain): use --workers 1, or scope host or domain"
+        )
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
@@ -168,6 +171,8 @@ class _Coordinator:
         self.folder = run_folder(store.state, summary.run)
         self.started = time.monotonic()
         self.count = min(config.workers, config.concurrency)  # each worker gets a slot
+        if config.crawl is not None and config.crawl.max_pages is not None:
+            self.count = min(self.count, config.crawl.max_pages)  # and a page
         self.signum: int | None = None
         self.error: str | None = None
         self.workers: set[asyncio.subprocess.Process] = set()
@@ -244,7 +249,7 @@ class _Coordinator:
             return invalid_outcome(request, now_iso())
         if self.stopping:
             return interrupted_outcome(request, now_iso())
-        if store.finished(request):
+        if self.config.crawl is None and store.finished(request):  # a crawl's frontier knows
             meta = store.head_sidecar(request) if request.method == "HEAD" else None
             return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
         return None
@@ -257,27 +262,35 @@ class _Coordinator:
 
     def _shards(self, active: Sequence[int]) -> Iterator[Shard]:
         """The description of each shard with rows, with its share of the limits."""
-        config = self.config
+        config, crawl = self.config, self.config.crawl
         slots = shares(config.concurrency, len(active))
         rate = config.rate / len(active) if config.rate else None
         spread = Sharding.of(config, self.count).spread
-        for k, concurrency in zip(active, slots, strict=True):
+        pages = shares(crawl.max_pages, len(active)) if crawl and crawl.max_pages else None
+        plain = self.job.plain_request("http://fetch.invalid/", seed="http://fetch.invalid/")
+        for n, k in enumerate(active):
             files = PartFiles(self.folder, k)
             options = worker_options(
                 config,
-                concurrency=concurrency,
+                concurrency=slots[n],
                 rate=rate,
                 spread=spread,
                 cookies=self.cookies,
                 jar=files.jar if config.cookie_jar is not None else None,
                 deadline=None,
+                max_pages=pages[n] if pages else None,
             )
             yield Shard(
                 k=k,
+                count=self.count,
                 run=self.summary.run,
                 root=str(self.store.root),
                 folder=str(self.folder),
                 options=options,
+                headers=[list(pair) for pair in plain.headers],
+                shown=[list(p) for p in plain.redacted_headers] if plain.redacted_headers else None,
+                user_agent=self.job.user_agent(),
+                resume=crawl is not None and self.store.resuming,
             )
 
     # -- the workers --------------------------------------------------------------
@@ -295,6 +308,8 @@ class _Coordinator:
                     break
                 shard = dataclasses.replace(shard, options={**shard.options, "deadline": left})
             result, code = await self._attempt(shard)
+            if shard.options.get("crawl") is not None:  # a rerun goes on with its frontier
+                shard = dataclasses.replace(shard, resume=True)
             if result is not None:
                 if result.error is not None and self.error is None:
                     self.error = result.error

@@ -10,14 +10,15 @@ of an engine on another machine that sees the output directory.
 
 Which shard a row goes to:
 
-- ``--shard-by domain``: the registrable domain of its host, hashed, so a domain (and
-  so a host) lives in one shard, and per-host limits, pauses and cookies behave as in
-  one process. The registrable domain comes from a small built-in rule rather than the
-  Public Suffix List (no dependency): the last two labels of the host, three when the
-  second-last is a common second-level label under a two-letter country code
-  (``co.uk``, ``com.au``, ``ac.jp``...); an IP address is its own domain. A domain the
-  rule misjudges (``github.io``: its users share one shard) costs balance, never
-  politeness: a host is always in one shard.
+- ``--shard-by domain`` (and always in crawl mode): the registrable domain of its host,
+  hashed, so a domain (and so a host) lives in one shard, and per-host limits, pauses and
+  cookies behave as in one process; a crawl's links within its scope (host or domain)
+  stay in the shard of their seed. The registrable domain is crawl mode's
+  (``fetcher.crawl.registrable_domain``): a built-in rule rather than the Public Suffix
+  List (no dependency), the last two labels of the host, three under a few dozen
+  two-label suffixes (``co.uk``, ``com.au``, ``github.io``...); an IP address is its own
+  domain. A domain the rule misjudges costs balance, never politeness: a host is always
+  in one shard.
 - ``--shard-by url``: the URL, hashed, over the ``spread`` shards that follow its host's
   own (a host spreads over at most ``--per-host`` shards, each of which gets
   ``per_host // spread`` of its slots and ``per_host_rate / spread`` of its rate).
@@ -32,7 +33,7 @@ the next open of the directory deletes one a killed run left).
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import os
 import zlib
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from yarl import URL
 
 from fetcher import _json
 from fetcher.config import FetchConfig
+from fetcher.crawl import CrawlSettings, registrable_domain
 from fetcher.models import Request
 from fetcher.store.merge import PartFiles
 
@@ -53,13 +55,7 @@ __all__ = [
     "ShardWriter",
     "Sharding",
     "read_rows",
-    "registrable_domain",
 ]
-
-# Second-level labels under which a country code's registries sell names (co.uk).
-_SECOND_LEVEL = frozenset(
-    "ac co com edu gov govt gob go gouv mil net nic nom or org ltd plc sch ne".split()  # noqa: SIM905
-)
 
 # The options a worker takes from the coordinator's config as they are (its limits are
 # its share; its cookies are those of [[setup]]).
@@ -80,23 +76,6 @@ _PASSED = (
 )
 
 
-def registrable_domain(host: str) -> str:
-    """The registrable domain of ``host`` by the rule in the module docstring."""
-    host = host.lower().rstrip(".")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        return host
-    labels = host.split(".")
-    if len(labels) <= 2:
-        return host
-    if len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
-
-
 def _crc(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
@@ -112,9 +91,10 @@ class Sharding:
 
     @classmethod
     def of(cls, config: FetchConfig, count: int) -> Sharding:
-        """The sharding of ``config`` over ``count`` shards."""
-        spread = min(count, config.host_slots) if config.shard_by == "url" else 1
-        return cls(config.shard_by, count, spread)
+        """The sharding of ``config`` over ``count`` shards (a crawl's: by domain)."""
+        if config.crawl is not None or config.shard_by == "domain":
+            return cls("domain", count)
+        return cls("url", count, min(count, config.host_slots))
 
     def shard_of(self, url: str) -> int:
         """The shard of a row's URL (a URL that does not parse: by its text)."""
@@ -206,7 +186,7 @@ class Shard:
     """What a worker needs to run one shard: no more, and all of it as JSON.
 
     Args:
-        k: the shard's number (its files are ``PartFiles(folder, k)``).
+        k: the shard's number (its files are ``PartFiles(folder, k)``), of ``count``.
         run: the run it belongs to (its manifest lines carry it).
         root: the output directory.
         folder: the run's folder of shards and parts.
@@ -214,14 +194,24 @@ class Shard:
             run's options, with this shard's share of the limits and the cookies of
             ``[[setup]]``.
         progress_every: seconds between the worker's progress reports.
+        headers: the headers of a request no row makes (robots.txt, a sitemap), as
+            sent; ``shown``: as shown, when a template put a secret in one.
+        user_agent: the run's User-Agent, as robots.txt reads it.
+        resume: a crawl's: go on with the shard's frontier (``--resume``, or its
+            worker died).
     """
 
     k: int
+    count: int
     run: str
     root: str
     folder: str
     options: dict[str, Any] = field(default_factory=dict)
     progress_every: float = 0.2
+    headers: list[list[str]] = field(default_factory=list)
+    shown: list[list[str]] | None = None
+    user_agent: str = ""
+    resume: bool = False
 
     @property
     def files(self) -> PartFiles:
@@ -230,6 +220,8 @@ class Shard:
     def config(self) -> FetchConfig:
         """The worker's options."""
         options = {**self.options, "headers": tuple(self.options.get("headers", ()))}
+        if "crawl" in options:
+            options["crawl"] = CrawlSettings.parse(options["crawl"])
         return FetchConfig(output=Path(self.root), progress=False).merge(options)
 
     def to_json(self) -> dict[str, Any]:
@@ -249,6 +241,7 @@ def worker_options(
     cookies: Path | None,
     jar: Path | None,
     deadline: float | None,
+    max_pages: int | None = None,
 ) -> dict[str, Any]:
     """The options of one worker: ``config``'s, with the worker's share of the limits."""
     options: dict[str, Any] = {}
@@ -266,8 +259,23 @@ def worker_options(
         cookies=str(cookies) if cookies else None,
         cookie_jar=str(jar) if jar else None,
         deadline=deadline,
+        crawl=_plain_crawl(config.crawl, max_pages) if config.crawl is not None else None,
     )
     return {name: value for name, value in options.items() if value is not None}
+
+
+def _plain_crawl(settings: CrawlSettings, max_pages: int | None) -> dict[str, Any]:
+    """A crawl's settings as ``CrawlSettings.parse`` takes them, with this shard's share
+    of ``max_pages``."""
+    data = {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if not f.name.startswith("_")
+    }
+    for name in ("include", "exclude"):
+        data[name] = [pattern.pattern for pattern in data[name]]
+    data["max_pages"] = max_pages
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in data.items()}
 
 
 def shares(total: int, count: int) -> list[int]:

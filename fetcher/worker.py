@@ -33,7 +33,7 @@ from fetcher import _json
 from fetcher.config import FetchConfig
 from fetcher.errors import FetcherError
 from fetcher.jobs import Job
-from fetcher.models import Outcome, Request, RunSummary
+from fetcher.models import Outcome, Request, RunSummary, same_origin
 from fetcher.progress import Progress
 from fetcher.runner import run_rows
 from fetcher.shards import Shard, ShardResult, read_rows
@@ -47,16 +47,31 @@ Report = Callable[[int, int], None]  # rows done and failed since the last repor
 
 
 class ShardRows(Job):
-    """A shard's file as a job: its rows, less those already recorded (``done``)."""
+    """A shard's file as a job: its rows, less those already recorded (``done``); a
+    request no row makes carries the run's headers as the coordinator rendered them."""
 
     def __init__(self, shard: Shard, done: Container[int | None]) -> None:
         super().__init__(shard.files.rows, spec=JobSpec(), format="jsonl", name=f"shard-{shard.k}")
-        self._done = done
+        self.shard, self._done = shard, done
 
     def requests(self) -> Iterator[Request]:
         for request in read_rows(self.path):
             if request.line not in self._done:
                 yield request
+
+    def user_agent(self) -> str:
+        return self.shard.user_agent or super().user_agent()
+
+    def plain_request(self, url: str, *, seed: str) -> Request:
+        shown = self.shard.shown
+        request = Request(
+            line=0,
+            method="GET",
+            url=url,
+            headers=tuple((name, value) for name, value in self.shard.headers),
+            redacted_headers=tuple((name, value) for name, value in shown) if shown else None,
+        )
+        return request if same_origin(url, seed) else request.without_secrets()
 
 
 class _Counter(Progress):
@@ -95,8 +110,17 @@ async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
         lookup = open_lookup(state / INDEX)
         store = DiskStore(root, durable=config.durable)
         try:
-            store.open_part(files.manifest, files.index, lookup=lookup)
-            done = {record.line for _, record in read_records(files.manifest)}
+            crawl = config.crawl is not None
+            frontier = state / "frontiers" / f"{shard.count}-{shard.k}"
+            store.open_part(
+                files.manifest,
+                files.index,
+                lookup=lookup,
+                state=frontier if crawl else None,
+                resume=shard.resume,
+            )
+            # A crawl's frontier knows what is done; a batch's part does.
+            done = set() if crawl else {r.line for _, r in read_records(files.manifest)}
             summary = RunSummary(run=shard.run)
             counter = _Counter(config, report, shard.progress_every)
             try:

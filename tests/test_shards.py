@@ -4,9 +4,9 @@ process would, under the same limits, and refuses what one process refuses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fetcher.shards import Sharding, registrable_domain
+from fetcher.shards import Sharding
+from tests.crawl_site import site
 from tests.support import (
     Tracker,
     bodies,
@@ -34,13 +35,13 @@ from tests.support import (
 
 FETCH = Path(sys.executable).with_name("fetch")
 HOSTS = ("127.0.0.1", "localhost")
-_CHANGING = {"run", "fetched_at", "elapsed_ms"}  # what differs between two runs of a row
+_CHANGING = frozenset({"run", "fetched_at", "elapsed_ms"})  # what differs between two runs of a row
 
 
-def _rows(output: Path) -> list[tuple[Any, ...]]:
+def _rows(output: Path, *, changing: frozenset[str] = _CHANGING) -> list[tuple[Any, ...]]:
     """The manifest's records without what differs from run to run, sorted."""
     return sorted(
-        tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k not in _CHANGING))
+        tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k not in changing))
         for r in manifest(output)
     )
 
@@ -265,24 +266,89 @@ def test_setup_and_loaded_cookies_reach_every_worker(workdir: Path) -> None:
     assert "\tloaded\tl-2" in jar
 
 
-def test_registrable_domains_by_the_built_in_rule() -> None:
-    assert registrable_domain("www.Example.com") == "example.com"
-    assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
-    assert registrable_domain("news.bbc.co.uk.") == "bbc.co.uk"
-    assert registrable_domain("example.com.au") == "example.com.au"
-    assert registrable_domain("localhost") == "localhost"
-    assert registrable_domain("127.0.0.1") == "127.0.0.1"
-    assert registrable_domain("[::1]") == "[::1]"
+def test_a_domain_lives_in_one_shard() -> None:
     sharding = Sharding("domain", 4)
     assert len({sharding.shard_of(f"http://{h}.example.org/x") for h in "abcdefgh"}) == 1
+    assert len({sharding.shard_of(f"https://{h}.example.co.uk:8{h}/") for h in "123"}) == 1
+    spread = Sharding("url", 4, 2)
+    assert len({spread.shard_of(f"http://example.org/{n}") for n in range(50)}) == 2
 
 
-def test_a_crawl_with_workers_is_refused_for_now(workdir: Path) -> None:
+def _crawl_job(folder: Path, port: int, scope: str) -> Path:
+    seeds = "".join(f"http://{host}:{port}/p/0.html\n" for host in HOSTS)
+    toml = f'[crawl]\ndepth = 3\nscope = "{scope}"\nstrip_query = ["utm_*"]\n'
+    return write_job(folder, "url\n" + seeds, toml)
+
+
+def test_a_sharded_crawl_equals_a_one_process_crawl(workdir: Path) -> None:
+    box = [0]
+    fast = ("--per-host", "8", "--per-host-rate", "2000", "-q")
+    with serve_in_thread(site(60, box)) as server:
+        box[0] = server.port
+        job = _crawl_job(workdir, server.port, "host")
+        assert len({Sharding("domain", 2).shard_of(server.at("/", h)) for h in HOSTS}) == 2
+        one = run_fetch("run", job, "-o", "one", *fast)
+        pages_one = sorted(str(r.url) for r in server.requests if r.path != "/robots.txt")
+        server.requests.clear()
+        two = run_fetch("run", job, "-o", "two", "--workers", "2", *fast)
+        pages_two = sorted(str(r.url) for r in server.requests if r.path != "/robots.txt")
+    assert one.exit_code == two.exit_code == 0, two.stderr
+    assert pages_two == pages_one  # each page once, in both
+    assert {h for h in HOSTS if any(f"//{h}:" in url for url in pages_two)} == set(HOSTS)
+    # The same depths; a page's parent is the first page of the level above to be
+    # recorded with its link, in one process as in two.
+    changing = _CHANGING | {"parent"}
+    assert _rows(workdir / "two", changing=changing) == _rows(workdir / "one", changing=changing)
+    assert _digests(workdir / "two") == _digests(workdir / "one")
+    assert not any((workdir / "two/.fetch/shards").iterdir())
+
+
+def test_a_crawl_of_scope_any_with_workers_is_refused(workdir: Path) -> None:
     with serve_in_thread(items_app()) as server:
-        job = write_job(workdir, f"url\n{server.at('/items/1')}\n", "[crawl]\ndepth = 1\n")
+        job = _crawl_job(workdir, server.port, "any")
         result = run_fetch("run", job, "-o", "out", "--workers", "2")
     assert result.exit_code == 2
-    assert "--workers" in result.stderr
+    assert "scope any cannot run as shards" in result.stderr
     assert server.requests == []
-    with contextlib.suppress(FileNotFoundError):
-        assert not any((workdir / "out").iterdir())
+    assert not (workdir / "out").exists()
+
+
+def test_a_sharded_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> None:
+    box = [0]
+    app = site(60, box)
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+        await asyncio.sleep(0.05)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(slow)
+    fast = ("--per-host", "2", "--per-host-rate", "2000", "-q")
+    with serve_in_thread(app) as server:
+        box[0] = server.port
+        job = _crawl_job(workdir, server.port, "host")
+        one = run_fetch("run", job, "-o", "one", *fast)
+        want = sorted(str(r.url) for r in server.requests if r.path != "/robots.txt")
+        server.requests.clear()
+        fetch = subprocess.Popen(
+            [FETCH, "run", job, "-o", "two", "--workers", "2", *fast],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            until = time.monotonic() + 30
+            while len(server.requests) < 30 and time.monotonic() < until:
+                time.sleep(0.01)
+            fetch.send_signal(signal.SIGINT)
+            _, err = fetch.communicate(timeout=30)
+        finally:
+            fetch.kill()
+            fetch.communicate()
+        assert fetch.returncode == 130, err
+        first = len(server.requests)
+        resumed = run_fetch("run", job, "-o", "two", "--workers", "2", "--resume", *fast)
+        got = sorted(str(r.url) for r in server.requests if r.path != "/robots.txt")
+    assert one.exit_code == resumed.exit_code == 0, resumed.stderr
+    assert first < len(server.requests)  # the resumed run had pages left to fetch
+    assert got == want  # every page of the crawl, each once

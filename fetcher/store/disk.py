@@ -143,7 +143,15 @@ class DiskStore:
             self.close()
             raise
 
-    def open_part(self, manifest: Path, index: Path, *, lookup: Index) -> None:
+    def open_part(
+        self,
+        manifest: Path,
+        index: Path,
+        *,
+        lookup: Index,
+        state: Path | None = None,
+        resume: bool = False,
+    ) -> None:
         """Open the store as one of several writers of the output directory, under the
         lock a parent process holds (a worker of a sharded run: see ``merge.py``).
 
@@ -151,9 +159,17 @@ class DiskStore:
         there). Manifest lines go to ``manifest`` and the crash protocol's notes, and
         the copies placed, to the index at ``index``: both the worker's own. Earlier
         runs' copies are read from ``lookup``, the directory's index. A part that a
-        killed worker left is recovered as ``open`` recovers a directory.
+        killed worker left is recovered as ``open`` recovers a directory. ``state`` is
+        where this writer keeps its own state (a crawl's frontier); ``resume``: it
+        goes on with the interrupted run that ``lookup`` notes (``finished``).
         """
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+            self.state = state
         try:
+            if resume:
+                self.resuming = True
+                self._finished = FinishedRows.read(lookup, self.root)
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             repair_manifest(manifest)
             self._manifest = open(manifest, "ab")  # noqa: SIM115
