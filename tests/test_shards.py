@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fetcher.shards import Sharding
+from fetcher.models import Request
+from fetcher.shards import Shard, Sharding, ShardResult, ShardWriter
+from fetcher.store import DiskStore
+from fetcher.store.merge import merge_part, run_folder
+from fetcher.worker import run_shard
 from tests.crawl_site import site
 from tests.support import (
     Tracker,
@@ -352,3 +356,37 @@ def test_a_sharded_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Pa
     assert one.exit_code == resumed.exit_code == 0, resumed.stderr
     assert first < len(server.requests)  # the resumed run had pages left to fetch
     assert got == want  # every page of the crawl, each once
+
+
+async def test_the_worker_is_a_function_of_its_shard(aiohttp_server: Any, tmp_path: Path) -> None:
+    server = await aiohttp_server(items_app())
+    root = tmp_path / "out"
+    rows = [
+        Request(line=n + 2, method="GET", url=str(server.make_url(f"/items/{n}"))) for n in range(6)
+    ]
+    with DiskStore(root) as store:
+        store.start_run("r1", "2026-12-03T00:00:00.000Z", {})
+        folder = run_folder(store.state, "r1")
+        folder.mkdir(parents=True)
+        writer = ShardWriter(folder, Sharding("domain", 1))
+        for request in rows:
+            writer.add(request)
+        writer.close()
+        assert writer.counts == [6]
+        shard = Shard(
+            k=0, count=1, run="r1", root=str(root), folder=str(folder), options={"concurrency": 2}
+        )
+        assert Shard.from_json(json.loads(json.dumps(shard.to_json()))) == shard
+        reported: list[tuple[int, int]] = []
+        result = await run_shard(shard, lambda done, failed: reported.append((done, failed)))
+        assert result == ShardResult(k=0)
+        assert sum(done for done, _ in reported) == 6
+        again = await run_shard(shard)  # a rerun: every row is in its part already
+        assert again == ShardResult(k=0)
+        merge_part(store, shard.files)
+        assert not shard.files.manifest.exists()
+    records = manifest(root)
+    assert [(r["line"], r["outcome"], r["run"]) for r in records] == [
+        (n + 2, "fetched", "r1") for n in range(6)
+    ]
+    assert (root / records[0]["path"]).read_text() == "item 0"
