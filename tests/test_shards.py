@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from fetcher import FetchConfig, load_job, run_batch
 from fetcher.models import Request
 from fetcher.shards import Shard, Sharding, ShardResult, ShardWriter
 from fetcher.store import DiskStore
@@ -390,3 +391,63 @@ async def test_the_worker_is_a_function_of_its_shard(aiohttp_server: Any, tmp_pa
         (n + 2, "fetched", "r1") for n in range(6)
     ]
     assert (root / records[0]["path"]).read_text() == "item 0"
+
+
+async def test_the_parts_of_a_killed_coordinator_are_merged_by_the_next_open(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(items_app())
+    root = tmp_path / "out"
+    urls = [str(server.make_url(f"/items/{n}")) for n in range(4)]
+    with DiskStore(root) as store:  # a coordinator, "killed" once its worker is done
+        store.start_run("r1", "2026-12-03T00:00:00.000Z", {})
+        folder = run_folder(store.state, "r1")
+        folder.mkdir(parents=True)
+        writer = ShardWriter(folder, Sharding("domain", 1))
+        for n, url in enumerate(urls[:3]):
+            writer.add(Request(line=n + 2, method="GET", url=url))
+        writer.close()
+        shard = Shard(k=0, count=1, run="r1", root=str(root), folder=str(folder))
+        assert await run_shard(shard) == ShardResult(k=0)
+    assert not (root / "manifest.jsonl").read_bytes()  # nothing merged yet
+    job = url_job(tmp_path, urls)
+    summary = await run_batch(
+        load_job(job), FetchConfig(output=root, resume=True, workers=2, progress=False)
+    )
+    assert summary.outcomes == {"skipped": 3, "fetched": 1}  # the killed run's 3 rows kept
+    latest = {r["line"]: r for r in manifest_records(root)}
+    assert [latest[n]["outcome"] for n in range(2, 6)] == ["skipped"] * 3 + ["fetched"]
+    assert len(manifest_records(root)) == 3 + 4
+    assert not any((root / ".fetch/shards").iterdir())
+
+
+def test_a_failing_setup_sends_no_row_with_workers(workdir: Path) -> None:
+    async def login(request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    app = items_app()
+    app.router.add_post("/login", login)
+    with serve_in_thread(app) as server:
+        toml = f'[[setup]]\nmethod = "POST"\nurl = "{server.url}/login"\n'
+        urls = "".join(f"{server.at(f'/items/{n}', host)}\n" for n in range(4) for host in HOSTS)
+        job = write_job(workdir, "url\n" + urls, toml)
+        result = run_fetch("run", job, "-o", "out", "--workers", "2")
+    assert result.exit_code == 1
+    assert "setup request POST" in result.stderr
+    assert [r.path for r in server.requests] == ["/login"]
+    (record,) = [json.loads(p.read_text()) for p in (workdir / "out/runs").iterdir()]
+    assert record["state"] == "failed"
+
+
+def test_the_deadline_holds_across_workers(workdir: Path) -> None:
+    with serve_in_thread(items_app(state={"delay": 0.4})) as server:
+        urls = [server.at(f"/items/{n}", host) for n in range(10) for host in HOSTS]
+        job = url_job(workdir, urls)
+        result = run_fetch("run", job, "-o", "out", "--workers", "2", "-c", "2", "--deadline", "1s")
+    assert result.exit_code == 1, result.stderr
+    records = manifest(workdir / "out")
+    assert len(records) == 20
+    late = [r for r in records if not r["ok"]]
+    assert late
+    assert {r["error"]["kind"] for r in late} == {"interrupted"}
+    assert len(server.requests) < 20

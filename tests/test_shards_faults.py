@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,37 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _workers_of_this_process() -> set[int]:
+    """The worker processes a coordinator running in this (the test's) process started."""
+    found = set()
+    for pid in _children(os.getpid()):
+        try:
+            if b"fetcher.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+@contextmanager
+def _beside(action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` in a thread while the block runs (a coordinator in this process)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield
+    thread.join(60)
+    if failed:
+        raise failed[0]
+
+
 def _wait_until(done: Callable[[], bool], what: str, timeout: float = 30) -> None:
     until = time.monotonic() + timeout
     while not done():
@@ -72,19 +105,17 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_worker_is_run_again_from_where_it_stopped(workdir: Path) -> None:
     arrived: list[str] = []
-    with serve_in_thread(_slow_app(arrived, {"delay": 0.2})) as server:
+
+    def kill_one() -> None:
+        _wait_until(lambda: len(arrived) >= 8, "requests")
+        os.kill(min(_workers_of_this_process()), signal.SIGKILL)
+
+    with serve_in_thread(_slow_app(arrived, {"delay": 0.2})) as server, _beside(kill_one):
         job = url_job(workdir, [server.at(f"/{n}") for n in range(40)])
-        fetch = _start(job, workdir / "out", "--workers", "2", "--shard-by", "url", "-c", "4")
-        try:
-            _wait_until(lambda: len(arrived) >= 8, "requests")
-            victim = min(_children(fetch.pid))
-            os.kill(victim, signal.SIGKILL)
-            _, stderr = fetch.communicate(timeout=60)
-        finally:
-            fetch.kill()
-            fetch.communicate()
-    assert fetch.returncode == 0, stderr
-    assert "died (killed by SIGKILL); running the shard again" in stderr
+        args = ("--workers", "2", "--shard-by", "url", "-c", "4")
+        result = run_fetch("run", job, "-o", "out", *args)
+    assert result.exit_code == 0, result.stderr
+    assert "died (killed by SIGKILL); running the shard again" in result.stderr
     records = manifest(workdir / "out")
     assert [r["line"] for r in records] == list(range(2, 42))  # every row, once
     assert all(r["outcome"] == "fetched" for r in records)
@@ -94,25 +125,23 @@ def test_a_killed_worker_is_run_again_from_where_it_stopped(workdir: Path) -> No
 
 
 def test_a_shard_whose_worker_keeps_dying_is_recorded_failed(workdir: Path) -> None:
+    killed: set[int] = set()
+
+    def kill_each() -> None:
+        until = time.monotonic() + 60
+        while len(killed) < 4 and time.monotonic() < until:
+            for pid in _workers_of_this_process() - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.01)
+
     arrived: list[str] = []
-    with serve_in_thread(_slow_app(arrived, {"delay": 0.5})) as server:
+    with serve_in_thread(_slow_app(arrived, {"delay": 0.5})) as server, _beside(kill_each):
         job = url_job(workdir, [server.at(f"/{n}") for n in range(12)])
-        fetch = _start(job, workdir / "out", "--workers", "2", "-c", "2")  # one host: one shard
-        killed: set[int] = set()
-        try:
-            until = time.monotonic() + 60
-            while len(killed) < 4 and time.monotonic() < until:
-                for pid in _children(fetch.pid) - killed:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
-                time.sleep(0.02)
-            _, stderr = fetch.communicate(timeout=60)
-        finally:
-            fetch.kill()
-            fetch.communicate()
+        result = run_fetch("run", job, "-o", "out", "--workers", "2", "-c", "2")  # one shard
     assert len(killed) == 4
-    assert fetch.returncode == 1, stderr
-    assert "giving up on it" in stderr
+    assert result.exit_code == 1, result.stderr
+    assert "giving up on it" in result.stderr
     records = manifest(workdir / "out")
     assert [r["line"] for r in records] == list(range(2, 14))
     failed = [r for r in records if not r["ok"]]
@@ -120,6 +149,27 @@ def test_a_shard_whose_worker_keeps_dying_is_recorded_failed(workdir: Path) -> N
     for record in failed:
         assert record["error"]["kind"] == "interrupted"
         assert "died 4 times (killed by SIGKILL)" in record["error"]["message"]
+
+
+def test_sigterm_to_an_in_process_run_stops_its_workers(workdir: Path) -> None:
+    arrived: list[str] = []
+    workers: set[int] = set()
+
+    def stop() -> None:
+        _wait_until(lambda: len(arrived) >= 4, "requests")
+        workers.update(_workers_of_this_process())
+        os.kill(os.getpid(), signal.SIGTERM)  # the coordinator's handler takes it
+
+    with serve_in_thread(_slow_app(arrived, {"delay": 1.0})) as server, _beside(stop):
+        job = url_job(workdir, [server.at(f"/{n}", host) for n in range(10) for host in HOSTS])
+        args = ("--workers", "2", "-c", "4", "--per-host", "2", "--progress")
+        result = run_fetch("run", job, "-o", "out", *args)
+    assert result.exit_code == 143, result.stderr
+    assert not any(_alive(pid) for pid in workers)
+    records = manifest(workdir / "out")
+    assert [r["line"] for r in records] == list(range(2, 22))
+    assert sum(r["ok"] for r in records) == 4
+    assert "[####" in result.stderr or "4/20" in result.stderr  # one progress line
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
