@@ -176,6 +176,7 @@ class _Coordinator:
         self.signum: int | None = None
         self.error: str | None = None
         self.workers: set[asyncio.subprocess.Process] = set()
+        self.spares: list[asyncio.subprocess.Process] = []  # started, waiting for a shard
         self.cookies: Path | None = None
 
     @property
@@ -184,9 +185,16 @@ class _Coordinator:
 
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        # The workers start (an interpreter, aiohttp's import: about a second on a busy
+        # machine) while [[setup]] runs and the rows are cut.
+        self.spares = [await self._spawn() for _ in range(self.count)]
         self.cookies = await self._setup()
         counts = await self._cut()
         active = [k for k, count in enumerate(counts) if count]
+        for spare in self.spares[len(active) :]:
+            assert spare.stdin is not None
+            spare.stdin.close()  # no shard for it: it ends
+        del self.spares[len(active) :]
         if active and not self.stopping:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -333,8 +341,8 @@ class _Coordinator:
                 return
         self._record_rest(shard)
 
-    async def _attempt(self, shard: Shard) -> tuple[ShardResult | None, int]:
-        """One worker process over ``shard``: its result (None if it died) and exit code."""
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """A worker process, waiting for its shard on stdin."""
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-P",
@@ -346,12 +354,17 @@ class _Coordinator:
             env=_worker_environment(),
         )
         self.workers.add(worker)
+        if self.signum is not None:  # a signal came while it started
+            worker.send_signal(self.signum)
+        return worker
+
+    async def _attempt(self, shard: Shard) -> tuple[ShardResult | None, int]:
+        """One worker process over ``shard``: its result (None if it died) and exit code."""
+        worker = self.spares.pop() if self.spares else await self._spawn()
         assert worker.stdin is not None
         assert worker.stdout is not None
         result = None
         try:
-            if self.signum is not None:  # a signal came while it started
-                worker.send_signal(self.signum)
             with contextlib.suppress(ConnectionError, RuntimeError):  # it died at once
                 worker.stdin.write(_json.dumps(shard.to_json()) + b"\n")
                 await worker.stdin.drain()
@@ -425,9 +438,14 @@ class _Coordinator:
         """Stop the workers still running (an error ended the run), merge every part,
         save the union of the workers' cookie jars, and remove the run's folder."""
         for worker in list(self.workers):
-            with contextlib.suppress(ProcessLookupError):
-                worker.kill()
+            if worker in self.spares or worker.returncode is not None:
+                assert worker.stdin is not None
+                worker.stdin.close()  # a spare: it ends
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
             await worker.wait()
+            self.workers.discard(worker)
         if not self.folder.exists():
             return
         jars = sorted(self.folder.glob("jar-*.txt"))

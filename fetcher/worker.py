@@ -163,7 +163,10 @@ def main() -> None:
     early: list[int] = []  # a signal before the run's own handlers are in place
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: early.append(signum))
-    shard = Shard.from_json(_json.loads(sys.stdin.buffer.readline()))
+    line = sys.stdin.buffer.readline()
+    if not line:  # started ahead of need, and not needed
+        os._exit(0)
+    shard = Shard.from_json(_json.loads(line))
     threading.Thread(target=_stop_at_eof, daemon=True).start()
 
     def report(done: int, failed: int) -> None:

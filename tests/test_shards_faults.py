@@ -5,6 +5,7 @@ finished is requested again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -126,20 +127,25 @@ def test_a_killed_worker_is_run_again_from_where_it_stopped(workdir: Path) -> No
 
 def test_a_shard_whose_worker_keeps_dying_is_recorded_failed(workdir: Path) -> None:
     killed: set[int] = set()
+    finished = threading.Event()
 
-    def kill_each() -> None:
+    def kill_each() -> None:  # every worker, as soon as it is seen
         until = time.monotonic() + 60
-        while len(killed) < 4 and time.monotonic() < until:
+        while not finished.is_set() and time.monotonic() < until:
             for pid in _workers_of_this_process() - killed:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
             time.sleep(0.01)
 
     arrived: list[str] = []
     with serve_in_thread(_slow_app(arrived, {"delay": 0.5})) as server, _beside(kill_each):
         job = url_job(workdir, [server.at(f"/{n}") for n in range(12)])
-        result = run_fetch("run", job, "-o", "out", "--workers", "2", "-c", "2")  # one shard
-    assert len(killed) == 4
+        try:
+            result = run_fetch("run", job, "-o", "out", "--workers", "2", "-c", "2")  # one shard
+        finally:
+            finished.set()
+    assert len(killed) >= 4
     assert result.exit_code == 1, result.stderr
     assert "giving up on it" in result.stderr
     records = manifest(workdir / "out")
