@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fetcher.config import FetchConfig
 from fetcher.errors import LockedError
 from fetcher.models import Request
 from fetcher.shards import Shard, Sharding, ShardWriter, read_rows
@@ -90,3 +91,9 @@ def test_the_next_open_waits_for_the_workers_of_a_killed_run(tmp_path: Path) -> 
         wait_for_workers(state, timeout=0.2)
     threading.Timer(0.2, os.close, (lease,)).start()
     wait_for_workers(state, timeout=10)  # returns once the worker is gone
+
+
+def test_workers_auto_is_one_per_cpu() -> None:
+    assert FetchConfig().merge({"workers": "auto"}).workers == min(os.cpu_count() or 1, 256)
+    with pytest.raises(ValueError, match="workers: must be at most 256"):
+        FetchConfig().merge({"workers": 257})
