@@ -206,6 +206,16 @@ class _RunCommand(click.Command):
     default=None,
     help="Fsync each body and sidecar before its rename (survives a power cut; slower).",
 )
+@click.option(
+    "--workers",
+    metavar="N|auto",
+    help="Run the job as shards in N processes (auto: one per CPU) [default: 1].",
+)
+@click.option(
+    "--shard-by",
+    type=click.Choice(["domain", "url"]),
+    help="How rows are cut into shards [default: domain].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each outcome on stderr.")
 @click.option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,25 @@ def _proxy(value: object) -> str:
     return value
 
 
+MAX_WORKERS = 256
+SHARD_BY = ("domain", "url")
+
+
+def _workers(value: object) -> int:
+    if value == "auto":  # one per CPU
+        return min(os.cpu_count() or 1, MAX_WORKERS)
+    number = _positive_int(value)
+    if number > MAX_WORKERS:
+        raise ValueError(f"must be at most {MAX_WORKERS}, not {number}")
+    return number
+
+
+def _shard_by(value: object) -> str:
+    if value not in SHARD_BY:
+        raise ValueError(f"expected domain or url, not {value!r}")
+    return str(value)
+
+
 def _hosts(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected hosts separated by commas, not {value!r}")
@@ -170,6 +190,8 @@ TUNABLE: dict[str, Callable[[object], object]] = {
     "cookie_jar": _path,
     "proxy": _proxy,
     "noproxy": _hosts,
+    "workers": _workers,
+    "shard_by": _shard_by,
 }
 
 
@@ -210,6 +232,10 @@ class FetchConfig:
         backoff: the longest wait before the first retry, in seconds; it doubles with
             each attempt (full jitter). Not a command-line option.
         crawl: crawl settings; None fetches the rows only.
+        workers: worker processes that run the job as shards (``auto``: one per CPU);
+            1 runs it in this process.
+        shard_by: how rows are cut into shards: ``domain`` (a registrable domain in
+            one shard) or ``url`` (a host's rows spread over shards).
     """
 
     output: Path | None = None
@@ -238,6 +264,8 @@ class FetchConfig:
     json: bool = False
     backoff: float = 0.5
     crawl: CrawlSettings | None = None
+    workers: int = 1
+    shard_by: str = "domain"
 
     def merge(self, values: Mapping[str, object]) -> FetchConfig:
         """Return a copy with ``values`` applied (None means: not given).

@@ -181,6 +181,10 @@ async def run_batch(
     """
     if config is None:
         config = configure(job)
+    if config.workers > 1:  # shards in worker processes: see fetcher/coordinator.py
+        from fetcher.coordinator import run_sharded
+
+        return await run_sharded(job, config)
     job, config = with_config_headers(job, config)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
@@ -317,11 +321,16 @@ def _translated(exc: BaseException, root: Path) -> BaseException:
 
 
 async def _setup(run: Run) -> None:
-    job = run.job
+    await send_setup_requests(run.job, run.config, run.session, run.limits)
+
+
+async def send_setup_requests(
+    job: Job, config: FetchConfig, session: aiohttp.ClientSession, limits: Limits
+) -> None:
+    """Send the job's ``[[setup]]`` requests in order; raise ``SetupError`` for one
+    that is not answered 2xx or 3xx (the cookies they set stay in the session's jar)."""
     for request in job.setup_requests():
-        status, reason = await send_setup(
-            run.session, request, limits=run.limits, config=run.config
-        )
+        status, reason = await send_setup(session, request, limits=limits, config=config)
         if not 200 <= status < 400:
             where = f"{job.spec.source}:{request.line}"
             got = f"HTTP {status} {reason}".strip() if status else reason
@@ -329,6 +338,33 @@ async def _setup(run: Run) -> None:
                 f"{where}: setup request {request.method} {request.safe_url} failed ({got}); "
                 "no row was sent"
             )
+
+
+async def run_rows(
+    job: Job, config: FetchConfig, store: Store, summary: RunSummary, progress: Progress
+) -> None:
+    """Fetch ``job``'s rows into an open ``store``: ``run_batch``'s pipeline without
+    validation, ``[[setup]]``, the run's record or its summary line. A worker of a
+    sharded run (``fetcher.worker``) runs its shard so. SIGINT and SIGTERM stop it as
+    they stop a run (a second one: at once); ``summary.interrupted_by`` names the signal.
+    """
+    stopper = _Stopper(config.deadline)
+    try:
+        with _one_error(store.root), stopper.on_signals():
+            async with open_session(config) as session:
+                run = Run(
+                    job=job,
+                    config=config,
+                    store=store,
+                    session=session,
+                    limits=Limits.from_config(config),
+                    summary=summary,
+                    stopper=stopper,
+                    progress=progress,
+                )
+                await _pipeline(run)
+    finally:
+        summary.interrupted_by = stopper.signum
 
 
 async def _pipeline(run: Run) -> None:

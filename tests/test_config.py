@@ -351,6 +351,8 @@ FETCH_KEYS: dict[str, tuple[str, object]] = {
     "cookie_jar": ('"{dir}/jar.txt"', "{dir}/jar.txt"),
     "proxy": ('""', ""),  # none, whatever the environment says
     "noproxy": ('"*"', "*"),
+    "workers": ("2", 2),
+    "shard_by": ('"url"', "url"),
 }
 
 

@@ -71,6 +71,7 @@ from fetcher.store.layout import (
     request_path,
 )
 from fetcher.store.lookup import PriorCopies
+from fetcher.store.merge import merge_leftovers, wait_for_workers
 from fetcher.store.place import Placer, refused
 from fetcher.store.rebuild import Reindexed, rebuild
 from fetcher.store.records import ManifestRecord, read_records
@@ -125,6 +126,7 @@ class DiskStore:
         try:
             self.state.mkdir(parents=True, exist_ok=True)
             self._lock_fd = take_lock(self.state / LOCK, self.root)
+            wait_for_workers(self.state)  # a killed sharded run's (store/merge.py)
             if self.temp_dir.exists():
                 shutil.rmtree(self.temp_dir)
             self.temp_dir.mkdir()
@@ -134,12 +136,58 @@ class DiskStore:
             self._manifest_end = self._manifest.tell()
             self._open_index()
             self._recover()
+            merge_leftovers(self)  # the parts of a killed sharded run
         except OSError as exc:
             self.close()
             raise StoreError(f"cannot use {self.root}: {exc.strerror or exc}") from exc
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"cannot use the index of {self.root}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def open_part(
+        self,
+        manifest: Path,
+        index: Path,
+        *,
+        lookup: Index,
+        state: Path | None = None,
+        resume: bool = False,
+    ) -> None:
+        """Open the store as one of several writers of the output directory, under the
+        lock a parent process holds (a worker of a sharded run: see ``merge.py``).
+
+        The lock is not taken and ``.fetch/tmp`` is not cleared (the others write
+        there). Manifest lines go to ``manifest`` and the crash protocol's notes, and
+        the copies placed, to the index at ``index``: both the worker's own. Earlier
+        runs' copies are read from ``lookup``, the directory's index. A part that a
+        killed worker left is recovered as ``open`` recovers a directory. ``state`` is
+        where this writer keeps its own state (a crawl's frontier); ``resume``: it
+        goes on with the interrupted run that ``lookup`` notes (``finished``).
+        """
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+            self.state = state
+        try:
+            if resume:
+                self.resuming = True
+                self._finished = FinishedRows.read(lookup, self.root)
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            repair_manifest(manifest)
+            self._manifest = open(manifest, "ab")  # noqa: SIM115
+            self._manifest_end = self._manifest.tell()
+            self._index, indexed = Index.open(index)
+            if (indexed or 0) < self._manifest_end:
+                lines = read_records(manifest, start=indexed or 0)
+                self._index.catch_up(lines, self._manifest_end)
+            self._copies = PriorCopies(self._root, lookup)
+            self._placer = Placer(self._root, lookup)
+            self._recover()
+        except OSError as exc:
+            self.close()
+            raise StoreError(f"cannot use {self.root}: {exc.strerror or exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -290,6 +338,11 @@ class DiskStore:
         return self.resuming and request in self._finished
 
     # -- writing ----------------------------------------------------------------------
+
+    def append_records(self, records: Sequence[ManifestRecord], lines: Sequence[bytes]) -> None:
+        """Append manifest lines another writer made (a worker's part: ``merge.py``),
+        flushed, and index them: step 4 for copies placed by another process."""
+        self._append(records, lines)
 
     def sink(self, request: Request, run: str) -> BodySink:
         """A sink that streams ``request``'s body to disk and stages it for ``record``."""

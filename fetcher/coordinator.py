@@ -1,0 +1,493 @@
+"""The coordinator of a sharded run (``--workers N``): one job over N worker processes,
+into one output directory that looks as if one process had filled it.
+
+    validate the whole job (nothing sent on a bad one) -> take the directory's lock
+      -> [[setup]] once: its cookies, and --cookies, to a cookies.txt every worker loads
+      -> cut the rows into shard files (``fetcher.shards``), settling those that need no
+         request (--resume, --skip-invalid) here
+      -> one worker process per shard (``python -m fetcher.worker``), each with its share
+         of -c and --rate (and with --shard-by url, of --per-host and --per-host-rate)
+      -> merge their parts into manifest.jsonl and the index (``fetcher/store/merge.py``)
+      -> one run record, one summary line, the exit code one process would give.
+
+Workers run in sessions of their own, so a terminal's Ctrl-C reaches the coordinator
+alone, and it forwards each SIGINT and SIGTERM it gets to every worker: the first one
+stops them gracefully (the rows in flight get a few seconds), a second one at once. A
+worker that dies (SIGKILL, out of memory) is started again on its shard, up to
+``MAX_RESTARTS`` times; it goes on where it stopped (the rows in its manifest part are
+not requested again). After that, its remaining rows are recorded as failed
+(``interrupted``), and ``--resume`` tries them again. A worker whose pipe from the
+coordinator closes stops: workers never outlive their coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import aiohttp
+
+import fetcher
+from fetcher import _json
+from fetcher.clock import now_iso
+from fetcher.config import FetchConfig
+from fetcher.errors import FetcherError, StoreError, UsageError
+from fetcher.jobs import Job
+from fetcher.limits import Limits
+from fetcher.models import (
+    ErrorKind,
+    Failure,
+    Outcome,
+    OutcomeKind,
+    Request,
+    RunSummary,
+    interrupted_outcome,
+    invalid_outcome,
+    skipped_outcome,
+)
+from fetcher.progress import Progress
+from fetcher.runner import (
+    _options,
+    _run_id,
+    check_job,
+    output_dir,
+    send_setup_requests,
+    with_config_headers,
+)
+from fetcher.session import load_cookies, open_session, save_cookies
+from fetcher.shards import (
+    Shard,
+    Sharding,
+    ShardResult,
+    ShardWriter,
+    read_rows,
+    shares,
+    worker_options,
+)
+from fetcher.store import DiskStore, ManifestRecord, read_records
+from fetcher.store.merge import PartFiles, merge_part, recover_part, run_folder
+
+__all__ = ["MAX_RESTARTS", "run_sharded"]
+
+MAX_RESTARTS = 3  # a shard whose worker dies is started again this many times
+_SETTLE_BATCH = 1000  # rows the coordinator settles, recorded at once
+
+
+async def run_sharded(job: Job, config: FetchConfig) -> RunSummary:
+    """``run_batch`` for ``config.workers > 1``: run the job as shards in worker
+    processes (see the module docstring). Returns and raises as ``run_batch`` does."""
+    job, config = with_config_headers(job, config)
+    if config.crawl is not None and config.crawl.scope == "any":
+        raise UsageError(
+            "a crawl with scope any cannot run as shards (a link may lead to any "
+            "shard's domain): use --workers 1, or scope host or domain"
+        )
+    total = check_job(job, config)
+    summary = RunSummary(run=_run_id(), started_at=now_iso())
+    started = time.monotonic()
+    options = _options(config)
+    with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
+        progress = _Progress(total=total, config=config)
+        coordinator = _Coordinator(job, config, store, summary, progress)
+        aborted = False
+        error: str | None = None
+        try:
+            store.start_run(summary.run, summary.started_at, options)
+            with coordinator.on_signals():
+                await coordinator.run()
+        except Exception as exc:  # [[setup]], a disk failure, a worker's error, a bug
+            error = str(exc) or type(exc).__name__
+            raise
+        except BaseException:  # cancelled: --resume goes on
+            aborted = True
+            raise
+        finally:
+            try:
+                await coordinator.close()
+            finally:
+                progress.close()
+                _finish(store, summary, options, started, aborted=aborted, error=error)
+        progress.summary(summary, store.root)
+    return summary
+
+
+def _finish(
+    store: DiskStore,
+    summary: RunSummary,
+    options: dict[str, object],
+    started: float,
+    *,
+    aborted: bool,
+    error: str | None,
+) -> None:
+    """The summary's end and exit code, and the run's record."""
+    summary.ended_at = now_iso()
+    summary.duration_s = time.monotonic() - started
+    if summary.interrupted_by is not None:
+        summary.exit_code = 128 + summary.interrupted_by
+    elif summary.failed or aborted or error:
+        summary.exit_code = 1
+    try:
+        store.finish_run(summary, options, aborted=aborted, error=error)
+    except StoreError:
+        if not (aborted or error):
+            raise
+
+
+class _Progress(Progress):
+    """The one progress line, fed with the workers' counts."""
+
+    def advance(self, done: int, failed: int) -> None:
+        self.done += done
+        self.failed += failed
+        if self.live:
+            now = time.monotonic()
+            if now - self._drawn >= 0.2 or self.done == self.total:
+                self._drawn = now
+                self._draw(now)
+
+
+class _Coordinator:
+    """One sharded run: its shards, its worker processes, its signals."""
+
+    def __init__(
+        self,
+        job: Job,
+        config: FetchConfig,
+        store: DiskStore,
+        summary: RunSummary,
+        progress: _Progress,
+    ) -> None:
+        self.job, self.config, self.store = job, config, store
+        self.summary, self.progress = summary, progress
+        self.folder = run_folder(store.state, summary.run)
+        self.started = time.monotonic()
+        self.count = min(config.workers, config.concurrency)  # each worker gets a slot
+        if config.crawl is not None and config.crawl.max_pages is not None:
+            self.count = min(self.count, config.crawl.max_pages)  # and a page
+        self.signum: int | None = None
+        self.error: str | None = None
+        self.workers: set[asyncio.subprocess.Process] = set()
+        self.spares: list[asyncio.subprocess.Process] = []  # started, waiting for a shard
+        self.cookies: Path | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None or self.error is not None
+
+    async def run(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # The workers start (an interpreter, aiohttp's import: about a second on a busy
+        # machine) while [[setup]] runs and the rows are cut.
+        self.spares = [await self._spawn() for _ in range(self.count)]
+        self.cookies = await self._setup()
+        counts = await self._cut()
+        active = [k for k, count in enumerate(counts) if count]
+        for spare in self.spares[len(active) :]:
+            assert spare.stdin is not None
+            spare.stdin.close()  # no shard for it: it ends
+        del self.spares[len(active) :]
+        if active and not self.stopping:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for shard in self._shards(active):
+                        group.create_task(self._drive(shard))
+            except BaseExceptionGroup as group:  # a bug, or a disk failure: its own error
+                raise group.exceptions[0] from None
+        if self.error is not None:
+            raise FetcherError(self.error)
+
+    # -- before the workers -------------------------------------------------------
+
+    async def _setup(self) -> Path | None:
+        """Send ``[[setup]]`` once; return a cookies.txt of its cookies and
+        ``--cookies``' for every worker (None when there are none)."""
+        config = self.config
+        first = (  # --cookies F --cookie-jar F before F exists: no cookies yet
+            config.cookies is not None
+            and config.cookie_jar is not None
+            and not config.cookies.exists()
+            and config.cookies.absolute() == config.cookie_jar.absolute()
+        )
+        cookies = None if first else config.cookies
+        if not self.job.spec.setup and cookies is None:
+            return None
+        setup = dataclasses.replace(config, cookies=cookies, cookie_jar=None)
+        path = self.folder / "cookies.txt"
+        async with open_session(setup) as session:
+            await send_setup_requests(self.job, setup, session, Limits.from_config(setup))
+            jar = session.cookie_jar
+            assert isinstance(jar, aiohttp.CookieJar)
+            save_cookies(jar, path)
+        return path
+
+    async def _cut(self) -> list[int]:
+        """Write every row to its shard's file, or settle it here (a row the run being
+        resumed finished, an invalid row); return the rows of each shard."""
+        writer = ShardWriter(self.folder, Sharding.of(self.config, self.count))
+        settled: list[Outcome] = []
+        try:
+            for number, request in enumerate(self.job.requests()):
+                if number % _SETTLE_BATCH == 0:
+                    await asyncio.sleep(0)  # let a signal in
+                outcome = self._settled(request)
+                if outcome is None:
+                    writer.add(request)
+                    continue
+                settled.append(outcome)
+                if len(settled) >= _SETTLE_BATCH:
+                    self._record(settled)
+                    settled = []
+        finally:
+            writer.close()
+            self._record(settled)
+        return writer.counts
+
+    def _settled(self, request: Request) -> Outcome | None:
+        store = self.store
+        if request.invalid is not None:
+            return invalid_outcome(request, now_iso())
+        if self.stopping:
+            return interrupted_outcome(request, now_iso())
+        if self.config.crawl is None and store.finished(request):  # a crawl's frontier knows
+            meta = store.head_sidecar(request) if request.method == "HEAD" else None
+            return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
+        return None
+
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        if outcomes:
+            for outcome in self.store.record(outcomes, self.summary.run):
+                self.summary.add(outcome)
+                self.progress.add(outcome)
+
+    def _shards(self, active: Sequence[int]) -> Iterator[Shard]:
+        """The description of each shard with rows, with its share of the limits."""
+        config, crawl = self.config, self.config.crawl
+        slots = shares(config.concurrency, len(active))
+        rate = config.rate / len(active) if config.rate else None
+        spread = Sharding.of(config, self.count).spread
+        pages = shares(crawl.max_pages, len(active)) if crawl and crawl.max_pages else None
+        plain = self.job.plain_request("http://fetch.invalid/", seed="http://fetch.invalid/")
+        for n, k in enumerate(active):
+            files = PartFiles(self.folder, k)
+            options = worker_options(
+                config,
+                concurrency=slots[n],
+                rate=rate,
+                spread=spread,
+                cookies=self.cookies,
+                jar=files.jar if config.cookie_jar is not None else None,
+                deadline=None,
+                max_pages=pages[n] if pages else None,
+            )
+            yield Shard(
+                k=k,
+                count=self.count,
+                run=self.summary.run,
+                root=str(self.store.root),
+                folder=str(self.folder),
+                options=options,
+                headers=[list(pair) for pair in plain.headers],
+                shown=[list(p) for p in plain.redacted_headers] if plain.redacted_headers else None,
+                user_agent=self.job.user_agent(),
+                resume=crawl is not None and self.store.resuming,
+            )
+
+    # -- the workers --------------------------------------------------------------
+
+    async def _drive(self, shard: Shard) -> None:
+        """Run a shard's worker until it ends, again after each death (at most
+        ``MAX_RESTARTS`` times); then record what it left undone."""
+        died: str | None = None
+        for attempt in range(1 + MAX_RESTARTS):
+            if self.stopping:
+                break
+            if self.config.deadline is not None:
+                left = self.config.deadline - (time.monotonic() - self.started)
+                if left <= 0:
+                    break
+                shard = dataclasses.replace(shard, options={**shard.options, "deadline": left})
+            result, code = await self._attempt(shard)
+            if shard.options.get("crawl") is not None:  # a rerun goes on with its frontier
+                shard = dataclasses.replace(shard, resume=True)
+            if result is not None:
+                if result.error is not None and self.error is None:
+                    self.error = result.error
+                    self._forward(signal.SIGTERM)
+                elif result.signal is not None:  # stopped, maybe before its first row
+                    self._record_rest(shard)
+                return
+            died = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            if attempt < MAX_RESTARTS and not self.stopping:
+                self._say(
+                    f"fetch: the worker of shard {shard.k} died ({died}); "
+                    "running the shard again from where it stopped"
+                )
+            elif not self.stopping:
+                self._say(f"fetch: the worker of shard {shard.k} died ({died}); giving up on it")
+                self._record_rest(
+                    shard,
+                    why=f"not fetched: the worker of its shard died {attempt + 1} times ({died}); "
+                    "--resume tries it again",
+                )
+                return
+        self._record_rest(shard)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """A worker process, waiting for its shard on stdin."""
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-P",
+            "-m",
+            "fetcher.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches the coordinator, which forwards it
+            env=_worker_environment(),
+        )
+        self.workers.add(worker)
+        if self.signum is not None:  # a signal came while it started
+            worker.send_signal(self.signum)
+        return worker
+
+    async def _attempt(self, shard: Shard) -> tuple[ShardResult | None, int]:
+        """One worker process over ``shard``: its result (None if it died) and exit code."""
+        worker = self.spares.pop() if self.spares else await self._spawn()
+        assert worker.stdin is not None
+        assert worker.stdout is not None
+        result = None
+        try:
+            with contextlib.suppress(ConnectionError, RuntimeError):  # it died at once
+                worker.stdin.write(_json.dumps(shard.to_json()) + b"\n")
+                await worker.stdin.drain()
+            async for line in worker.stdout:
+                kind, _, rest = line.partition(b" ")
+                if kind == b"progress":
+                    done, failed = rest.split()
+                    self.progress.advance(int(done), int(failed))
+                elif kind == b"result":
+                    result = ShardResult.from_json(_json.loads(rest))
+            code = await worker.wait()
+        finally:
+            self.workers.discard(worker)
+            worker.stdin.close()  # end of stdin: it stops, if it still runs
+        return result, code
+
+    def _record_rest(self, shard: Shard, *, why: str | None = None) -> None:
+        """Record the shard's rows its workers left undone: as interrupted (a stop, the
+        deadline), or failed ``why`` (its last worker died)."""
+        files = shard.files
+        recover_part(self.store, files)  # what a killed worker left pending is done
+        done = {record.line for _, record in read_records(files.manifest)}
+        now = now_iso()
+        outcomes: list[Outcome] = []
+        for request in read_rows(files.rows):
+            if request.line in done:
+                continue
+            if why is None:
+                outcomes.append(interrupted_outcome(request, now))
+            else:
+                outcomes.append(_failed(request, now, why))
+            if len(outcomes) >= _SETTLE_BATCH:
+                self._record(outcomes)
+                outcomes = []
+        self._record(outcomes)
+
+    def _forward(self, signum: int) -> None:
+        for worker in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = self.summary.interrupted_by = signum
+        self._forward(signum)
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the run: each one is forwarded to every worker."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue
+            installed.append(signum)
+        try:
+            yield
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    def _say(self, message: str) -> None:
+        if self.config.verbosity:
+            print(message, file=sys.stderr)
+
+    # -- after the workers --------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the workers still running (an error ended the run), merge every part,
+        save the union of the workers' cookie jars, and remove the run's folder."""
+        for worker in list(self.workers):
+            if worker in self.spares or worker.returncode is not None:
+                assert worker.stdin is not None
+                worker.stdin.close()  # a spare: it ends
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
+            await worker.wait()
+            self.workers.discard(worker)
+        if not self.folder.exists():
+            return
+        jars = sorted(self.folder.glob("jar-*.txt"))
+        if self.config.cookie_jar is not None and jars:
+            jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
+            for path in jars:
+                load_cookies(jar, path)
+            save_cookies(jar, self.config.cookie_jar)
+        for manifest in sorted(self.folder.glob("part-*.jsonl")):
+            k = int(manifest.stem.removeprefix("part-"))
+            merge_part(self.store, PartFiles(self.folder, k), on_record=self._count)
+        shutil.rmtree(self.folder)
+
+    def _count(self, record: ManifestRecord) -> None:
+        _count(self.summary, record)
+
+
+def _failed(request: Request, now: str, message: str) -> Outcome:
+    return Outcome(
+        request=request,
+        kind=OutcomeKind.FAILED,
+        fetched_at=now,
+        error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
+    )
+
+
+def _count(summary: RunSummary, record: ManifestRecord) -> None:
+    """Count a merged record in the run's summary, as ``RunSummary.add`` counts an
+    outcome."""
+    kind = record.outcome or OutcomeKind.FAILED.value
+    summary.outcomes[kind] = summary.outcomes.get(kind, 0) + 1
+    if record.status is not None:
+        status_class = f"{record.status // 100}xx"
+        summary.statuses[status_class] = summary.statuses.get(status_class, 0) + 1
+    if record.error is not None and record.error.kind is not None:
+        summary.errors[record.error.kind] = summary.errors.get(record.error.kind, 0) + 1
+    if kind == OutcomeKind.FETCHED.value and record.size:
+        summary.bytes += record.size
+
+
+def _worker_environment() -> dict[str, str]:
+    """The environment of a worker: ours, with this ``fetcher`` first on its path."""
+    package = str(Path(fetcher.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package + (os.pathsep + path if path else "")}
