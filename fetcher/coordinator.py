@@ -54,6 +54,7 @@ from fetcher.models import (
     skipped_outcome,
 )
 from fetcher.progress import Progress
+from fetcher.report import write_run_report
 from fetcher.runner import (
     _options,
     _run_id,
@@ -81,7 +82,7 @@ MAX_RESTARTS = 3  # a shard whose worker dies is started again this many times
 _SETTLE_BATCH = 1000  # rows the coordinator settles, recorded at once
 
 
-async def run_sharded(job: Job, config: FetchConfig) -> RunSummary:
+async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) -> RunSummary:
     """``run_batch`` for ``config.workers > 1``: run the job as shards in worker
     processes (see the module docstring). Returns and raises as ``run_batch`` does."""
     job, config = with_config_headers(job, config)
@@ -115,7 +116,8 @@ async def run_sharded(job: Job, config: FetchConfig) -> RunSummary:
             finally:
                 progress.close()
                 _finish(store, summary, options, started, aborted=aborted, error=error)
-        progress.summary(summary, store.root)
+        shown = write_run_report(store.root, summary.run, progress.warn) if report else None
+        progress.summary(summary, store.root, report=shown)
     return summary
 
 
@@ -371,8 +373,9 @@ class _Coordinator:
             async for line in worker.stdout:
                 kind, _, rest = line.partition(b" ")
                 if kind == b"progress":
-                    done, failed = rest.split()
-                    self.progress.advance(int(done), int(failed))
+                    done, failed, sent, size = map(int, rest.split())
+                    self.progress.advance(done, failed)
+                    self.summary.throughput.add(size, rows=sent)
                 elif kind == b"result":
                     result = ShardResult.from_json(_json.loads(rest))
             code = await worker.wait()

@@ -184,7 +184,7 @@ async def run_batch(
     if config.workers > 1:  # shards in worker processes: see fetcher/coordinator.py
         from fetcher.coordinator import run_sharded
 
-        return await run_sharded(job, config)
+        return await run_sharded(job, config, report=report)
     job, config = with_config_headers(job, config)
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())

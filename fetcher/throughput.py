@@ -91,11 +91,11 @@ class Throughput:
         self._bytes: list[int] = []
         self._until = self._started  # the end of the last step: later outcomes open one
 
-    def add(self, size: int) -> None:
-        """Count one finished row that fetched ``size`` bytes (0 for none)."""
+    def add(self, size: int, *, rows: int = 1) -> None:
+        """Count ``rows`` finished rows (one by default) that fetched ``size`` bytes."""
         if self._clock() >= self._until:  # the clock only moves on: a step ended
             self._open_step()
-        self._rows[-1] += 1
+        self._rows[-1] += rows
         self._bytes[-1] += size
 
     def _open_step(self) -> None:

@@ -9,8 +9,8 @@ its manifest part already records: a shard run again after its worker died goes 
 where it stopped.
 
 As a process (``python -m fetcher.worker``, which the coordinator starts): it reads a
-``Shard`` as one JSON line on stdin; writes ``progress <done> <failed>`` lines (counts
-since the last such line) and, last, ``result <ShardResult as JSON>`` on stdout; its
+``Shard`` as one JSON line on stdin; writes ``progress <done> <failed> <sent> <bytes>``
+lines (counts since the last such line) and, last, ``result <ShardResult as JSON>`` on stdout; its
 stderr is the coordinator's (``-v`` prints each outcome there). SIGINT or SIGTERM stops
 it as it stops a run (in-flight rows get a few seconds; a second signal: at once), and
 so does the end of stdin: the coordinator is gone, and its workers never outlive it.
@@ -33,7 +33,7 @@ from fetcher import _json
 from fetcher.config import FetchConfig
 from fetcher.errors import FetcherError
 from fetcher.jobs import Job
-from fetcher.models import Outcome, Request, RunSummary, same_origin
+from fetcher.models import Outcome, OutcomeKind, Request, RunSummary, same_origin
 from fetcher.progress import Progress
 from fetcher.runner import run_rows
 from fetcher.shards import Shard, ShardResult, read_rows
@@ -43,7 +43,8 @@ from fetcher.store.merge import hold_worker_lease, open_lookup
 
 __all__ = ["main", "run_shard"]
 
-Report = Callable[[int, int], None]  # rows done and failed since the last report
+# Rows done, failed and sent (skips send nothing), and bytes fetched, since the last report
+Report = Callable[[int, int, int, int], None]
 
 
 class ShardRows(Job):
@@ -80,21 +81,26 @@ class _Counter(Progress):
     def __init__(self, config: FetchConfig, report: Report | None, every: float) -> None:
         super().__init__(total=0, config=config)
         self.report, self.every = report, every
-        self._sent = (0, 0)
+        self.sent = self.bytes = 0  # as RunSummary.add counts them for the series
+        self._sent = (0, 0, 0, 0)
         self._at = time.monotonic()
 
     def add(self, outcome: Outcome) -> None:
         super().add(outcome)
+        if outcome.kind is not OutcomeKind.SKIPPED:
+            self.sent += 1
+        if outcome.kind is OutcomeKind.FETCHED and outcome.size:
+            self.bytes += outcome.size
         now = time.monotonic()
         if now - self._at >= self.every:
             self._at = now
             self.flush()
 
     def flush(self) -> None:
-        done, failed = self._sent
-        if self.report is not None and self.done > done:
-            self.report(self.done - done, self.failed - failed)
-        self._sent = (self.done, self.failed)
+        now = (self.done, self.failed, self.sent, self.bytes)
+        if self.report is not None and self.done > self._sent[0]:
+            self.report(*(a - b for a, b in zip(now, self._sent, strict=True)))
+        self._sent = now
 
 
 async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
@@ -169,8 +175,8 @@ def main() -> None:
     shard = Shard.from_json(_json.loads(line))
     threading.Thread(target=_stop_at_eof, daemon=True).start()
 
-    def report(done: int, failed: int) -> None:
-        _say("progress", f"{done} {failed}".encode())
+    def report(done: int, failed: int, sent: int, size: int) -> None:
+        _say("progress", f"{done} {failed} {sent} {size}".encode())
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -87,10 +87,14 @@ def test_a_sharded_run_leaves_what_one_process_leaves(workdir: Path) -> None:
         assert len({r["run"] for r in manifest(out)}) == 1
         assert not (out / ".fetch/shards").exists() or not any((out / ".fetch/shards").iterdir())
         assert not any((out / ".fetch").glob("tmp/*"))
-        (record,) = [json.loads(p.read_text()) for p in (out / "runs").iterdir()]
+        (record,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
         assert record["total"] == 120
         assert record["state"] == "finished"
         assert record["options"]["workers"] == 3
+        # the workers' counts make the run's series, as one process counts its rows
+        assert sum(record["series"]["rows"]) == 120
+        assert sum(record["series"]["bytes"]) == sum((out / p).stat().st_size for p in bodies(out))
+        assert (out / "runs" / f"{record['run']}.html").is_file()  # and its report
 
         # the index serves ls / stats, and --skip-existing sends nothing
         listed = run_fetch("ls", out, "--json")
@@ -160,7 +164,7 @@ def test_workers_from_the_job_toml(workdir: Path) -> None:
         result = run_fetch("run", job, "-o", "out", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["outcomes"] == {"fetched": 12}
-    (record,) = [json.loads(p.read_text()) for p in (workdir / "out/runs").iterdir()]
+    (record,) = [json.loads(p.read_text()) for p in (workdir / "out/runs").glob("*.json")]
     assert record["options"]["workers"] == 2
 
 
@@ -378,10 +382,11 @@ async def test_the_worker_is_a_function_of_its_shard(aiohttp_server: Any, tmp_pa
             k=0, count=1, run="r1", root=str(root), folder=str(folder), options={"concurrency": 2}
         )
         assert Shard.from_json(json.loads(json.dumps(shard.to_json()))) == shard
-        reported: list[tuple[int, int]] = []
-        result = await run_shard(shard, lambda done, failed: reported.append((done, failed)))
+        reported: list[tuple[int, int, int, int]] = []
+        result = await run_shard(shard, lambda *counts: reported.append(counts))
         assert result == ShardResult(k=0)
-        assert sum(done for done, _ in reported) == 6
+        assert sum(done for done, _, _, _ in reported) == 6
+        assert sum(sent for _, _, sent, _ in reported) == 6  # every row sent a request
         again = await run_shard(shard)  # a rerun: every row is in its part already
         assert again == ShardResult(k=0)
         merge_part(store, shard.files)
@@ -435,7 +440,7 @@ def test_a_failing_setup_sends_no_row_with_workers(workdir: Path) -> None:
     assert result.exit_code == 1
     assert "setup request POST" in result.stderr
     assert [r.path for r in server.requests] == ["/login"]
-    (record,) = [json.loads(p.read_text()) for p in (workdir / "out/runs").iterdir()]
+    (record,) = [json.loads(p.read_text()) for p in (workdir / "out/runs").glob("*.json")]
     assert record["state"] == "failed"
 
 

@@ -106,6 +106,7 @@ class DiskStore:
         self._manifest_end = 0
         self._finished = FinishedRows()  # of the runs being resumed
         self._copies: PriorCopies | None = None  # on the event loop, with its own connection
+        self._lookup: Index | None = None  # open_part's: the caller's, which it closes
         self._placer: Placer | None = None
         self._staging = Staging(durable=durable)  # the sinks' copies, until recorded
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
@@ -182,8 +183,9 @@ class DiskStore:
             if (indexed or 0) < self._manifest_end:
                 lines = read_records(manifest, start=indexed or 0)
                 self._index.catch_up(lines, self._manifest_end)
+            self._lookup = lookup
             self._copies = PriorCopies(self._root, lookup)
-            self._placer = Placer(self._root, lookup)
+            self._placer = Placer(self._root, lookup, notes=self._index)
             self._recover()
         except OSError as exc:
             self.close()
@@ -204,7 +206,7 @@ class DiskStore:
                     self._manifest.close()  # which the next open cuts off
                 self._manifest = None
             for index in (self._copies.index if self._copies else None, self._index):
-                if index is not None:
+                if index is not None and index is not self._lookup:
                     index.close()
             self._index = self._copies = self._placer = None
             if self._lock_fd is not None:

@@ -105,13 +105,16 @@ class PartFiles:
 
 def open_lookup(path: Path) -> Index:
     """The directory's index, opened by a worker to read earlier runs' copies (its
-    writes go to its part; the coordinator has made the index)."""
+    writes go to its part; the coordinator has made the index). Its placer reads it in
+    the recorder's thread while lookups read it on the event loop: SQLite's serialized
+    mode (``sqlite3.threadsafety == 3``) lets threads share the connection."""
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
+        uri = f"file:{quote(str(path))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
         db.execute("SELECT 1 FROM copies LIMIT 1")
     except sqlite3.Error:  # read-only needs the WAL's shared memory file: open it plainly
-        db = sqlite3.connect(path, isolation_level=None)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
     return Index(db)
 

@@ -27,10 +27,12 @@ Refusal = tuple[int, StagedCopy, str]  # a row's index in the batch, its copy, w
 
 class Placer:
     """Places staged copies in the output directory ``root``, whose copies ``index``
-    notes."""
+    notes; the pending copies are noted in ``notes`` (by default ``index``; a worker
+    of a sharded run reads the directory's index and notes in its part's)."""
 
-    def __init__(self, root: str, index: Index) -> None:
+    def __init__(self, root: str, index: Index, notes: Index | None = None) -> None:
         self.root, self.index = root, index
+        self.notes = notes or index
         self._made_dirs: set[str] = set()
 
     def claim(
@@ -71,7 +73,7 @@ class Placer:
         row), and as their paths' good copies."""
         notes = [copy.note(lines[index]) for index, copy in staged]
         copies = [copy.copy_row() for _, copy in staged if isinstance(copy, Staged)]
-        self.index.note_pending(notes, copies)
+        self.notes.note_pending(notes, copies)
 
     def place(
         self, staged: Sequence[tuple[int, StagedCopy]]
