@@ -18,18 +18,20 @@ runs being resumed settle it, and its links are read from its stored copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from urllib.parse import urljoin
 
 from yarl import URL
 
 from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
+from fetcher.links import MAX_PARSE_BYTES, LinkSieve, is_html, page_links, parse_sitemap
 from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
-from fetcher.links import extract_links, is_html, parse_sitemap
 from fetcher.models import (
     ErrorKind,
     Outcome,
@@ -85,6 +87,7 @@ class CrawlSource:
         self.dispatched = 0
         self._flying: dict[str, int] = {}  # URL -> depth, of the pages in flight
         self._changed = asyncio.Event()
+        self._sieve = LinkSieve(settings)
 
     def close(self) -> None:
         """Close the frontier."""
@@ -236,29 +239,27 @@ class CrawlSource:
         depth = request.depth or 0
         if not outcome.ok or outcome.path is None or depth >= self.settings.depth:
             return []
-        page = self.root / outcome.path
         try:
-            with page.open("rb") as handle:
-                head = handle.read(1024)
+            with (self.root / outcome.path).open("rb") as handle:
+                data = handle.read(1024)
+                if not is_html(outcome.content_type, data):
+                    return []
+                data += handle.read(MAX_PARSE_BYTES - len(data))
         except OSError:
             return []
-        if not is_html(outcome.content_type, head):
-            return []
+        links, base = page_links(
+            data, follow=self.settings.follow_set, nofollow=self.settings.nofollow
+        )
+        root = outcome.final_url or request.url
+        if base:
+            with contextlib.suppress(ValueError):  # a base that is no URL is ignored
+                root = urljoin(root, base)
         seed = self.seeds.get(request.line)
         seed_url = self._seed_url(seed) if seed is not None else request.url
-        found = []
-        base = outcome.final_url or request.url
-        for link in extract_links(
-            page, base, follow=self.settings.follow, nofollow=self.settings.nofollow
-        ):
-            url = normalize_url(link, strip_query=self.settings.strip_query)
-            if (
-                url is not None
-                and in_scope(url, seed_url, self.settings.scope)
-                and self.settings.allows(url)
-            ):
-                found.append(Entry(url, depth + 1, request.url, request.line))
-        return found
+        return [
+            Entry(url, depth + 1, request.url, request.line)
+            for url in self._sieve.new_urls(links, root=root, seed=seed_url)
+        ]
 
     # -- sitemaps ---------------------------------------------------------------------
 

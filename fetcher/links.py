@@ -9,15 +9,24 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
-from fetcher.crawl import DEFAULT_FOLLOW, LINK_ATTRS
+from fetcher.crawl import DEFAULT_FOLLOW, LINK_ATTRS, CrawlSettings, in_scope, normalize_url
 
-__all__ = ["MAX_SITEMAP_BYTES", "extract_links", "is_html", "parse_sitemap"]
+__all__ = [
+    "MAX_SITEMAP_BYTES",
+    "LinkSieve",
+    "extract_links",
+    "is_html",
+    "origin_context",
+    "page_links",
+    "parse_sitemap",
+]
 
 MAX_PARSE_BYTES = 8 * 1024 * 1024  # only the first 8 MiB of a page are searched for links
 MAX_SITEMAP_BYTES = 50 * 1024 * 1024  # the sitemap protocol's own limit, decoded
@@ -99,6 +108,31 @@ def _lexbor_links(
 
 # Looked up, not imported: a run that crawls nothing does not pay for the import.
 PARSER = "lexbor" if importlib.util.find_spec("selectolax") else "html.parser"
+_NOWHERE = ("javascript:", "mailto:", "data:", "tel:", "#")  # links that lead to no page
+
+
+def page_links(
+    data: bytes,
+    *,
+    follow: frozenset[str] = frozenset(DEFAULT_FOLLOW),
+    nofollow: bool = True,
+    parser: str | None = None,
+) -> tuple[list[str], str | None]:
+    """A page's links as written (stripped, in document order, without those that lead
+    to no page: ``javascript:``, ``mailto:``, ``data:``, ``tel:``, a bare ``#fragment``)
+    and its ``<base href>``; no links at all under ``<meta name=robots content=nofollow>``
+    (with ``nofollow``). Only the first 8 MiB of ``data`` are read."""
+    data = data[:MAX_PARSE_BYTES]
+    if (parser or PARSER) == "lexbor":
+        links, base, meta_nofollow = _lexbor_links(data, follow, nofollow)
+    else:
+        html = _LinkParser(follow, nofollow)
+        html.feed(data.decode("utf-8", "replace"))
+        html.close()
+        links, base, meta_nofollow = html.links, html.base, html.meta_nofollow
+    if nofollow and meta_nofollow:
+        return [], base
+    return [link for link in links if not link.lower().startswith(_NOWHERE)], base
 
 
 def extract_links(
@@ -116,29 +150,95 @@ def extract_links(
     """
     if isinstance(source, Path):
         with source.open("rb") as handle:
-            data = handle.read(MAX_PARSE_BYTES)
-    else:
-        data = source[:MAX_PARSE_BYTES]
-    follow_set = frozenset(follow)
-    if (parser or PARSER) == "lexbor":
-        links, base, meta_nofollow = _lexbor_links(data, follow_set, nofollow)
-    else:
-        html = _LinkParser(follow_set, nofollow)
-        html.feed(data.decode("utf-8", "replace"))
-        html.close()
-        links, base, meta_nofollow = html.links, html.base, html.meta_nofollow
-    if nofollow and meta_nofollow:
-        return []
+            source = handle.read(MAX_PARSE_BYTES)
+    links, base = page_links(source, follow=frozenset(follow), nofollow=nofollow, parser=parser)
     root = urljoin(page_url, base) if base else page_url
     resolved = []
     for link in links:
-        if link.lower().startswith(("javascript:", "mailto:", "data:", "tel:", "#")):
-            continue
         try:
             resolved.append(urljoin(root, link))
         except ValueError:
             continue
     return resolved
+
+
+# --------------------------------------------------------------------------- new links
+
+# A link whose resolution depends on its page's scheme and host only, not on the page's
+# path or query: an absolute path (not ``//``), or an http(s) URL with a host or a path.
+# urlsplit drops tabs and newlines anywhere, which can turn ``/<tab>/`` into ``//``: a
+# link holding one is resolved against its page.
+_ORIGIN_ONLY = re.compile(r"(?:/(?!/)|(?i:https?)://[^?#\t\n\r])[^\t\n\r]*")
+
+
+def origin_context(link: str, root: str, origin: str) -> str:
+    """What ``urljoin(root, link)`` depends on besides ``link``: ``origin`` (the root's
+    ``scheme://netloc``) for an absolute link or path, else ``root`` itself."""
+    return origin if _ORIGIN_ONLY.fullmatch(link) else root
+
+
+class LinkSieve:
+    """The URLs a crawl has not met yet among a page's links.
+
+    A page's links are mostly known: on W5 (10,000 pages of 31 links) 310,000 links name
+    10,000 distinct URLs. Each distinct link is resolved, normalised and checked against
+    the scope and the include/exclude patterns once (urljoin, normalize_url and in_scope
+    take some 20 us a link); then it is remembered, kept or not, and skipped in well under
+    a microsecond when it comes again. A link is remembered by ``(seed, context, link)``,
+    the context being what resolving it depends on (``origin_context``), and a kept URL
+    by itself, so two links to one URL give it once.
+
+    The memory is bounded: two generations of at most ``size`` keys each (a key met in
+    the older one moves to the newer; when the newer is full, the older is dropped), some
+    200 bytes a key: at most 2 x 50,000 keys, about 20 MB. A forgotten link is resolved
+    again, and the frontier ignores a URL it holds.
+
+    Args:
+        settings: the crawl's scope, patterns and query parameters to strip.
+        size: the keys of one generation.
+    """
+
+    def __init__(self, settings: CrawlSettings, *, size: int = 50_000) -> None:
+        self.settings, self.size = settings, size
+        self._new: set[object] = set()
+        self._old: set[object] = set()
+
+    def _known(self, key: object) -> bool:
+        """Remember ``key``; True when it was remembered already."""
+        if key in self._new:
+            return True
+        known = key in self._old
+        if len(self._new) >= self.size:
+            self._old, self._new = self._new, set()
+        self._new.add(key)
+        return known
+
+    def new_urls(self, links: Iterable[str], *, root: str, seed: str) -> list[str]:
+        """The normalised URLs among ``links`` (resolved against ``root``, the page's URL
+        or base) in the scope of the ``seed`` URL that pass the patterns and were not
+        returned before (as far as the sieve remembers)."""
+        try:
+            parts = urlsplit(root)
+        except ValueError:
+            return []
+        origin = f"{parts.scheme}://{parts.netloc}"
+        settings = self.settings
+        found = []
+        for link in links:
+            if self._known((seed, origin_context(link, root, origin), link)):
+                continue
+            try:
+                url = normalize_url(urljoin(root, link), strip_query=settings.strip_query)
+            except ValueError:
+                continue
+            if (
+                url is not None
+                and in_scope(url, seed, settings.scope)
+                and settings.allows(url)
+                and not self._known(url)
+            ):
+                found.append(url)
+        return found
 
 
 # --------------------------------------------------------------------------- sitemaps
