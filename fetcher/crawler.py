@@ -86,8 +86,10 @@ class CrawlSource:
         self.seeds: dict[int, Request] = {}
         self.dispatched = 0
         self._flying: dict[str, int] = {}  # URL -> depth, of the pages in flight
+        self._unread: list[Outcome] = []  # recorded pages (in flight) whose links to read
         self._changed = asyncio.Event()
         self._sieve = LinkSieve(settings)
+        self._seed_urls: dict[int, str] = {}  # row line -> its URL normalised
 
     def close(self) -> None:
         """Close the frontier."""
@@ -103,8 +105,10 @@ class CrawlSource:
             await self._read_sitemaps()
         cap = self.settings.max_pages
         while not self.stopped():
+            await self._read_links()
             room = _TAKE if cap is None else min(_TAKE, cap - self.dispatched)
             if room <= 0:
+                await self._land()
                 return
             # Level by level, as breadth-first search: a page of depth d+1 is taken only
             # when every page of depth d is done, so each URL gets its shortest depth.
@@ -138,14 +142,21 @@ class CrawlSource:
                 yield outcomes
 
     async def _next_recorded(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
+        """Wait for the recorder to record pages in flight, and read their links."""
+        if not self._unread:
+            self._changed.clear()
+            await self._changed.wait()
+        await self._read_links()
+
+    async def _land(self) -> None:
+        """Wait for every page in flight to be recorded, and read their links."""
+        while self._flying:
+            await self._next_recorded()
 
     async def _left(self) -> AsyncIterator[list[Outcome]]:
         """After a stop, the pages not fetched (those in flight and their links first),
         recorded as interrupted; they stay in the frontier, so ``--resume`` fetches them."""
-        while self._flying:
-            await self._next_recorded()
+        await self._land()
         while entries := self.frontier.take(1000):
             left = []
             for entry in entries:
@@ -163,6 +174,7 @@ class CrawlSource:
                 continue
             url = normalize_url(request.url, strip_query=self.settings.strip_query) or request.url
             self.seeds[request.line] = request
+            self._seed_urls[request.line] = url
             batch.append(Entry(url, 0, None, request.line))
             if len(batch) >= 1000:
                 self.frontier.add(batch)
@@ -176,7 +188,7 @@ class CrawlSource:
             return dataclasses.replace(
                 plain, line=entry.seed, depth=entry.depth, parent=entry.parent
             )
-        if entry.depth == 0 and entry.parent is None and entry.url == self._seed_url(seed):
+        if entry.depth == 0 and entry.parent is None and entry.url == self._seed_urls[seed.line]:
             return dataclasses.replace(seed, url=entry.url, depth=0)
         page = dataclasses.replace(
             seed,
@@ -196,9 +208,6 @@ class CrawlSource:
         """The URL of the row an entry came from ("" when a resumed job lost it)."""
         seed = self.seeds.get(entry.seed)
         return seed.url if seed is not None else ""
-
-    def _seed_url(self, seed: Request) -> str:
-        return normalize_url(seed.url, strip_query=self.settings.strip_query) or seed.url
 
     def _recorded_before(self, entry: Entry, request: Request) -> bool:
         """True for a page that the runs being resumed recorded and stored, though a crash
@@ -224,21 +233,49 @@ class CrawlSource:
     # -- the recorder's side --------------------------------------------------------
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
-        """Take the links of recorded pages into the frontier; mark the pages done (but
-        not those a stop interrupted: they stay taken, so ``--resume`` fetches them)."""
+        """Mark recorded pages done, but those a stop interrupted (they stay taken, so
+        ``--resume`` fetches them) and those that may hold links to follow: the producer
+        reads their links (``_read_links``), and they stay in flight until then."""
+        done = []
         for outcome in outcomes:
             url = outcome.request.url
-            if self._flying.pop(url, None) is None:
+            if url not in self._flying:
                 continue
-            if outcome.error is None or outcome.error.kind is not ErrorKind.INTERRUPTED:
-                self.frontier.finish([url], self._links(outcome))
+            if outcome.error is not None and outcome.error.kind is ErrorKind.INTERRUPTED:
+                del self._flying[url]
+            elif self._may_link(outcome):
+                self._unread.append(outcome)
+            else:
+                del self._flying[url]
+                done.append(url)
+        if done:
+            self.frontier.finish(done)
         self._changed.set()
+
+    async def _read_links(self) -> None:
+        """Add the links of the pages recorded since the last call to the frontier, and
+        mark those pages done. They are parsed in a worker thread (lexbor parses without
+        the GIL) while the event loop goes on with the sockets."""
+        while self._unread:
+            pages, self._unread = self._unread, []
+            found = await asyncio.to_thread(self._links_of, pages)
+            self.frontier.finish([page.request.url for page in pages], found)
+            for page in pages:
+                del self._flying[page.request.url]
+
+    def _may_link(self, outcome: Outcome) -> bool:
+        depth = outcome.request.depth or 0
+        return outcome.ok and outcome.path is not None and depth < self.settings.depth
+
+    def _links_of(self, pages: list[Outcome]) -> list[Entry]:
+        return [entry for page in pages for entry in self._links(page)]
 
     def _links(self, outcome: Outcome) -> list[Entry]:
         request = outcome.request
         depth = request.depth or 0
-        if not outcome.ok or outcome.path is None or depth >= self.settings.depth:
+        if not self._may_link(outcome):
             return []
+        assert outcome.path is not None
         try:
             with (self.root / outcome.path).open("rb") as handle:
                 data = handle.read(1024)
@@ -254,11 +291,10 @@ class CrawlSource:
         if base:
             with contextlib.suppress(ValueError):  # a base that is no URL is ignored
                 root = urljoin(root, base)
-        seed = self.seeds.get(request.line)
-        seed_url = self._seed_url(seed) if seed is not None else request.url
+        seed_url = self._seed_urls.get(request.line, request.url)
         return [
             Entry(url, depth + 1, request.url, request.line)
-            for url in self._sieve.new_urls(links, root=root, seed=seed_url)
+            for url in self._sieve.new_urls(links, root, seed_url)
         ]
 
     # -- sitemaps ---------------------------------------------------------------------
@@ -273,7 +309,7 @@ class CrawlSource:
             if self.robots is not None:
                 queue.extend(await self.robots.sitemaps(origin + "/"))
             seen: set[str] = set()
-            seed_url = self._seed_url(self.seeds[line])
+            seed_url = self._seed_urls[line]
             while queue and len(seen) < _MAX_SITEMAPS_PER_ORIGIN and not self.stopped():
                 sitemap = queue.pop(0)
                 if sitemap in seen:

@@ -1,5 +1,7 @@
 """Links out of a crawled page, and page URLs out of a sitemap.
 
+Pages are parsed by lexbor (selectolax), a required dependency: it finds a 10 KB page's
+links about 6x faster than the standard library's html.parser (figures at ``_links_of``).
 Only a crawl imports this module (the HTML and XML parsers it needs cost a run that
 crawls nothing about 10 ms to import).
 """
@@ -7,14 +9,14 @@ crawls nothing about 10 ms to import).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
+
+from selectolax.lexbor import LexborHTMLParser
 
 from fetcher.crawl import DEFAULT_FOLLOW, LINK_ATTRS, CrawlSettings, in_scope, normalize_url
 
@@ -44,70 +46,42 @@ def is_html(content_type: str | None, head: bytes) -> bool:
     return sniff.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
-class _LinkParser(HTMLParser):
-    def __init__(self, follow: frozenset[str], nofollow: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.follow, self.honour_nofollow = follow, nofollow
-        self.links: list[str] = []
-        self.base: str | None = None
-        self.meta_nofollow = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "base" and self.base is None:
-            href = dict(attrs).get("href")
-            if href:
-                self.base = href.strip()
-            return
-        if tag == "meta":
-            values = dict(attrs)
-            if (values.get("name") or "").lower() == "robots" and "nofollow" in (
-                values.get("content") or ""
-            ).lower():
-                self.meta_nofollow = True
-            return
-        if tag not in self.follow:
-            return
-        values = dict(attrs)
-        if self.honour_nofollow and "nofollow" in (values.get("rel") or "").lower().split():
-            return
-        link = values.get(LINK_ATTRS[tag])
-        if link:
-            self.links.append(link.strip())
-
-    handle_startendtag = handle_starttag
-
-
-def _lexbor_links(
+def _links_of(
     data: bytes, follow: frozenset[str], nofollow: bool
 ) -> tuple[list[str], str | None, bool]:
-    from selectolax.lexbor import LexborHTMLParser
+    """Walk the parsed page once, in document order: the links of the ``follow``
+    elements, the first ``<base href>``, and whether ``<meta name=robots>`` says nofollow.
 
-    tree = LexborHTMLParser(data)
-    base = None
-    base_node = tree.css_first("base[href]")
-    if base_node is not None:
-        base = (base_node.attributes.get("href") or "").strip() or None
-    meta_nofollow = False
-    for meta in tree.css("meta[name]"):
-        attributes = meta.attributes
-        if (attributes.get("name") or "").lower() == "robots" and "nofollow" in (
-            attributes.get("content") or ""
-        ).lower():
-            meta_nofollow = True
-    selector = ", ".join(f"{tag}[{LINK_ATTRS[tag]}]" for tag in sorted(follow))
-    links = []
-    for node in tree.css(selector) if selector else []:
-        attributes = node.attributes
-        if nofollow and "nofollow" in (attributes.get("rel") or "").lower().split():
-            continue
-        link = attributes.get(LINK_ATTRS.get(node.tag or "", "href"))
-        if link:
-            links.append(link.strip())
+    lexbor's CSS selectors would say the same, but the first query on a page builds a
+    selector engine for it: three queries took 270 us on a 10 KB page with 31 links,
+    this walk 120 us (the parse alone 85 us; html.parser 700 us).
+    """
+    links: list[str] = []
+    base: str | None = None
+    base_seen = meta_nofollow = False
+    root = LexborHTMLParser(data).root
+    for node in root.traverse() if root is not None else ():
+        tag = node.tag
+        if tag in follow:
+            attrs = node.attrs
+            if nofollow and "nofollow" in (attrs.get("rel") or "").lower().split():
+                continue
+            link = attrs.get(LINK_ATTRS[tag])
+            if link:
+                links.append(link.strip())
+        elif tag == "base" and not base_seen:
+            href = node.attrs.get("href")
+            if href is not None:
+                base_seen, base = True, href.strip() or None
+        elif tag == "meta":
+            attrs = node.attrs
+            if (attrs.get("name") or "").lower() == "robots" and "nofollow" in (
+                attrs.get("content") or ""
+            ).lower():
+                meta_nofollow = True
     return links, base, meta_nofollow
 
 
-# Looked up, not imported: a run that crawls nothing does not pay for the import.
-PARSER = "lexbor" if importlib.util.find_spec("selectolax") else "html.parser"
 _NOWHERE = ("javascript:", "mailto:", "data:", "tel:", "#")  # links that lead to no page
 
 
@@ -116,20 +90,12 @@ def page_links(
     *,
     follow: frozenset[str] = frozenset(DEFAULT_FOLLOW),
     nofollow: bool = True,
-    parser: str | None = None,
 ) -> tuple[list[str], str | None]:
     """A page's links as written (stripped, in document order, without those that lead
     to no page: ``javascript:``, ``mailto:``, ``data:``, ``tel:``, a bare ``#fragment``)
     and its ``<base href>``; no links at all under ``<meta name=robots content=nofollow>``
     (with ``nofollow``). Only the first 8 MiB of ``data`` are read."""
-    data = data[:MAX_PARSE_BYTES]
-    if (parser or PARSER) == "lexbor":
-        links, base, meta_nofollow = _lexbor_links(data, follow, nofollow)
-    else:
-        html = _LinkParser(follow, nofollow)
-        html.feed(data.decode("utf-8", "replace"))
-        html.close()
-        links, base, meta_nofollow = html.links, html.base, html.meta_nofollow
+    links, base, meta_nofollow = _links_of(data[:MAX_PARSE_BYTES], follow, nofollow)
     if nofollow and meta_nofollow:
         return [], base
     return [link for link in links if not link.lower().startswith(_NOWHERE)], base
@@ -141,7 +107,6 @@ def extract_links(
     *,
     follow: Iterable[str] = DEFAULT_FOLLOW,
     nofollow: bool = True,
-    parser: str | None = None,
 ) -> list[str]:
     """The absolute URLs a page links to, in document order, resolved against its
     ``<base href>`` when present (not yet normalised or de-duplicated).
@@ -151,7 +116,7 @@ def extract_links(
     if isinstance(source, Path):
         with source.open("rb") as handle:
             source = handle.read(MAX_PARSE_BYTES)
-    links, base = page_links(source, follow=frozenset(follow), nofollow=nofollow, parser=parser)
+    links, base = page_links(source, follow=frozenset(follow), nofollow=nofollow)
     root = urljoin(page_url, base) if base else page_url
     resolved = []
     for link in links:
@@ -213,7 +178,11 @@ class LinkSieve:
         self._new.add(key)
         return known
 
-    def new_urls(self, links: Iterable[str], *, root: str, seed: str) -> list[str]:
+    def __len__(self) -> int:
+        """How many keys the sieve remembers (at most twice its ``size``)."""
+        return len(self._new) + len(self._old)
+
+    def new_urls(self, links: Iterable[str], root: str, seed: str) -> list[str]:
         """The normalised URLs among ``links`` (resolved against ``root``, the page's URL
         or base) in the scope of the ``seed`` URL that pass the patterns and were not
         returned before (as far as the sieve remembers)."""
