@@ -191,10 +191,11 @@ class LinkSieve:
         except ValueError:
             return []
         origin = f"{parts.scheme}://{parts.netloc}"
-        settings = self.settings
+        settings, newer, origin_only = self.settings, self._new, _ORIGIN_ONLY.fullmatch
         found = []
         for link in links:
-            if self._known((seed, origin_context(link, root, origin), link)):
+            key = (seed, origin if origin_only(link) else root, link)  # see origin_context
+            if key in newer or self._known(key):
                 continue
             try:
                 url = normalize_url(urljoin(root, link), strip_query=settings.strip_query)

@@ -292,3 +292,26 @@ def test_crawl_delay_groups_and_fractions() -> None:
     assert rules.delay("fetcher/0.1.0") == 0.5
     assert rules.delay("curl/8") == 2.0
     assert _Rules(None, allow_all=True).delay("x") is None
+
+
+@given(
+    lines=st.lists(
+        st.sampled_from(
+            ["User-agent: *", "User-agent: fetcher", "user-agent: other", "Disallow:",
+             "Disallow: /p", "DISALLOW : /q/ # a comment", "Disallow: # nothing", "Allow: /",
+             "Allow: /p/1", "Crawl-delay: 1", "Sitemap: http://s/sitemap.xml", "", "# Disallow: /"]
+        ),
+        max_size=8,
+    )
+)  # fmt: skip
+def test_rules_that_disallow_nothing_answer_as_the_parser_does(lines: list[str]) -> None:
+    from urllib.robotparser import RobotFileParser
+
+    from fetcher.robots import _disallows, _Rules
+
+    parser = RobotFileParser()
+    parser.parse(lines)
+    rules = _Rules(parser, allow_all=True, disallows=_disallows(lines))
+    for url in ("http://s/", "http://s/p/1", "http://s/p/2", "http://s/q/x"):
+        for agent in ("fetcher/0.1", "curl/8"):
+            assert rules.allowed(agent, url) == parser.can_fetch(agent, url), (agent, url)
