@@ -2,9 +2,11 @@
 
 The runner's producer iterates a source and the recorder reports each outcome back to
 it. The runner's ``_Rows`` streams the rows; ``CrawlSource`` puts the rows in the durable
-frontier as seeds, hands out its pending URLs shallowest first, and when a page is
-recorded adds the links it holds (within depth, scope, include/exclude and robots.txt).
-Either source yields a ``Request`` to fetch or outcomes that need no request.
+frontier as seeds, hands out its pending URLs shallowest first, and once a page is
+recorded adds the links it holds (within depth, scope, include/exclude and robots.txt):
+the producer parses recorded pages in a worker thread between the requests it hands out
+(on W5 that took some 250 us a page off the event loop's 800). Either source yields a
+``Request`` to fetch or outcomes that need no request.
 
 A stop (a signal or the deadline) leaves the pages not yet fetched in the frontier and
 records them as ``interrupted``, as a batch records the rows it leaves: the run does not
