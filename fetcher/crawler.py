@@ -4,9 +4,10 @@ The runner's producer iterates a source and the recorder reports each outcome ba
 it. The runner's ``_Rows`` streams the rows; ``CrawlSource`` puts the rows in the durable
 frontier as seeds, hands out its pending URLs shallowest first, and once a page is
 recorded adds the links it holds (within depth, scope, include/exclude and robots.txt):
-the producer parses recorded pages in a worker thread between the requests it hands out
-(on W5 that took some 250 us a page off the event loop's 800). Either source yields a
-``Request`` to fetch or outcomes that need no request.
+the producer parses the pages recorded so far, in one batch, between the requests it
+hands out. (A worker thread took 250 us a page off the event loop's 800 on W5, but the
+crawl was no faster: the walk of the tree and the sieve need the GIL.) Either source
+yields a ``Request`` to fetch or outcomes that need no request.
 
 A stop (a signal or the deadline) leaves the pages not yet fetched in the frontier and
 records them as ``interrupted``, as a batch records the rows it leaves: the run does not
@@ -107,7 +108,7 @@ class CrawlSource:
             await self._read_sitemaps()
         cap = self.settings.max_pages
         while not self.stopped():
-            await self._read_links()
+            self._read_links()
             room = _TAKE if cap is None else min(_TAKE, cap - self.dispatched)
             if room <= 0:
                 await self._land()
@@ -148,7 +149,7 @@ class CrawlSource:
         if not self._unread:
             self._changed.clear()
             await self._changed.wait()
-        await self._read_links()
+        self._read_links()
 
     async def _land(self) -> None:
         """Wait for every page in flight to be recorded, and read their links."""
@@ -254,13 +255,12 @@ class CrawlSource:
             self.frontier.finish(done)
         self._changed.set()
 
-    async def _read_links(self) -> None:
+    def _read_links(self) -> None:
         """Add the links of the pages recorded since the last call to the frontier, and
-        mark those pages done. They are parsed in a worker thread (lexbor parses without
-        the GIL) while the event loop goes on with the sockets."""
-        while self._unread:
+        mark those pages done, in one transaction."""
+        if self._unread:
             pages, self._unread = self._unread, []
-            found = await asyncio.to_thread(self._links_of, pages)
+            found = [entry for page in pages for entry in self._links(page)]
             self.frontier.finish([page.request.url for page in pages], found)
             for page in pages:
                 del self._flying[page.request.url]
@@ -268,9 +268,6 @@ class CrawlSource:
     def _may_link(self, outcome: Outcome) -> bool:
         depth = outcome.request.depth or 0
         return outcome.ok and outcome.path is not None and depth < self.settings.depth
-
-    def _links_of(self, pages: list[Outcome]) -> list[Entry]:
-        return [entry for page in pages for entry in self._links(page)]
 
     def _links(self, outcome: Outcome) -> list[Entry]:
         request = outcome.request
