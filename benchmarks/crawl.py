@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pages", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--command",
+        default=f"{shlex.quote(sys.executable)} -m fetcher",
+        help="the fetch command to measure (another install: 'VENV/bin/python -P -m fetcher')",
+    )
     parser.add_argument("--serve-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_fd is not None:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             (work / "seeds.csv").write_text(f"url\nhttp://127.0.0.1:{port}/p/0\n")
             (work / "seeds.toml").write_text(f"[crawl]\ndepth = {depth + 1}\n")
             command = [
-                sys.executable, "-m", "fetcher", "run", str(work / "seeds.csv"),
+                *shlex.split(args.command), "run", str(work / "seeds.csv"),
                 "-o", str(work / "out"), "-c", str(args.concurrency),
                 "--per-host", str(args.concurrency), "--per-host-rate", "1000000", "-q",
             ]  # fmt: skip

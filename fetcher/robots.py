@@ -50,6 +50,15 @@ def _crawl_delays(lines: list[str]) -> dict[str, float]:
     return delays
 
 
+def _disallows(lines: list[str]) -> bool:
+    """True when a ``Disallow`` line names a path (an empty one allows everything)."""
+    for raw in lines:
+        name, sep, value = raw.split("#", 1)[0].partition(":")
+        if sep and name.strip().lower() == "disallow" and value.strip():
+            return True
+    return False
+
+
 class _Rules:
     """The parsed rules of one host, or a blanket answer."""
 
@@ -59,14 +68,16 @@ class _Rules:
         *,
         allow_all: bool,
         delays: dict[str, float] | None = None,
+        disallows: bool = True,
     ) -> None:
         self.parser, self.allow_all = parser, allow_all
         self.delays = delays or {}
+        self.disallows = disallows  # False: no rule to check a URL against (10 us a URL)
 
     def allowed(self, agent: str, url: str) -> bool:
         if self.parser is None:
             return self.allow_all
-        return self.parser.can_fetch(agent, url)
+        return not self.disallows or self.parser.can_fetch(agent, url)
 
     def delay(self, agent: str) -> float | None:
         token = agent.split("/", 1)[0].lower()
@@ -142,4 +153,6 @@ class RobotsCache:
         lines = data.decode("utf-8", "replace").splitlines()
         parser = RobotFileParser()
         parser.parse(lines)
-        return _Rules(parser, allow_all=True, delays=_crawl_delays(lines))
+        return _Rules(
+            parser, allow_all=True, delays=_crawl_delays(lines), disallows=_disallows(lines)
+        )

@@ -618,3 +618,17 @@ async def test_the_library_crawls_as_fetch_run_does(
     config = fetcher.FetchConfig(output=out, crawl=CrawlSettings(depth=1))
     assert (await fetcher.run_batch(job, config)).outcomes == {"fetched": 3}
     assert (options(out)["per_host"], options(out)["per_host_rate"]) == (2, 1.0)
+
+
+def test_a_base_href_that_is_no_url_is_ignored(workdir: Path) -> None:
+    """A browser resolves against the page's own URL when its base is no URL; the crawl
+    did not stop at such a page."""
+    pages = {
+        "/": '<base href="http://[broken/"><a href="next">next</a>',
+        "/next": "the end",
+    }
+    with serve_in_thread(_pages_app(pages, {})) as server:
+        job = _job(workdir, server, "depth = 1\n", [server.at("/")])
+        result = run_fetch("run", job, *FAST)
+    assert result.exit_code == 0, result.stderr
+    _assert_every_page_stored(workdir, pages, {server.at(path) for path in pages})
