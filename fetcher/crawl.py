@@ -58,7 +58,6 @@ LINK_ATTRS = {  # the elements whose links a crawl can follow, and the attribute
     "video": "src",
     "audio": "src",
 }
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 # A few public suffixes of two labels, so example.co.uk's domain is not co.uk. Without the
@@ -206,24 +205,16 @@ def normalize_url(url: str, *, strip_query: Sequence[str] = ()) -> str | None:
     escapes normalised, an empty path made ``/``, and query parameters whose names match a
     ``strip_query`` glob removed.
     """
+    url = url.strip()
     try:
-        parts = urlsplit(url.strip())
-        port = parts.port
+        parts = urlsplit(url)
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    found = origin(url) if scheme in ("http", "https") else None  # the one host parser
+    if found is None:
         return None
-    host = parts.hostname.lower().rstrip(".")
-    try:
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        return None
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    netloc = host
-    if port is not None and str(port) != _DEFAULT_PORTS[scheme]:
-        netloc = f"{host}:{port}"
+    netloc = found.netloc
     path = _normalize_percent(parts.path or "/", safe="/:@!$&'()*+,;=")
     query = parts.query
     if query and strip_query:

@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 
 from yarl import URL
 
+from fetcher import hosts
 from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
@@ -301,7 +302,8 @@ class CrawlSource:
     async def _read_sitemaps(self) -> None:
         origins: dict[str, int] = {}
         for line, seed in self.seeds.items():
-            origin = str(URL(seed.url).origin())
+            found = hosts.origin(seed.url)
+            origin = found.url if found is not None else str(URL(seed.url).origin())
             origins.setdefault(origin, line)
         for origin, line in origins.items():
             queue = [f"{origin}/sitemap.xml"]

@@ -65,6 +65,11 @@ class Origin:
         return self.bracketed if self.default_port else f"{self.bracketed}:{self.port}"
 
     @property
+    def url(self) -> str:
+        """``scheme://host[:port]``: where robots.txt and sitemap.xml are asked for."""
+        return f"{self.scheme}://{self.netloc}"
+
+    @property
     def key(self) -> str:
         """``host:port``, the port always: the key of the host in ``limits.Limits``."""
         return f"{self.bracketed}:{self.port}"

@@ -14,6 +14,7 @@ from urllib.robotparser import RobotFileParser
 
 from yarl import URL
 
+from fetcher import hosts
 from fetcher.crawl import FetchFile
 
 __all__ = ["MAX_ROBOTS_BYTES", "RobotsCache"]
@@ -124,7 +125,8 @@ class RobotsCache:
         return (await self._for(url, url)).sitemaps()
 
     async def _for(self, url: str, seed: str) -> _Rules:
-        origin = str(URL(url).origin())
+        found = hosts.origin(url)  # one robots.txt for every spelling of the host
+        origin = found.url if found is not None else str(URL(url).origin())
         future = self._rules.get(origin)
         if future is None:
             future = asyncio.get_running_loop().create_future()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fetcher.crawl import CrawlSettings, in_scope, normalize_url, registrable_domain
 from fetcher.frontier import DONE, PENDING, Entry, Frontier
 from fetcher.links import LinkSieve, extract_links, is_html, page_links, parse_sitemap
+from fetcher.robots import RobotsCache
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,12 @@ from fetcher.links import LinkSieve, extract_links, is_html, page_links, parse_s
         ("http://example.com/a b", "http://example.com/a%20b"),
         ("http://example.com/?b=1&a=2", "http://example.com/?b=1&a=2"),
         ("http://127.0.0.1:8080/x?", "http://127.0.0.1:8080/x"),
+        # the host as aiohttp connects to it (fetcher.hosts): IDNA 2008, where Python's
+        # own codec (IDNA 2003) maps faß.de to another host, fass.de
+        ("http://faß.de/", "http://xn--fa-hia.de/"),
+        ("http://BÜCHER.de./", "http://xn--bcher-kva.de/"),
+        ("http://[0:0::1]:8080/x", "http://[::1]:8080/x"),
+        ("http://example.com.:080/", "http://example.com/"),
     ],
 )
 def test_normalize_url(url: str, expected: str) -> None:
@@ -315,3 +322,23 @@ def test_rules_that_disallow_nothing_answer_as_the_parser_does(lines: list[str])
     for url in ("http://s/", "http://s/p/1", "http://s/p/2", "http://s/q/x"):
         for agent in ("fetcher/0.1", "curl/8"):
             assert rules.allowed(agent, url) == parser.can_fetch(agent, url), (agent, url)
+
+
+async def test_robots_txt_is_asked_for_once_for_every_spelling_of_a_host() -> None:
+    asked: list[str] = []
+
+    async def fetch(url: str, *, seed: str, max_bytes: int) -> tuple[int, bytes]:
+        asked.append(url)
+        return 200, b"User-agent: *\nDisallow: /private/\nCrawl-delay: 2\n"
+
+    delays: list[tuple[str, float]] = []
+
+    async def on_delay(origin: str, delay: float) -> None:
+        delays.append((origin, delay))
+
+    robots = RobotsCache(fetch, agent="fetch", on_delay=on_delay)
+    for url in ("http://Example.COM/a", "http://example.com./b", "http://example.com:80/c"):
+        assert await robots.allowed(url, seed=url)
+    assert not await robots.allowed("http://EXAMPLE.com.:80/private/x", seed="http://example.com/")
+    assert asked == ["http://example.com/robots.txt"]
+    assert delays == [("http://example.com", 2.0)]
