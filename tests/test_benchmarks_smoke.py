@@ -21,17 +21,11 @@ from aiohttp import web
 from benchmarks.bare_loop import fetch_all
 from benchmarks.crawl import depth_needed, generate_site
 from benchmarks.report import Measure, report, targets
-from benchmarks.run import (
-    VerifyError,
-    fs_type,
-    rate_stats,
-    verify_bare,
-    verify_cookies,
-    verify_fetch,
-    workloads,
-)
+from benchmarks.run import fs_type, rate_stats
 from benchmarks.server import COOKIES
 from benchmarks.spawn import Spawner
+from benchmarks.verify import VerifyError, verify_bare, verify_cookies, verify_fetch
+from benchmarks.workloads import workloads
 from tests.support import manifest_records, run_fetch, serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
