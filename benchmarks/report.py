@@ -10,10 +10,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from benchmarks.run import Workload
+from benchmarks.workloads import Workload
 
 __all__ = ["Measure", "report", "targets"]
 
