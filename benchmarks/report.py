@@ -171,7 +171,7 @@ def report(
     """Markdown: a section per storage, a table per workload."""
     lines: list[str] = []
     for storage, workloads in _grouped(measures).items():
-        lines += [f"#### Bodies on {storage}", ""]
+        lines += [f"### Bodies on {storage}", ""]
         for name, tools in workloads.items():
             workload = shapes[name]
             runs = max(len(ms) for ms in tools.values())

@@ -317,8 +317,8 @@ def test_report_compares_each_tool_with_the_bare_loop_and_the_peers() -> None:
         Measure("W1", "bare", storage="ext4", wall_s=2.0, cpu_s=3.0, requests=10_000),
     ]
     text = report(runs, shapes, ["wget2 is not installed: no wget2 rows"])
-    assert "#### Bodies on tmpfs" in text
-    assert "#### Bodies on ext4" in text
+    assert "### Bodies on tmpfs" in text
+    assert "### Bodies on ext4" in text
     assert "(median of 3 runs a tool, min-max)" in text
     assert "| fetch | 4,000 (2,500-5,000) | 200 us | 0 | 0.80x | 2.00x | 0.20x |" in text
     assert "| bare loop | 5,000 | 100 us | 0 |  |  | 0.25x |" in text
