@@ -11,8 +11,9 @@ from ``wait4``), with its own ways of running requests side by side:
 - wget: crawling only (one connection: it has no parallelism).
 
 They save the bodies only (no headers, no manifest) at ``OUT/<URL path>``, as the bare
-loop does, and run quietly, as fetch does with ``-q`` (wget2's default progress output
-costs it measurably); neither reads a config file of the user's.
+loop does, and run quietly, as fetch does with ``-q`` (for wget2 on W1 ``--quiet``,
+``-nv`` and its default output, 2 MB of lines to a file, cost the same within the noise:
+74-108 us CPU a request on 2026-12-03); none reads a config file of the user's.
 """
 
 from __future__ import annotations

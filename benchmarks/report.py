@@ -20,6 +20,12 @@ MiB = 1024 * 1024
 REFERENCES = ("bare", "curl", "wget2", "wget")
 """The tools every other row is compared with, when they ran."""
 NAMES = {"bare": "bare loop"}
+ROWS = {
+    "skip-cold": "`--skip-existing`, index rebuilt",
+    "skip-existing": "`--skip-existing`",
+    "dry-run": "`--dry-run`",
+}
+"""W3's runs, as the table names them."""
 
 
 @dataclass
@@ -142,7 +148,7 @@ def _rows_table(workload: Workload, tools: dict[str, list[Measure]]) -> list[str
         tool, _, variant = key.partition(" ")
         cells = [
             tool,
-            f"`--{variant}`" if variant == "dry-run" else variant,
+            ROWS.get(variant, variant),
             _spread([m.wall_s for m in runs], ".1f"),
             f"{_median(m.rps for m in runs):,.0f}",
             f"{_median(m.cpu_s for m in runs):.1f}",
@@ -175,7 +181,8 @@ def report(
         for name, tools in workloads.items():
             workload = shapes[name]
             runs = max(len(ms) for ms in tools.values())
-            lines += [f"{workload.caption} (median of {runs} runs a tool, min-max):", ""]
+            what = f"median of {runs} runs a tool, min-max" if runs > 1 else "one run a tool"
+            lines += [f"{workload.caption} ({what}):", ""]
             if name == "W3":
                 lines += _rows_table(workload, tools)
             elif workload.rate:
