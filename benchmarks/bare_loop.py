@@ -4,10 +4,14 @@ One ``ClientSession``, one task per URL behind a semaphore, the body streamed to
 with plain blocking writes, the response headers saved beside it as JSON. No retries, no
 manifest, no index, no atomic renames. ``fetch run`` is measured against this.
 
-    python -m benchmarks.bare_loop URLS OUT [-c N] [--rate R] [--uvloop]
+    python -m benchmarks.bare_loop URLS OUT [-c N] [--rate R] [--setup URL] [--uvloop]
 
 ``URLS`` is one URL a line; each body goes to ``OUT/<URL path>`` and its headers to
 ``OUT/<URL path>.headers.json``. Exits 1 if any request did not end in a 2xx.
+
+``--setup URL`` gets URL first, with a ``CookieJar(unsafe=True)`` (the default jar
+refuses cookies from an IP address), so that the cookies it sets go with every request
+and aiohttp filters the jar for each one, as fetch's jar does.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ def body_path(out: Path, url: str) -> Path:
     return out / urlsplit(url).path.lstrip("/")
 
 
-async def fetch_all(urls: list[str], out: Path, concurrency: int, rate: float | None) -> int:
-    """Fetch every URL; return how many failed."""
+async def fetch_all(
+    urls: list[str], out: Path, concurrency: int, rate: float | None, setup: str | None = None
+) -> int:
+    """Fetch every URL (after ``setup``, when given); return how many failed."""
     semaphore = asyncio.Semaphore(concurrency)
     limiter = AsyncLimiter(rate, 1) if rate else None
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -63,7 +69,13 @@ async def fetch_all(urls: list[str], out: Path, concurrency: int, rate: float | 
                 print(f"{url}: {exc!r}", file=sys.stderr)
                 failed += 1
 
-    async with aiohttp.ClientSession(connector=connector) as session:
+    jar = aiohttp.CookieJar(unsafe=True) if setup else None
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
+        if setup:
+            async with session.get(setup) as resp:
+                await resp.read()
+                if not 200 <= resp.status < 300:
+                    return len(urls)
         await asyncio.gather(*(one(session, url) for url in urls))
     return failed
 
@@ -74,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("-c", "--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=float, default=None)
+    parser.add_argument("--setup", default=None, help="a URL got first, its cookies kept")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args(argv)
     if args.uvloop:
@@ -81,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     urls = [line.strip() for line in args.urls.read_text().splitlines() if line.strip()]
-    failed = asyncio.run(fetch_all(urls, args.out, args.concurrency, args.rate))
+    failed = asyncio.run(fetch_all(urls, args.out, args.concurrency, args.rate, args.setup))
     sys.exit(1 if failed else 0)
 
 

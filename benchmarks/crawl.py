@@ -1,143 +1,99 @@
-"""The crawl benchmark: ``fetch run`` crawling a generated site of N pages on 127.0.0.1.
+"""W5, the crawl workload: a generated static site of N pages, as real sites link.
 
-    python -m benchmarks.crawl                  # 100,000 pages
-    python -m benchmarks.crawl --pages 2000     # a quick look
+Every page is ``/w5/p/<i>.html``, 8-12 KB of HTML with 30 links: the same 10 navigation
+links on every page (the home page and pages 1-9, by absolute path, the home link with a
+fragment), links to its children ``10i+1 .. 10i+10`` (a tree: every page is at most
+``depth_needed`` hops from the home page), and links to pages drawn at random (relative
+names) to make up 30. So most links a crawler finds it has seen before, as on a real
+site. ``/robots.txt`` allows everything. The pages are plain files (nginx serves them);
+the same seed gives the same site.
 
-The site is served by an aiohttp process of its own: page ``i`` links to pages
-``10i+1 .. 10i+10`` (a tree, so depth 5 reaches 100,000 pages), back to the root, to
-itself with a fragment, and to a page under ``/private/`` that robots.txt disallows.
-The crawl runs with ``-c 32`` and no per-host rate (a local site needs no politeness).
-It reports pages per second, the child's CPU seconds and its peak RSS, and checks that
-the manifest holds every page exactly once and nothing disallowed was requested.
+``crawl_job`` writes fetch's job: the home page as the one seed, and a ``[crawl]`` table
+deep enough to reach every page.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import shlex
-import socket
-import subprocess
-import sys
-import tempfile
-import time
+import hashlib
+import random
 from pathlib import Path
 
-from aiohttp import web
+__all__ = ["NAV", "crawl_job", "depth_needed", "generate_site", "page_url"]
 
-from benchmarks.spawn import Spawner
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def site(pages: int) -> web.Application:
-    """The generated site of ``pages`` pages."""
-
-    async def page(request: web.Request) -> web.Response:
-        number = request.match_info["n"]
-        if not number.isdigit() or int(number) >= pages:
-            raise web.HTTPNotFound()
-        i = int(number)
-        children = range(10 * i + 1, min(10 * i + 11, pages))
-        links = "".join(f'<li><a href="/p/{c}">page {c}</a></li>' for c in children)
-        body = (
-            f"<!doctype html><html><head><title>Page {i}</title></head><body>"
-            f"<h1>Page {i}</h1><p>{'Some text of the page. ' * 20}</p><ul>{links}</ul>"
-            f'<a href="/p/0">home</a> <a href="/p/{i}#top">top</a> '
-            f'<a href="/private/{i}">private</a></body></html>'
-        )
-        return web.Response(text=body, content_type="text/html")
-
-    async def robots(request: web.Request) -> web.Response:
-        return web.Response(text="User-agent: *\nDisallow: /private/\n")
-
-    async def private(request: web.Request) -> web.Response:
-        raise web.HTTPForbidden()
-
-    app = web.Application()
-    app.router.add_get("/robots.txt", robots)
-    app.router.add_get("/private/{n}", private)
-    app.router.add_get("/p/{n}", page)
-    return app
+PREFIX = "w5/p"
+NAV = 10
+"""Navigation links on every page: the home page and pages 1 .. NAV - 1."""
+LINKS = 30
+FILLER = (
+    "The quick brown fox jumps over the lazy dog while the committee reviews the annual "
+    "report on regional transport, housing and the price of bread in the old market. "
+)
 
 
-def _serve(pages: int, fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    web.run_app(site(pages), sock=sock, print=None, access_log=None)
+def depth_needed(pages: int) -> int:
+    """Hops from the home page to the deepest page of the tree of ``pages`` pages."""
+    depth, reached, level = 0, 1, 1
+    while reached < pages:
+        level *= 10
+        reached += level
+        depth += 1
+    return depth
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pages", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument(
-        "--command",
-        default=f"{shlex.quote(sys.executable)} -m fetcher",
-        help="the fetch command to measure (another install: 'VENV/bin/python -P -m fetcher')",
+def page_url(base_url: str, i: int) -> str:
+    return f"{base_url}/{PREFIX}/{i}.html"
+
+
+def _links(i: int, pages: int, rng: random.Random) -> list[str]:
+    nav = ["/w5/p/0.html#top", *(f"/{PREFIX}/{n}.html" for n in range(1, min(NAV, pages)))]
+    children = [f"{c}.html" for c in range(10 * i + 1, min(10 * i + 11, pages))]
+    others = [f"{rng.randrange(pages)}.html" for _ in range(LINKS - len(nav) - len(children))]
+    return nav + children + others
+
+
+def _page(i: int, pages: int, rng: random.Random) -> bytes:
+    links = _links(i, pages, rng)
+    nav = "".join(
+        f'<li><a href="{href}">Section {n}</a></li>' for n, href in enumerate(links[:NAV])
     )
-    parser.add_argument("--serve-fd", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve_fd is not None:
-        _serve(args.pages, args.serve_fd)
-        return 0
-
-    depth = max(1, math.ceil(math.log10(max(args.pages, 2) * 9 + 1)) - 1)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    port = listener.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.crawl", "--pages", str(args.pages),
-         "--serve-fd", str(listener.fileno())],
-        pass_fds=[listener.fileno()], cwd=REPO,
-    )  # fmt: skip
-    try:
-        with tempfile.TemporaryDirectory(prefix="fetch-crawl-") as temp:
-            work = Path(temp)
-            (work / "seeds.csv").write_text(f"url\nhttp://127.0.0.1:{port}/p/0\n")
-            (work / "seeds.toml").write_text(f"[crawl]\ndepth = {depth + 1}\n")
-            command = [
-                *shlex.split(args.command), "run", str(work / "seeds.csv"),
-                "-o", str(work / "out"), "-c", str(args.concurrency),
-                "--per-host", str(args.concurrency), "--per-host-rate", "1000000", "-q",
-            ]  # fmt: skip
-            time.sleep(0.5)
-            with Spawner() as spawner:
-                child = spawner.run(
-                    command,
-                    stdout=work / "stdout",
-                    stderr=work / "stderr",
-                    timeout=3600,
-                    cwd=REPO,
-                    env=dict(os.environ),
-                )
-            code, elapsed = child.exit_code, child.wall_s
-            urls: dict[str, int] = {}
-            private = 0
-            with (work / "out" / "manifest.jsonl").open() as manifest:
-                for line in manifest:
-                    record = json.loads(line)
-                    if record["outcome"] == "fetched":
-                        urls[record["url"]] = urls.get(record["url"], 0) + 1
-                    if "/private/" in record["url"] and record["outcome"] != "skipped":
-                        private += 1
-    finally:
-        server.terminate()
-        server.wait(10)
-    fetched = len(urls)
-    print(f"crawl of a {args.pages:,}-page site at -c {args.concurrency} (depth {depth + 1})")
-    print(f"  exit code         {code}")
-    print(f"  pages fetched     {fetched:,} (each once: {all(n == 1 for n in urls.values())})")
-    print(f"  disallowed asked  {private}")
-    print(f"  wall time         {elapsed:.1f} s")
-    print(f"  pages per second  {fetched / elapsed:,.0f}")
-    print(f"  client CPU        {child.cpu_s:.1f} s")
-    print(f"  peak RSS          {child.maxrss_mib:.0f} MiB")
-    ok = code == 0 and fetched == args.pages and private == 0
-    return 0 if ok else 1
+    items = "".join(
+        f'<li><a href="{href}">Article {href.split(".")[0]}</a></li>' for href in links[NAV:]
+    )
+    head = (
+        f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>Page {i}</title>"
+        f"</head>\n<body><header><nav><ul>{nav}</ul></nav></header>\n<main><h1>Page {i}</h1>\n"
+    )
+    tail = (
+        f"<h2>Related</h2><ul>{items}</ul></main>\n"
+        f"<footer>Page {i} of {pages}</footer></body></html>\n"
+    )
+    room = rng.randint(8 * 1024, 12 * 1024) - len(head) - len(tail)
+    paragraphs = []
+    while room > 16:
+        n = min(room - 8, 900)  # 8: "<p>" and "</p>\n"
+        paragraphs.append(f"<p>{(FILLER * (n // len(FILLER) + 1))[:n]}</p>\n")
+        room -= n + 8
+    return (head + "".join(paragraphs) + tail).encode()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def generate_site(www: Path, base_url: str, pages: int) -> dict[str, tuple[int, str]]:
+    """Write the site of ``pages`` pages under ``www/w5/p/`` and ``www/robots.txt``;
+    return each page's URL with its size and sha256."""
+    rng = random.Random(5)
+    folder = www / PREFIX
+    folder.mkdir(parents=True, exist_ok=True)
+    (www / "robots.txt").write_text("User-agent: *\nAllow: /\n")
+    expected = {}
+    for i in range(pages):
+        data = _page(i, pages, rng)
+        (folder / f"{i}.html").write_bytes(data)
+        expected[page_url(base_url, i)] = (len(data), hashlib.sha256(data).hexdigest())
+    return expected
+
+
+def crawl_job(jobs: Path, base_url: str, depth: int) -> Path:
+    """fetch's job for the crawl: the home page as seed, ``[crawl] depth``."""
+    job = jobs / "w5.csv"
+    job.write_text(f"url\n{page_url(base_url, 0)}\n")
+    (jobs / "w5.toml").write_text(f"[crawl]\ndepth = {depth}\n")
+    return job

@@ -2,8 +2,14 @@
 
 ``start_server`` runs nginx from the system's packages when it is installed, else a
 multi-process aiohttp static server (this module run as a script: one listening socket,
-inherited by N worker processes). Either way the server logs the arrival time of every
-request under ``/w4/`` (the rate workload), which ``Server.arrivals`` reads back.
+inherited by N worker processes). Either way the server
+
+- logs the arrival time of every request under ``/w4/`` (the rate workload), which
+  ``Server.arrivals`` reads back;
+- answers ``/w1c/login`` with 50 ``Set-Cookie`` headers (``Path=/``), and logs the
+  ``Cookie`` header of every other request under ``/w1c/`` (the cookie workload), which
+  ``Server.cookie_headers`` reads back;
+- serves ``.html`` as ``text/html`` (the crawl workload's pages).
 
     python -m benchmarks.server --root DIR --fd N --log FILE    (one aiohttp worker)
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -23,10 +30,24 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Server", "start_server"]
+__all__ = ["COOKIES", "LOGIN", "Mark", "Server", "start_server"]
 
 RATE_PREFIX = "/w4/"
+COOKIE_PREFIX = "/w1c/"
+LOGIN = "/w1c/login"
 PING = "ping.txt"
+COOKIES = tuple(
+    (f"c{i:02d}", hashlib.sha256(f"cookie {i}".encode()).hexdigest()[:32]) for i in range(50)
+)
+""""The 50 cookies (name, value) that ``LOGIN`` sets for the host."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Positions in the server's logs; what a run logged comes after them."""
+
+    arrivals: int
+    cookies: int
 
 
 @dataclass
@@ -36,23 +57,19 @@ class Server:
     kind: str  # "nginx" or "aiohttp"
     url: str
     log: Path
+    cookie_log: Path
     workers: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sockets: list[socket.socket] = field(default_factory=list)
 
-    def mark(self) -> int:
-        """A position in the arrival log; ``arrivals(mark)`` reads what came after it."""
-        return self.log.stat().st_size if self.log.exists() else 0
+    def mark(self) -> Mark:
+        """Positions in the logs; ``arrivals(mark)`` reads what came after them."""
+        return Mark(_size(self.log), _size(self.cookie_log))
 
-    def arrivals(self, since: int = 0) -> list[float]:
+    def arrivals(self, since: Mark | None = None) -> list[float]:
         """Arrival times (Unix seconds) of ``/w4/`` requests logged after ``since``."""
-        if not self.log.exists():
-            return []
-        with open(self.log, "rb") as handle:
-            handle.seek(since)
-            data = handle.read()
         times = []
-        for line in data.decode("ascii", "replace").splitlines():
+        for line in _read_from(self.log, since.arrivals if since else 0).splitlines():
             parts = line.split()
             if not parts:
                 continue
@@ -62,6 +79,11 @@ class Server:
             times.append(arrived)
         times.sort()
         return times
+
+    def cookie_headers(self, since: Mark | None = None) -> list[str]:
+        """The ``Cookie`` header of each ``/w1c/`` request logged after ``since``
+        (``-`` or empty when a request carried none)."""
+        return _read_from(self.cookie_log, since.cookies if since else 0).splitlines()
 
     def stop(self) -> None:
         """Stop every server process (SIGTERM, then SIGKILL after 10 s)."""
@@ -84,6 +106,18 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode("ascii", "replace")
 
 
 def start_server(root: Path, state: Path, *, kind: str = "auto", workers: int = 0) -> Server:
@@ -138,11 +172,18 @@ http {{
     fastcgi_temp_path {state}/fastcgi;
     uwsgi_temp_path {state}/uwsgi;
     scgi_temp_path {state}/scgi;
+    types {{ text/html html; text/plain txt; }}
     log_format arrivals '$msec $request_time';
+    log_format cookies '$http_cookie';
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         root {root};
         location {prefix} {{ access_log {log} arrivals; }}
+        location {cookie_prefix} {{ access_log {cookie_log} cookies; }}
+        location = {login} {{
+{set_cookies}
+            return 200 "welcome\\n";
+        }}
     }}
 }}
 """
@@ -151,7 +192,11 @@ http {{
 def _start_nginx(nginx: str, root: Path, state: Path, workers: int) -> Server:
     port = _free_port()
     log = state / "arrivals.log"
+    cookie_log = state / "cookies.log"
     conf = state / "nginx.conf"
+    set_cookies = "\n".join(
+        f'            add_header Set-Cookie "{name}={value}; Path=/";' for name, value in COOKIES
+    )
     # As root, nginx's workers would switch to "nobody", who cannot read a private temp dir.
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
@@ -163,6 +208,10 @@ def _start_nginx(nginx: str, root: Path, state: Path, workers: int) -> Server:
             root=root,
             prefix=RATE_PREFIX,
             log=log,
+            cookie_prefix=COOKIE_PREFIX,
+            cookie_log=cookie_log,
+            login=LOGIN,
+            set_cookies=set_cookies,
         )
     )
     errors = open(state / "nginx.stderr", "wb")  # noqa: SIM115
@@ -177,6 +226,7 @@ def _start_nginx(nginx: str, root: Path, state: Path, workers: int) -> Server:
         kind="nginx",
         url=f"http://127.0.0.1:{port}",
         log=log,
+        cookie_log=cookie_log,
         workers=workers,
         processes=[process],
     )
@@ -191,10 +241,13 @@ def _start_aiohttp(root: Path, state: Path, workers: int) -> Server:
     port = int(listener.getsockname()[1])
     log = state / "arrivals.log"
     log.touch()
+    cookie_log = state / "cookies.log"
+    cookie_log.touch()
     server = Server(
         kind="aiohttp",
         url=f"http://127.0.0.1:{port}",
         log=log,
+        cookie_log=cookie_log,
         workers=workers,
         sockets=[listener],
     )
@@ -214,6 +267,8 @@ def _start_aiohttp(root: Path, state: Path, workers: int) -> Server:
                         str(fd),
                         "--log",
                         str(log),
+                        "--cookie-log",
+                        str(cookie_log),
                     ],
                     pass_fds=(fd,),
                     stdin=subprocess.DEVNULL,
@@ -248,19 +303,29 @@ def _wait_ready(server: Server, timeout: float = 20.0) -> None:
 # --------------------------------------------------------------------------- aiohttp worker
 
 
-def _serve(root: Path, fd: int, log: Path) -> None:
+def _serve(root: Path, fd: int, log: Path, cookie_log: Path) -> None:
     """One aiohttp worker: serve ``root`` statically from the inherited socket ``fd``."""
     from aiohttp import web
 
     log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    cookie_fd = os.open(cookie_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @web.middleware
-    async def arrivals(request: web.Request, handler):
+    async def logs(request: web.Request, handler):
         if request.path.startswith(RATE_PREFIX):
             os.write(log_fd, f"{time.time():.6f}\n".encode())
+        elif request.path.startswith(COOKIE_PREFIX) and request.path != LOGIN:
+            os.write(cookie_fd, f"{request.headers.get('Cookie', '-')}\n".encode())
         return await handler(request)
 
-    app = web.Application(middlewares=[arrivals])
+    async def login(request: web.Request) -> web.Response:
+        response = web.Response(text="welcome\n")
+        for name, value in COOKIES:
+            response.set_cookie(name, value, path="/")
+        return response
+
+    app = web.Application(middlewares=[logs])
+    app.router.add_get(LOGIN, login)
     app.router.add_static("/", root)
     sock = socket.socket(fileno=fd)
     web.run_app(app, sock=sock, access_log=None, print=None, handle_signals=True)
@@ -271,8 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--cookie-log", type=Path, required=True)
     args = parser.parse_args(argv)
-    _serve(args.root, args.fd, args.log)
+    _serve(args.root, args.fd, args.log, args.cookie_log)
 
 
 if __name__ == "__main__":
