@@ -4,7 +4,7 @@
 output directory, nothing of the coordinator's memory or process, so an engine can run
 it anywhere the directory is seen. It runs the one-process pipeline (``run_rows``) over
 the shard's rows with a store opened under the coordinator's lock
-(``DiskStore.open_part``; merged as ``fetcher/store/merge.py`` says), skipping the rows
+(``store.part.PartStore``; merged as ``fetcher/store/merge.py`` says), skipping the rows
 its manifest part already records: a shard run again after its worker died goes on
 where it stopped.
 
@@ -38,8 +38,9 @@ from fetcher.progress import Progress
 from fetcher.runner import run_rows
 from fetcher.shards import Shard, ShardResult, read_rows
 from fetcher.spec import JobSpec
-from fetcher.store import INDEX, STATE_DIR, DiskStore, read_records
+from fetcher.store import INDEX, STATE_DIR, read_records
 from fetcher.store.merge import hold_worker_lease, open_lookup
+from fetcher.store.part import PartStore
 
 __all__ = ["main", "run_shard"]
 
@@ -114,17 +115,18 @@ async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
     lease = hold_worker_lease(state)
     try:
         lookup = open_lookup(state / INDEX)
-        store = DiskStore(root, durable=config.durable)
+        crawl = config.crawl is not None
+        store = PartStore(
+            root,
+            files.manifest,
+            files.index,
+            lookup=lookup,
+            state=state / "frontiers" / f"{shard.count}-{shard.k}" if crawl else None,
+            resume=shard.resume,
+            durable=config.durable,
+        )
         try:
-            crawl = config.crawl is not None
-            frontier = state / "frontiers" / f"{shard.count}-{shard.k}"
-            store.open_part(
-                files.manifest,
-                files.index,
-                lookup=lookup,
-                state=frontier if crawl else None,
-                resume=shard.resume,
-            )
+            store.open()
             # A crawl's frontier knows what is done; a batch's part does.
             done = set() if crawl else {r.line for _, r in read_records(files.manifest)}
             summary = RunSummary(run=shard.run)

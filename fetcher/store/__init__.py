@@ -12,10 +12,13 @@ The package, one idea a module:
   knows SQL;
 - ``sink``: a body streamed to temp files and staged (step 1 of the crash protocol);
 - ``place``: staged copies renamed into place (step 3), never over another URL's file;
+- ``manifest``: the manifest file, appended to a batch at a time;
 - ``recovery``: what the next open does about a crash;
 - ``lookup``: the good copy an earlier run left for a request;
 - ``disk``: ``DiskStore``, the facade a run uses, whose docstring holds the crash
-  protocol; ``protocol``: ``Store``, what the runner needs of it.
+  protocol; ``protocol``: ``Store``, what the runner needs of it;
+- ``part`` and ``merge``: a sharded run's workers each write a part (``PartStore``),
+  which the coordinator merges into the directory.
 """
 
 from fetcher.store.disk import DiskStore

@@ -49,7 +49,6 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from fetcher.errors import StoreError
 from fetcher.models import (
@@ -71,11 +70,12 @@ from fetcher.store.layout import (
     request_path,
 )
 from fetcher.store.lookup import PriorCopies
+from fetcher.store.manifest import ManifestFile
 from fetcher.store.merge import merge_leftovers, wait_for_workers
 from fetcher.store.place import Placer, refused
 from fetcher.store.rebuild import Reindexed, rebuild
 from fetcher.store.records import ManifestRecord, read_records
-from fetcher.store.recovery import finish_pending, repair_manifest
+from fetcher.store.recovery import finish_pending
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
 from fetcher.store.sink import DiskSink, StagedCopy, Staging
 
@@ -102,11 +102,10 @@ class DiskStore:
         self.resuming = False  # set by start_run: resume asked for and a run to resume
         self._lock_fd: int | None = None
         self._index: Index | None = None
-        self._manifest: IO[bytes] | None = None
-        self._manifest_end = 0
+        self._manifest: ManifestFile | None = None
         self._finished = FinishedRows()  # of the runs being resumed
         self._copies: PriorCopies | None = None  # on the event loop, with its own connection
-        self._lookup: Index | None = None  # open_part's: the caller's, which it closes
+        self._lookup: Index | None = None  # a PartStore's: the caller's, which it closes
         self._placer: Placer | None = None
         self._staging = Staging(durable=durable)  # the sinks' copies, until recorded
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
@@ -132,9 +131,7 @@ class DiskStore:
                 shutil.rmtree(self.temp_dir)
             self.temp_dir.mkdir()
             (self.root / RUNS_DIR).mkdir(exist_ok=True)
-            repair_manifest(self.root / MANIFEST)
-            self._manifest = open(self.root / MANIFEST, "ab")  # noqa: SIM115
-            self._manifest_end = self._manifest.tell()
+            self._manifest = ManifestFile(self.root / MANIFEST)
             self._open_index()
             self._recover()
             merge_leftovers(self)  # the parts of a killed sharded run
@@ -148,62 +145,12 @@ class DiskStore:
             self.close()
             raise
 
-    def open_part(
-        self,
-        manifest: Path,
-        index: Path,
-        *,
-        lookup: Index,
-        state: Path | None = None,
-        resume: bool = False,
-    ) -> None:
-        """Open the store as one of several writers of the output directory, under the
-        lock a parent process holds (a worker of a sharded run: see ``merge.py``).
-
-        The lock is not taken and ``.fetch/tmp`` is not cleared (the others write
-        there). Manifest lines go to ``manifest`` and the crash protocol's notes, and
-        the copies placed, to the index at ``index``: both the worker's own. Earlier
-        runs' copies are read from ``lookup``, the directory's index. A part that a
-        killed worker left is recovered as ``open`` recovers a directory. ``state`` is
-        where this writer keeps its own state (a crawl's frontier); ``resume``: it
-        goes on with the interrupted run that ``lookup`` notes (``finished``).
-        """
-        if state is not None:
-            state.mkdir(parents=True, exist_ok=True)
-            self.state = state
-        try:
-            if resume:
-                self.resuming = True
-                self._finished = FinishedRows.read(lookup, self.root)
-            self.temp_dir.mkdir(parents=True, exist_ok=True)
-            repair_manifest(manifest)
-            self._manifest = open(manifest, "ab")  # noqa: SIM115
-            self._manifest_end = self._manifest.tell()
-            self._index, indexed = Index.open(index)
-            if (indexed or 0) < self._manifest_end:
-                lines = read_records(manifest, start=indexed or 0)
-                self._index.catch_up(lines, self._manifest_end)
-            self._lookup = lookup
-            self._copies = PriorCopies(self._root, lookup)
-            self._placer = Placer(self._root, lookup, notes=self._index)
-            self._recover()
-        except OSError as exc:
-            self.close()
-            raise StoreError(f"cannot use {self.root}: {exc.strerror or exc}") from exc
-        except BaseException:
-            self.close()
-            raise
-
     def close(self) -> None:
         """Flush and release everything; remove the temp directory. A batch still being
         recorded in its thread ends first."""
         with self._lock:
             if self._manifest is not None:
-                with contextlib.suppress(OSError):  # a full disk: the error was told already
-                    self._manifest.flush()
-                    os.fsync(self._manifest.fileno())
-                with contextlib.suppress(OSError):  # lines it could not flush: a torn tail,
-                    self._manifest.close()  # which the next open cuts off
+                self._manifest.close()
                 self._manifest = None
             for index in (self._copies.index if self._copies else None, self._index):
                 if index is not None and index is not self._lookup:
@@ -219,21 +166,21 @@ class DiskStore:
         """Open the index; rebuild it when it is new or ahead of the manifest, and catch
         it up with the lines a crash wrote after it."""
         self._index, indexed = Index.open(self.state / INDEX)
-        if indexed is None or not 0 <= indexed <= self._manifest_end:
+        if indexed is None or not 0 <= indexed <= self._end:
             self.reindex()
-        elif indexed < self._manifest_end:
+        elif indexed < self._end:
             lines = read_records(self.root / MANIFEST, start=indexed)
-            self._index.catch_up(lines, self._manifest_end)
+            self._index.catch_up(lines, self._end)
 
     def _recover(self) -> None:
         """Finish or forget the copies a crash left pending (see the module docstring)."""
         recovered = finish_pending(self.index, self.root, self.temp_dir)
-        self._append([record for record, _ in recovered], [line for _, line in recovered])
+        self.append_records([record for record, _ in recovered], [line for _, line in recovered])
         self.index.clear_pending()
 
     def reindex(self) -> Reindexed:
         """Rebuild the index from the manifest, the run records and the sidecars."""
-        self.reindexed = rebuild(self.index, self.root, self._manifest_end)
+        self.reindexed = rebuild(self.index, self.root, self._end)
         return self.reindexed
 
     @property
@@ -255,6 +202,11 @@ class DiskStore:
         return self._placer
 
     @property
+    def _end(self) -> int:
+        """The manifest's size: where its next line goes."""
+        return self._manifest.end if self._manifest is not None else 0
+
+    @property
     def db(self) -> sqlite3.Connection:
         """The index's connection (for tests and tools that look inside)."""
         return self.index.db
@@ -267,9 +219,7 @@ class DiskStore:
         self.resuming = self.resume and finished is False
         if self.resuming:
             self._finished = FinishedRows.read(self.index, self.root)
-        crashed = self.index.start_run(
-            run, started_at, resumed=self.resuming, start=self._manifest_end
-        )
+        crashed = self.index.start_run(run, started_at, resumed=self.resuming, start=self._end)
         for name in crashed:
             mark_crashed(self.root, name, self.temp_dir)
         write_run(
@@ -341,11 +291,6 @@ class DiskStore:
 
     # -- writing ----------------------------------------------------------------------
 
-    def append_records(self, records: Sequence[ManifestRecord], lines: Sequence[bytes]) -> None:
-        """Append manifest lines another writer made (a worker's part: ``merge.py``),
-        flushed, and index them: step 4 for copies placed by another process."""
-        self._append(records, lines)
-
     def sink(self, request: Request, run: str) -> BodySink:
         """A sink that streams ``request``'s body to disk and stages it for ``record``."""
         return DiskSink(
@@ -387,12 +332,12 @@ class DiskStore:
                     final[index] = refused(final[index], why)
                     records[index] = ManifestRecord.of(final[index], run)
                     lines[index] = records[index].to_line()
-            self._append(records, lines, placed=placed, refused=forgotten)  # step 4
+            self.append_records(records, lines, placed=placed, refused=forgotten)  # step 4
         if error is not None:  # a full disk: the rows before it are recorded
             raise error
         return final
 
-    def _append(
+    def append_records(
         self,
         records: Sequence[ManifestRecord],
         lines: Sequence[bytes],
@@ -401,22 +346,16 @@ class DiskStore:
         refused: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Step 4: append manifest lines (flushed), then index them in one transaction:
-        the latest record of each URL, the copies no longer pending."""
+        the latest record of each URL, the copies no longer pending. (``merge.py``
+        appends a worker's part's lines with it: copies another process placed.)"""
         if self._manifest is None:
             raise StoreError("the store is not open")
         if not records:
             return
-        offsets = []
-        offset = self._manifest_end
-        for line in lines:
-            offsets.append(offset)
-            offset += len(line)
-        try:
-            self._manifest.write(b"".join(lines))
-            self._manifest.flush()
-        except OSError as exc:
-            raise StoreError(f"cannot write the manifest: {exc.strerror or exc}") from exc
-        self._manifest_end = offset
+        offsets = self._manifest.append(lines)
         self.index.add_lines(
-            list(zip(offsets, records, strict=True)), offset, placed=placed, refused=refused
+            list(zip(offsets, records, strict=True)),
+            self._manifest.end,
+            placed=placed,
+            refused=refused,
         )

@@ -3,7 +3,7 @@
 ``fetcher/coordinator.py`` cuts a job into shards and ``fetcher/worker.py`` runs one. A
 worker writes bodies and sidecars to their final paths (validation refuses two rows
 with one path, so the workers never write the same file) through a store opened under
-the coordinator's lock (``DiskStore.open_part``): its manifest lines go to a part of its
+the coordinator's lock (``part.PartStore``): its manifest lines go to a part of its
 own, ``.fetch/shards/<run>/part-<k>.jsonl``, and the crash protocol's notes and the
 copies it placed to an index of its own, ``part-<k>.sqlite``; it reads earlier runs'
 copies from the directory's index. The coordinator merges a part in steps that are each
@@ -178,11 +178,12 @@ def merge_part(
 def recover_part(store: DiskStore, part: PartFiles) -> None:
     """Step 1: open the part as its worker did, and close it: what a killed worker
     left pending is finished (or forgotten), as ``open`` finishes a killed run's."""
-    from fetcher.store.disk import DiskStore
+    from fetcher.store.part import PartStore  # which imports this module's importer
 
-    worker = DiskStore(store.root, durable=store.durable)
-    worker.open_part(part.manifest, part.index, lookup=store.index)
-    worker.close()
+    with PartStore(
+        store.root, part.manifest, part.index, lookup=store.index, durable=store.durable
+    ):
+        pass
 
 
 def _copy_copies(index: Index, part: Path) -> None:

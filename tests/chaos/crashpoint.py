@@ -104,7 +104,9 @@ def install(point: str, at: int) -> None:
 
         def open_(self: fetcher.store.DiskStore) -> None:
             original_open(self)
-            self._manifest = wrapper(self._manifest, counter)  # type: ignore[assignment]
+            manifest = self._manifest  # a store.manifest.ManifestFile
+            assert manifest is not None
+            manifest._file = wrapper(manifest._file, counter)  # type: ignore[assignment]
 
         fetcher.store.DiskStore.open = open_  # type: ignore[method-assign]
         return
