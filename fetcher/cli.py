@@ -206,6 +206,12 @@ class _RunCommand(click.Command):
     default=None,
     help="Fsync each body and sidecar before its rename (survives a power cut; slower).",
 )
+@click.option(
+    "--warc",
+    is_flag=True,
+    default=None,
+    help="Also write each response as sent into WARC files under warc/ (fetcher[warc]).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each outcome on stderr.")
 @click.option(
