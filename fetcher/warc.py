@@ -279,10 +279,11 @@ class WarcWriter:
         info: Mapping[str, object],
         *,
         max_size: int | None = None,
-        rotate: int = ROTATE_BYTES,
+        rotate: int | None = None,
     ) -> None:
         self.dir = root / WARC_DIR
-        self.run, self.info, self.max_size, self.rotate = run, info, max_size, rotate
+        self.run, self.info, self.max_size = run, info, max_size
+        self.rotate = ROTATE_BYTES if rotate is None else rotate
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warc")
         self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
         self._file: IO[bytes] | None = None
@@ -384,6 +385,7 @@ class WarcWriter:
                 self._next_file()
             for record in _records(self._writer, capture):
                 self._writer.write_record(record)
+            self._file.flush()  # a killed run loses no record it has reported
         except OSError as exc:
             raise StoreError(f"cannot write {self.dir / self._name}: {exc}") from exc
         finally:
@@ -404,6 +406,7 @@ def _records(writer: WARCWriter, capture: Capture) -> tuple[Any, Any]:
         payload=io.BytesIO(sent),
         length=len(sent),
         warc_headers_dict={
+            "WARC-Type": "request",
             "WARC-Record-ID": request_id,
             **common,
             "WARC-Concurrent-To": response_id,
@@ -418,6 +421,7 @@ def _records(writer: WARCWriter, capture: Capture) -> tuple[Any, Any]:
         payload=body,
         length=capture.size,
         warc_headers_dict={
+            "WARC-Type": "response",
             "WARC-Record-ID": response_id,
             **common,
             "WARC-Concurrent-To": request_id,
