@@ -291,6 +291,7 @@ class WarcWriter:
         self._number = 0
         self._writer: WARCWriter | None = None
         self._member: _Member | None = None
+        self._info_id = ""  # the WARC-Record-ID of the open file's warcinfo
 
     async def __aenter__(self) -> WarcWriter:
         loop = asyncio.get_running_loop()
@@ -363,7 +364,9 @@ class WarcWriter:
             "run": self.run,
             "options": json.dumps(self.info, sort_keys=True, default=str),
         }
-        self._writer.write_record(self._writer.create_warcinfo_record(self._name, info))
+        record = self._writer.create_warcinfo_record(self._name, info)
+        self._info_id = record.rec_headers.get_header("WARC-Record-ID")
+        self._writer.write_record(record)
 
     def _close(self) -> None:
         if self._file is None:
@@ -383,7 +386,7 @@ class WarcWriter:
             if self._file.tell() >= self.rotate:
                 self._close()
                 self._next_file()
-            for record in _records(self._writer, capture):
+            for record in _records(self._writer, capture, self._info_id):
                 self._writer.write_record(record)
             self._file.flush()  # a killed run loses no record it has reported
         except OSError as exc:
@@ -392,11 +395,15 @@ class WarcWriter:
             capture.discard()
 
 
-def _records(writer: WARCWriter, capture: Capture) -> tuple[Any, Any]:
+def _records(writer: WARCWriter, capture: Capture, info_id: str) -> tuple[Any, Any]:
     """A response's request record and response record, each naming the other."""
     body = capture.body()  # first: it completes the digests
     request_id, response_id = _record_id(), _record_id()
-    common = {"WARC-Target-URI": capture.target, "WARC-Date": capture.date}
+    common = {
+        "WARC-Target-URI": capture.target,
+        "WARC-Date": capture.date,
+        "WARC-Warcinfo-ID": info_id,
+    }
     if capture.ip:
         common["WARC-IP-Address"] = capture.ip
     sent = capture.request_body

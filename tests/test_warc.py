@@ -156,7 +156,8 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
     for request, response in zip(pairs[::2], pairs[1::2], strict=True):
         assert request["warc"]["WARC-Concurrent-To"] == response["warc"]["WARC-Record-ID"]
         assert by_id[response["warc"]["WARC-Concurrent-To"]] is request
-        for key in ("WARC-Target-URI", "WARC-Date", "WARC-IP-Address"):
+        assert response["warc"]["WARC-Warcinfo-ID"] == records[0]["warc"]["WARC-Record-ID"]
+        for key in ("WARC-Target-URI", "WARC-Date", "WARC-IP-Address", "WARC-Warcinfo-ID"):
             assert request["warc"][key] == response["warc"][key]
         assert response["warc"]["WARC-IP-Address"] == "127.0.0.1"
         assert response["warc"]["WARC-Payload-Digest"].startswith("sha1:")
@@ -192,8 +193,8 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
     assert post["payload"] == b"a=1&b=2"
     assert post["http"].get_header("Authorization") == "<redacted>"
     assert post["http"].get_header("X-Api-Key") == "k-<redacted>"
-    for path in files:
-        assert SECRET.encode() not in gzip.decompress(path.read_bytes())
+    for file in files:
+        assert SECRET.encode() not in gzip.decompress(file.read_bytes())
 
 
 def test_a_body_the_engine_gave_up_on_is_not_archived(tmp_path: Path, served: Served) -> None:
@@ -247,7 +248,7 @@ def test_a_killed_run_leaves_whole_records_and_resume_writes_a_new_file(
         urls += [f"{server.url}/slow/{n}" for n in range(4)]
         job = write_job(tmp_path, "url\n" + "".join(f"{u}\n" for u in urls))
         out = tmp_path / "out"
-        args = [FETCH, "run", job, "-o", out, "--warc", "-c", "4", "--per-host", "4"]
+        args: list[str | Path] = [FETCH, "run", job, "-o", out, "--warc", "-c", "4"]
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30
