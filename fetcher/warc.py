@@ -9,9 +9,8 @@ as it came over the wire (content codings kept; aiohttp has already undone chunk
 ``Transfer-Encoding`` header is kept as ``X-Archive-Orig-Transfer-Encoding``). A body over
 ``SPOOL_BYTES`` goes to an unlinked temp file in a worker thread, which hashes it on the
 way, so no body is held whole in memory and the writer does no digest pass of its own.
-Records are written with warcio's ``WARCWriter`` into ``_Member``, a gzip member per
-record whose compression stops where a body does not compress (an image, a gzipped body:
-zlib gets 13 MB/s out of random bytes, a stored block 1 GB/s).
+One thread writes the records (``warc_format``: a gzip member per record, deflated only
+where that pays), in the order the responses ended, a request record then its response.
 
 Crash safety: a file is named ``.open`` until it is closed; the next run cuts an open
 file after its last whole gzip member (a whole record) and closes it. ``--resume`` is a
@@ -21,26 +20,23 @@ new run, so it writes new files.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import concurrent.futures
 import hashlib
 import io
 import ipaddress
 import json
 import os
-import struct
+import queue
 import tempfile
+import threading
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlencode
 
 import aiohttp
-from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 from yarl import URL
 
@@ -48,14 +44,17 @@ from fetcher._version import __version__
 from fetcher.errors import StoreError
 from fetcher.models import REDACTED, SECRET_HEADERS, Request
 from fetcher.retry import AttemptFailed
+from fetcher.warc_format import Member, digest, member, record_head, repair
 
-__all__ = ["ROTATE_BYTES", "SPOOL_BYTES", "Capture", "WarcWriter", "repair"]
+__all__ = ["ROTATE_BYTES", "SPOOL_BYTES", "Capture", "WarcWriter"]
 
 ROTATE_BYTES = 1 << 30  # a file is closed, and the next begun, once it is this large
 SPOOL_BYTES = 1 << 20  # a body larger than this is spooled to a temp file
 WARC_DIR = "warc"
 _PENDING = 64  # records handed to the writer and not yet written, at most
-_PROBE = 64 * 1024  # bytes of a record compressed before deciding whether it compresses
+_READ = 1 << 20  # a spooled body is copied into its record this much at a time
+_EMPTY_DIGEST = digest(hashlib.sha1())
+_TEXT = ("text/", "application/json", "application/xml", "application/javascript", "+xml", "+json")
 
 
 def _warc_date(when: datetime) -> str:
@@ -66,10 +65,6 @@ def _record_id() -> str:
     return f"<urn:uuid:{uuid.uuid4()}>"
 
 
-def _digest(hasher: Any) -> str:
-    return "sha1:" + base64.b32encode(hasher.digest()).decode("ascii")
-
-
 # --------------------------------------------------------------------------- one response
 
 
@@ -78,8 +73,8 @@ class Capture:
     chunks, then ``WarcWriter.submit`` it (or ``discard`` it)."""
 
     __slots__ = (
-        "block", "chunks", "date", "file", "head", "ip", "payload", "pending", "request_body",
-        "request_head", "size", "spill_dir", "target", "touched",
+        "block", "chunks", "date", "deflate", "file", "head", "ip", "payload", "pending",
+        "request_body", "request_head", "size", "spill_dir", "target", "touched",
     )  # fmt: skip
 
     def __init__(
@@ -95,6 +90,7 @@ class Capture:
         self.date = _warc_date(datetime.now(UTC))
         self.ip = _ip(resp)
         self.head = _response_head(resp)
+        self.deflate = _compresses(resp)
         self.request_body = _sent_body(request, resp.method, resend)
         self.request_head = _request_head(resp, request, shown, len(self.request_body))
         self.block = hashlib.sha1(self.head)
@@ -142,18 +138,18 @@ class Capture:
         self.file.writelines(chunks)
         self.size += sum(map(len, chunks))
 
-    def body(self) -> IO[bytes]:
-        """In the writer's thread: the whole body as a stream, its digests complete."""
+    def body(self) -> bytes | IO[bytes]:
+        """In the writer's thread: the whole body, in memory or as its spool file
+        (rewound), its digests complete."""
         chunks, self.chunks, self.pending = self.chunks, [], 0
         if self.file is None:
             data = b"".join(chunks)
             self.block.update(data)
             self.payload.update(data)
             self.size += len(data)
-            self.file = io.BytesIO(data)  # no copy: it shares data until written to
-        else:
-            self._spill(chunks)
-            self.file.seek(0)
+            return data
+        self._spill(chunks)
+        self.file.seek(0)
         return self.file
 
     def discard(self) -> None:
@@ -175,6 +171,15 @@ def _ip(resp: aiohttp.ClientResponse) -> str | None:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         return None
+
+
+def _compresses(resp: aiohttp.ClientResponse) -> bool:
+    """Whether a response's record is worth deflating: a text body not content-encoded."""
+    headers = resp.headers
+    if headers.get("Content-Encoding", "identity").lower() != "identity":
+        return False
+    kind = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return any(mark in kind for mark in _TEXT)
 
 
 def _response_head(resp: aiohttp.ClientResponse) -> bytes:
@@ -220,57 +225,17 @@ def _sent_body(request: Request, method: str, resend: bool) -> bytes:
     return request.body.encode("utf-8") if request.body is not None else b""
 
 
-# --------------------------------------------------------------------------- gzip members
-
-
-class _Member:
-    """A file-like warcio writes one record into; ``flush`` ends the record's gzip member.
-
-    The record is deflated at level 6 until ``_PROBE`` bytes show whether it compresses;
-    one that does not (a gzipped or random body) goes on in stored blocks: a second raw
-    deflate stream after the first's sync flush, one valid gzip member.
-    """
-
-    _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self.file = file
-        self._deflate: Any = None  # None between members
-        self._crc = self._size = self._out = 0
-        self._probing = True
-
-    def write(self, data: bytes) -> None:
-        if self._deflate is None:
-            self._deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-            self._crc = self._size = self._out = 0
-            self._probing = True
-            self.file.write(self._HEADER)
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += len(data)
-        out = self._deflate.compress(data)
-        if self._probing and self._size >= _PROBE:
-            out += self._deflate.flush(zlib.Z_SYNC_FLUSH)
-            self._probing = False
-            if self._out + len(out) > self._size * 0.9:  # it does not compress
-                self._deflate = zlib.compressobj(0, zlib.DEFLATED, -zlib.MAX_WBITS)
-        self._out += len(out)
-        self.file.write(out)
-
-    def flush(self) -> None:
-        """End the member: the rest of the deflate stream and the gzip trailer."""
-        if self._deflate is None:
-            return
-        self.file.write(self._deflate.flush(zlib.Z_FINISH))
-        self.file.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
-        self._deflate = None
-
-
 # --------------------------------------------------------------------------- the files
 
 
 class WarcWriter:
     """The run's WARC files under ``root/warc``: ``async with`` it around the run,
-    ``capture`` each response, ``submit`` it once its body is read."""
+    ``capture`` each response as its head comes, ``finish`` it once its body is read.
+
+    One thread writes: ``finish`` queues a capture and returns (it waits only while
+    ``_PENDING`` are queued); a failure to write is raised by the next ``finish`` and by
+    the end of the ``async with``, as a ``StoreError``.
+    """
 
     def __init__(
         self,
@@ -284,29 +249,23 @@ class WarcWriter:
         self.dir = root / WARC_DIR
         self.run, self.info, self.max_size = run, info, max_size
         self.rotate = ROTATE_BYTES if rotate is None else rotate
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warc")
-        self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queue: queue.SimpleQueue[Capture | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="fetch-warc", daemon=True)
+        self._error: BaseException | None = None
         self._file: IO[bytes] | None = None
         self._name = ""
         self._number = 0
-        self._writer: WARCWriter | None = None
-        self._member: _Member | None = None
         self._info_id = ""  # the WARC-Record-ID of the open file's warcinfo
 
     async def __aenter__(self) -> WarcWriter:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._open)
+        await asyncio.get_running_loop().run_in_executor(None, self._open)
+        self._thread.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        try:
-            pending, self._pending = list(self._pending), collections.deque()
-            for failed in await asyncio.gather(*pending, return_exceptions=True):
-                if isinstance(failed, BaseException):
-                    raise failed
-        finally:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-            self._thread.shutdown()
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._raise()
 
     def capture(
         self, resp: aiohttp.ClientResponse, request: Request, shown: URL, *, resend: bool
@@ -317,9 +276,9 @@ class WarcWriter:
     async def finish(
         self, capture: Capture, resp: aiohttp.ClientResponse, exc: BaseException | None
     ) -> None:
-        """Hand a response to the writer once its body is read, reading a body no one
-        read (a redirect's, an error's): its records are written unless reading it failed
-        (a body cut short, a timeout, ``--max-size``) or the engine failed it midway."""
+        """Queue a response's records once its body is read, reading a body no one read
+        (a redirect's, an error's); none are written when reading it failed (a body cut
+        short, a timeout, ``--max-size``) or the engine failed it midway."""
         try:
             # An AttemptFailed before the body was read failed the response by its head
             # (a 404, a redirect without a Location): the response itself is whole.
@@ -334,14 +293,33 @@ class WarcWriter:
         if not complete:
             capture.discard()
             return
-        while len(self._pending) >= _PENDING:
-            await self._pending.popleft()
-        loop = asyncio.get_running_loop()
-        self._pending.append(loop.run_in_executor(self._thread, self._write, capture))
-        if self._pending[0].done():
-            await self._pending.popleft()  # raises a failed write
+        self._raise()
+        # Polled, not an Event the thread sets: that would wake the loop once a record.
+        while self._queue.qsize() >= _PENDING:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        self._queue.put(capture)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"cannot write {self.dir / self._name}: {self._error}")
 
     # ----------------------------------------------------------------- the writer's thread
+
+    def _drain(self) -> None:
+        """The writer's thread: write each queued capture until None comes, then close
+        the file. After a failure the rest are only discarded."""
+        while (capture := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    self._write(capture)
+            except Exception as exc:  # raised on the loop by _raise
+                self._error = exc
+            finally:
+                capture.discard()
+        try:
+            self._close()
+        except OSError as exc:
+            self._error = self._error or exc
 
     def _open(self) -> None:
         try:
@@ -352,142 +330,87 @@ class WarcWriter:
             raise StoreError(f"cannot write {self.dir}: {exc}") from exc
 
     def _next_file(self) -> None:
+        """Open the next file and write its warcinfo record (with warcio)."""
         self._number += 1
         self._name = f"{self.run}-{self._number:05d}.warc.gz"
         self._file = open(self.dir / f"{self._name}.open", "xb")  # noqa: SIM115
-        self._member = _Member(self._file)
-        self._writer = WARCWriter(self._member, gzip=False, warc_version="1.1")
         info = {
-            "software": f"fetcher/{__version__} (warcio)",
+            "software": f"fetcher/{__version__}",
             "format": "WARC File Format 1.1",
             "conformsTo": "https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/",
             "run": self.run,
             "options": json.dumps(self.info, sort_keys=True, default=str),
         }
-        record = self._writer.create_warcinfo_record(self._name, info)
+        block = io.BytesIO()
+        writer = WARCWriter(block, gzip=False, warc_version="1.1")
+        record = writer.create_warcinfo_record(self._name, info)
+        writer.write_record(record)
         self._info_id = record.rec_headers.get_header("WARC-Record-ID")
-        self._writer.write_record(record)
+        self._file.write(member(block.getvalue(), deflate=True))
+        self._file.flush()
 
     def _close(self) -> None:
         if self._file is None:
             return
         file, self._file = self._file, None
-        try:
-            file.close()
-            os.replace(self.dir / f"{self._name}.open", self.dir / self._name)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.dir / self._name}: {exc}") from exc
+        file.close()
+        os.replace(self.dir / f"{self._name}.open", self.dir / self._name)
 
     def _write(self, capture: Capture) -> None:
-        """Write a response's request and response records (in the writer's thread)."""
-        try:
-            if self._file is None or self._writer is None:
-                raise StoreError("the WARC writer is closed")
-            if self._file.tell() >= self.rotate:
-                self._close()
-                self._next_file()
-            for record in _records(self._writer, capture, self._info_id):
-                self._writer.write_record(record)
-            self._file.flush()  # a killed run loses no record it has reported
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.dir / self._name}: {exc}") from exc
-        finally:
-            capture.discard()
+        """Write a response's request record, then its response record."""
+        assert self._file is not None
+        if self._file.tell() >= self.rotate:
+            self._close()
+            self._next_file()
+            assert self._file is not None
+        file = self._file
+        body = capture.body()  # first: it completes the digests
+        request, response = _heads(capture, self._info_id)
+        sent = capture.request_body
+        file.write(member(request + capture.request_head + sent + b"\r\n\r\n", deflate=False))
+        if isinstance(body, bytes):
+            record = response + capture.head + body + b"\r\n\r\n"
+            file.write(member(record, deflate=capture.deflate))
+        else:
+            streamed = Member(file, deflate=capture.deflate)
+            streamed.write(response + capture.head)
+            while piece := body.read(_READ):
+                streamed.write(piece)
+            streamed.write(b"\r\n\r\n")
+            streamed.close()
+        file.flush()  # a killed run loses no record it has reported
 
 
-def _records(writer: WARCWriter, capture: Capture, info_id: str) -> tuple[Any, Any]:
-    """A response's request record and response record, each naming the other."""
-    body = capture.body()  # first: it completes the digests
-    request_id, response_id = _record_id(), _record_id()
-    common = {
-        "WARC-Target-URI": capture.target,
-        "WARC-Date": capture.date,
-        "WARC-Warcinfo-ID": info_id,
-    }
+def _heads(capture: Capture, info_id: str) -> tuple[bytes, bytes]:
+    """The WARC headers of a response's request record and response record, each
+    naming the other."""
+    request_id, response_id = f"<urn:uuid:{uuid.uuid4()}>", f"<urn:uuid:{uuid.uuid4()}>"
+    common = [("WARC-Target-URI", capture.target), ("WARC-Date", capture.date)]
     if capture.ip:
-        common["WARC-IP-Address"] = capture.ip
+        common.append(("WARC-IP-Address", capture.ip))
+    common.append(("WARC-Warcinfo-ID", info_id))
     sent = capture.request_body
-    request = writer.create_warc_record(
-        capture.target,
-        "request",
-        payload=io.BytesIO(sent),
-        length=len(sent),
-        warc_headers_dict={
-            "WARC-Type": "request",
-            "WARC-Record-ID": request_id,
-            **common,
-            "WARC-Concurrent-To": response_id,
-            "WARC-Block-Digest": _digest(hashlib.sha1(capture.request_head + sent)),
-            "WARC-Payload-Digest": _digest(hashlib.sha1(sent)),
-        },
-        http_headers=_Head(capture.request_head),
+    request_block = hashlib.sha1(capture.request_head)
+    request_block.update(sent)
+    request = [
+        ("WARC-Type", "request"),
+        ("WARC-Record-ID", request_id),
+        *common,
+        ("WARC-Concurrent-To", response_id),
+        ("WARC-Block-Digest", digest(request_block)),
+        ("WARC-Payload-Digest", digest(hashlib.sha1(sent)) if sent else _EMPTY_DIGEST),
+        ("Content-Type", "application/http; msgtype=request"),
+    ]
+    response = [
+        ("WARC-Type", "response"),
+        ("WARC-Record-ID", response_id),
+        *common,
+        ("WARC-Concurrent-To", request_id),
+        ("WARC-Block-Digest", digest(capture.block)),
+        ("WARC-Payload-Digest", digest(capture.payload)),
+        ("Content-Type", "application/http; msgtype=response"),
+    ]
+    return (
+        record_head(request, len(capture.request_head) + len(sent)),
+        record_head(response, len(capture.head) + capture.size),
     )
-    response = writer.create_warc_record(
-        capture.target,
-        "response",
-        payload=body,
-        length=capture.size,
-        warc_headers_dict={
-            "WARC-Type": "response",
-            "WARC-Record-ID": response_id,
-            **common,
-            "WARC-Concurrent-To": request_id,
-            "WARC-Block-Digest": _digest(capture.block),
-            "WARC-Payload-Digest": _digest(capture.payload),
-        },
-        http_headers=_Head(capture.head),
-    )
-    return request, response
-
-
-class _Head(StatusAndHeaders):  # type: ignore[misc]
-    """HTTP headers kept as the bytes sent (warcio would encode them again as UTF-8)."""
-
-    def __init__(self, raw: bytes) -> None:
-        super().__init__("", [], protocol="")
-        self.headers_buff = raw
-
-    def compute_headers_buffer(self, header_filter: object = None) -> None:
-        """Keep the bytes sent."""
-
-    def __bool__(self) -> bool:  # warcio's is False with no status line
-        return True
-
-
-# --------------------------------------------------------------------------- repair
-
-
-def repair(directory: Path) -> list[Path]:
-    """Close the files a killed run left open: each cut after its last whole gzip
-    member, then renamed without ``.open``. Returns the files closed."""
-    closed = []
-    for path in sorted(directory.glob("*.warc.gz.open")):
-        good = _last_whole_member(path)
-        with open(path, "r+b") as file:
-            file.truncate(good)
-        final = path.with_name(path.name.removesuffix(".open"))
-        os.replace(path, final)
-        closed.append(final)
-    return closed
-
-
-def _last_whole_member(path: Path) -> int:
-    """The offset after the last whole gzip member of a file."""
-    good = offset = 0
-    with open(path, "rb") as file:
-        inflate = zlib.decompressobj(31)
-        while data := file.read(1 << 20):
-            while data:
-                try:
-                    inflate.decompress(data)
-                except zlib.error:
-                    return good
-                if not inflate.eof:
-                    offset += len(data)
-                    break
-                used = len(data) - len(inflate.unused_data)
-                offset += used
-                good = offset
-                data = inflate.unused_data
-                inflate = zlib.decompressobj(31)
-    return good
