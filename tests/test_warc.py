@@ -33,6 +33,8 @@ SECRET = "s3cr3t-t0ken-value"
 
 
 def _app(gate: threading.Event | None = None) -> web.Application:
+    tries: dict[str, int] = {}
+
     async def plain(request: web.Request) -> web.Response:
         return web.Response(text="plain body\n")
 
@@ -60,7 +62,16 @@ def _app(gate: threading.Event | None = None) -> web.Application:
         return web.Response(body=b"posted: " + await request.read())
 
     async def big(request: web.Request) -> web.Response:
-        return web.Response(body=TEXT if request.match_info["kind"] == "text" else NOISE)
+        kind = request.match_info["kind"]
+        if kind == "disguised":  # called text, does not compress
+            return web.Response(body=NOISE, content_type="text/plain")
+        return web.Response(body=TEXT if kind == "text" else NOISE)
+
+    async def flaky(request: web.Request) -> web.Response:
+        tries[request.path] = tries.get(request.path, 0) + 1
+        if tries[request.path] == 1:
+            return web.Response(status=503, text="try again\n")
+        return web.Response(text="second try\n")
 
     async def slow(request: web.Request) -> web.Response:
         assert gate is not None
@@ -76,6 +87,7 @@ def _app(gate: threading.Event | None = None) -> web.Application:
     app.router.add_post("/post", post)
     app.router.add_get("/big/{kind}", big)
     app.router.add_get("/slow/{n}", slow)
+    app.router.add_get("/flaky", flaky)
     return app
 
 
@@ -131,6 +143,7 @@ def _job(tmp_path: Path, served: Served) -> Path:
         "/post,POST,a=1&b=2",
         "/big/text,GET,",
         "/big/noise,GET,",
+        "/big/disguised,GET,",
     ]
     csv = "url,method,body\n" + "".join(f"{served.url}{row}\n" for row in rows)
     toml = '[headers]\nAuthorization = "Bearer {env.TOKEN}"\nX-Api-Key = "k-{env.TOKEN}"\n'
@@ -176,7 +189,15 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
     assert responses[("/post", "POST")]["payload"] == b"posted: a=1&b=2"
     # the body a record decodes to is the stored body, byte for byte
     stored = {(r["url"].removeprefix(served.url), r["method"]): r for r in manifest(out)}
-    for path in ("/plain", "/gzip", "/chunked", "/big/text", "/big/noise", "/post"):
+    for path in (
+        "/plain",
+        "/gzip",
+        "/chunked",
+        "/big/text",
+        "/big/noise",
+        "/big/disguised",
+        "/post",
+    ):
         method = "POST" if path == "/post" else "GET"
         body = (out / stored[(path, method)]["path"]).read_bytes()
         assert responses[(path, method)]["payload"] == body, path
@@ -279,3 +300,14 @@ def test_a_killed_run_leaves_whole_records_and_resume_writes_a_new_file(
     assert second[0]["type"] == "warcinfo"
     slow = {r["warc"]["WARC-Target-URI"] for r in second if r["type"] == "response"}
     assert slow == {f"{server.url}/slow/{n}" for n in range(4)}
+
+
+def test_each_attempt_of_a_retried_row_is_archived(tmp_path: Path, served: Served) -> None:
+    job = write_job(tmp_path, f"url\n{served.url}/flaky\n")
+    out = tmp_path / "out"
+    assert run_fetch("run", job, "-o", out, "--warc").exit_code == 0
+    responses = [r for r in _records(_check(out)) if r["type"] == "response"]
+    assert [(r["status"], r["payload"]) for r in responses] == [
+        ("503", b"try again\n"),
+        ("200", b"second try\n"),
+    ]
