@@ -188,10 +188,12 @@ class Exchange:
         slot, self._slot = self._slot, None
         capture, self._chain.capture = self._chain.capture, None
         try:
-            if capture is not None and resp is not None and self._warc is not None:
-                await self._warc.finish(capture, resp, exc)  # reads a body no one read
-            if resp is not None:
-                await resp.__aexit__(kind, exc, tb)
+            try:
+                if capture is not None and resp is not None and self._warc is not None:
+                    await self._warc.finish(capture, resp, exc)  # reads a body no one read
+            finally:
+                if resp is not None:
+                    await resp.__aexit__(kind, exc, tb)
         finally:
             if slot is not None:
                 await slot.__aexit__(kind, exc, tb)

@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import IO
@@ -42,7 +43,16 @@ from fetcher._version import __version__
 from fetcher.errors import StoreError
 from fetcher.models import REDACTED, SECRET_HEADERS, Request
 from fetcher.retry import AttemptFailed
-from fetcher.warc_format import Member, digest, member, record_head, repair
+from fetcher.warc_format import (
+    Member,
+    copy_spooled,
+    digest,
+    frame,
+    member,
+    record_head,
+    repair,
+    spooled_member,
+)
 
 __all__ = ["ROTATE_BYTES", "SPOOL_BYTES", "Capture", "WarcWriter"]
 
@@ -50,6 +60,7 @@ ROTATE_BYTES = 1 << 30  # a file is closed, and the next begun, once it is this 
 SPOOL_BYTES = 1 << 20  # a body larger than this is spooled to a temp file
 WARC_DIR = "warc"
 _BATCH = 64  # responses whose records are written together at most
+_INLINE = 16 * 1024  # a body up to this size has its records made on the loop
 _VARIANT = "89ab"  # the first hex digit of a UUID's variant field, by its low two bits
 _READ = 1 << 20  # a spooled body is copied into its record this much at a time
 _EMPTY_DIGEST = digest(hashlib.sha1())
@@ -75,8 +86,8 @@ class Capture:
     chunks, then ``WarcWriter.submit`` it (or ``discard`` it)."""
 
     __slots__ = (
-        "_head", "_request", "block", "chunks", "date", "file", "ip", "payload", "pending",
-        "resend", "resp", "shown", "size", "spill_dir", "touched",
+        "_head", "_request", "block", "chunks", "crc", "date", "file", "framed", "ip",
+        "payload", "pending", "resend", "resp", "shown", "size", "spill_dir", "touched",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +110,8 @@ class Capture:
         self.chunks: list[bytes] = []
         self.pending = self.size = 0
         self.file: IO[bytes] | None = None
+        self.framed = False  # spooled as stored blocks, its CRC-32 in crc: copied as is
+        self.crc = 0
         self.spill_dir = spill_dir
         self.touched = False  # whether any of the body was read (by the engine)
 
@@ -148,17 +161,27 @@ class Capture:
         """In a thread: hash chunks and append them to the temp file."""
         if self.file is None:
             self.file = tempfile.TemporaryFile(dir=self.spill_dir)  # noqa: SIM115 (see discard)
+            self.framed = not _compresses(self.resp)
         if self.block is None:
             self.block = hashlib.sha1(self.head)
-        for chunk in chunks:
-            self.block.update(chunk)
-            self.payload.update(chunk)
-        self.file.writelines(chunks)
-        self.size += sum(map(len, chunks))
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.block.update(data)
+        self.payload.update(data)
+        if self.framed:
+            self.crc = zlib.crc32(data, self.crc)
+            self.file.write(frame(data))
+        else:
+            self.file.write(data)
+        self.size += len(data)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the records are small enough to be made on the loop."""
+        return self.file is None and self.pending <= _INLINE
 
     def body(self) -> bytes | IO[bytes]:
-        """In the writer's thread: the whole body, in memory or as its spool file
-        (rewound), its digests complete."""
+        """The whole body, in memory or as its spool file (rewound; framed when
+        ``framed``), its digests complete."""
         chunks, self.chunks, self.pending = self.chunks, [], 0
         if self.file is None:
             data = b"".join(chunks)
@@ -167,7 +190,8 @@ class Capture:
             self.payload.update(data)
             self.size += len(data)
             return data
-        self._spill(chunks)
+        if chunks:
+            self._spill(chunks)
         self.file.seek(0)
         return self.file
 
@@ -325,11 +349,14 @@ class WarcWriter:
             raise
         if not complete:
             capture.discard()
-        elif capture.file is None:
+        elif capture.inline:
             self._batch.append(capture)
             if len(self._batch) == 1:
                 asyncio.get_running_loop().call_soon(self._write_batch)
             elif len(self._batch) >= _BATCH:
+                if self._lock.locked():  # a spooled record is being written: wait for it
+                    async with self._lock:
+                        pass
                 self._write_batch()
         else:
             try:
@@ -418,17 +445,25 @@ class WarcWriter:
         deflate = _compresses(capture.resp)
         request, response = _heads(capture, self._info_id, target, request_head, sent)
         self._put(member(request + request_head + sent + b"\r\n\r\n", deflate=False))
-        if isinstance(body, bytes):
-            self._put(member(response + head + body + b"\r\n\r\n", deflate=deflate))
+        tail = b"\r\n\r\n"
+        if isinstance(body, bytes) and (not deflate or len(body) <= _INLINE):
+            self._put(member(response + head + body + tail, deflate=deflate))
             return
         assert self._file is not None
         start = self._file.tell()
-        streamed = Member(self._file, deflate=deflate)
-        streamed.write(response + head)
-        while piece := body.read(_READ):
-            streamed.write(piece)
-        streamed.write(b"\r\n\r\n")
-        streamed.close()
+        if capture.framed and not isinstance(body, bytes):  # the member's middle, as is
+            first, last = spooled_member(response + head, capture.crc, capture.size, tail)
+            self._file.write(first)
+            copy_spooled(body, self._file, body.seek(0, os.SEEK_END))
+            self._file.write(last)
+        else:
+            source = io.BytesIO(body) if isinstance(body, bytes) else body
+            streamed = Member(self._file, deflate=deflate)
+            streamed.write(response + head)
+            while piece := source.read(_READ):
+                streamed.write(piece)
+            streamed.write(tail)
+            streamed.close()
         self._size += self._file.tell() - start
 
 

@@ -19,6 +19,7 @@ compresses.
 
 from __future__ import annotations
 
+import errno
 import os
 import string
 import struct
@@ -27,7 +28,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Member", "digest", "member", "record_head", "repair"]
+__all__ = [
+    "Member",
+    "copy_spooled",
+    "crc32_combine",
+    "digest",
+    "frame",
+    "member",
+    "record_head",
+    "repair",
+    "spooled_member",
+]
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no time, OS unknown
 _STORED_MAX = 0xFFFF  # the most bytes one stored block holds
@@ -61,6 +72,84 @@ def member(data: bytes, *, deflate: bool) -> bytes:
         block = struct.pack("<BHH", 1, size, size ^ 0xFFFF)
         return b"".join((_GZIP_HEADER, block, data, _trailer(zlib.crc32(data), size)))
     return _GZIP_HEADER + _stored(data, final=True) + _trailer(zlib.crc32(data), size)
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` as the stored blocks of a member's middle (a spooled body, framed as it
+    is spooled, so that its record is its spool file copied by the kernel)."""
+    return _stored(data, final=False)
+
+
+def spooled_member(
+    prefix: bytes, body_crc: int, body_size: int, tail: bytes
+) -> tuple[bytes, bytes]:
+    """The start and the end of a member whose middle is a framed body (``frame``):
+    ``prefix`` before it, ``tail`` after it, the CRC of the three joined."""
+    crc = crc32_combine(zlib.crc32(prefix), body_crc, body_size)
+    crc = zlib.crc32(tail, crc)
+    size = len(prefix) + body_size + len(tail)
+    return _GZIP_HEADER + _stored(prefix, final=False), _stored(tail, final=True) + _trailer(
+        crc, size
+    )
+
+
+def copy_spooled(source: IO[bytes], target: IO[bytes], size: int) -> None:
+    """Append the first ``size`` bytes of ``source`` to ``target``, in the kernel."""
+    source.flush()
+    target.flush()
+    done = 0
+    try:
+        while done < size:
+            copied = os.copy_file_range(source.fileno(), target.fileno(), size - done, done)
+            if not copied:
+                raise OSError("the spool file ended early")
+            done += copied
+    except OSError as exc:
+        if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        source.seek(0)
+        while done < size and (piece := source.read(min(size - done, 1 << 20))):
+            target.write(piece)
+            done += len(piece)
+    target.seek(0, os.SEEK_END)
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of two pieces joined, from the CRC of each and the second's length
+    (zlib's ``crc32_combine``, which Python does not expose: a few ms)."""
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _square(odd)  # two zero bits
+    odd = _square(even)  # four
+    while True:  # apply length2 zero bytes to crc1, a power of two at a time
+        even = _square(odd)
+        if length2 & 1:
+            crc1 = _times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _square(even)
+        if length2 & 1:
+            crc1 = _times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+def _times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _square(matrix: list[int]) -> list[int]:
+    return [_times(matrix, matrix[n]) for n in range(32)]
 
 
 def _stored(data: bytes, *, final: bool) -> bytes:
