@@ -23,6 +23,7 @@ from aiohttp import web
 from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import warc
+from fetcher.warc_format import crc32_combine
 from tests.support import Served, manifest, run_fetch, serve_in_thread, write_job
 
 FETCH = Path(sys.executable).with_name("fetch")
@@ -291,12 +292,14 @@ def test_a_killed_run_leaves_whole_records_and_resume_writes_a_new_file(
         assert result.exit_code == 0, result.output
     files = _check(out)
     assert len(files) == 2
-    assert files[0].name == opened.name.removesuffix(".open")
-    assert files[0].stat().st_size == whole
+    closed = out / "warc" / opened.name.removesuffix(".open")
+    assert closed in files
+    assert closed.stat().st_size == whole
+    (new,) = (path for path in files if path != closed)
     records = _records(files)
-    first = [r for r in records if r["file"] == files[0].name and r["type"] == "response"]
+    first = [r for r in records if r["file"] == closed.name and r["type"] == "response"]
     assert first  # the fast rows of the killed run
-    second = [r for r in records if r["file"] == files[1].name]
+    second = [r for r in records if r["file"] == new.name]
     assert second[0]["type"] == "warcinfo"
     slow = {r["warc"]["WARC-Target-URI"] for r in second if r["type"] == "response"}
     assert slow == {f"{server.url}/slow/{n}" for n in range(4)}
@@ -311,3 +314,10 @@ def test_each_attempt_of_a_retried_row_is_archived(tmp_path: Path, served: Serve
         ("503", b"try again\n"),
         ("200", b"second try\n"),
     ]
+
+
+@pytest.mark.parametrize("sizes", [(0, 0), (0, 7), (5, 0), (1000, 70_000), (3, 1 << 20)])
+def test_crc32_combine_is_the_crc_of_the_pieces_joined(sizes: tuple[int, int]) -> None:
+    first, second = os.urandom(sizes[0]), os.urandom(sizes[1])
+    combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
+    assert combined == zlib.crc32(first + second)
