@@ -1,10 +1,10 @@
 """``--warc``: every response of a run's rows, redirects included, as WARC 1.1 records.
 
-    Exchange (request.py) --capture--> Capture: heads now, raw body chunks teed in
-        --close--> the writer's thread: a request and a response record, gzip per record,
-                   into warc/<run>-NNNNN.warc.gz.open (renamed without .open when closed)
+    Exchange (request.py) --capture--> Capture: the response's time and peer; its raw
+        body chunks teed in (fetch._body) --finish--> a request and a response record,
+        gzip per record, into warc/<run>-NNNNN.warc.gz.open (renamed when closed)
 
-A capture keeps the response's head (status line and headers as sent) and tees its body
+A capture keeps the response (status line and headers as sent) and tees its body
 as it came over the wire (content codings kept; aiohttp has already undone chunking, so a
 ``Transfer-Encoding`` header is kept as ``X-Archive-Orig-Transfer-Encoding``). A body over
 ``SPOOL_BYTES`` goes to an unlinked temp file in a worker thread, which hashes it on the
