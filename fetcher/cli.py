@@ -216,6 +216,12 @@ class _RunCommand(click.Command):
     type=click.Choice(["domain", "url"]),
     help="How rows are cut into shards [default: domain].",
 )
+@click.option(
+    "--warc",
+    is_flag=True,
+    default=None,
+    help="Also write each response as sent into WARC files under warc/ (fetcher[warc]).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each outcome on stderr.")
 @click.option(

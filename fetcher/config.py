@@ -186,6 +186,7 @@ TUNABLE: dict[str, Callable[[object], object]] = {
     "skip_invalid": _flag,
     "insecure": _flag,
     "durable": _flag,
+    "warc": _flag,
     "cookies": _path,
     "cookie_jar": _path,
     "proxy": _proxy,
@@ -226,6 +227,8 @@ class FetchConfig:
         durable: fsync each body and sidecar before its rename, so stored copies
             survive a power cut (a killed process loses nothing without it; costs
             about a millisecond a file).
+        warc: also write every response, redirects included, as it came over the wire
+            into WARC 1.1 files under ``warc/`` (needs warcio: ``fetcher[warc]``).
         verbosity: 0 quiet, 1 normal, 2 verbose.
         progress: a live progress line (None: when stderr is a terminal).
         json: print the summary as one JSON object on stdout.
@@ -259,6 +262,7 @@ class FetchConfig:
     proxy: str | None = field(default=None, repr=False)  # its credentials are secrets
     noproxy: str | None = None
     durable: bool = False
+    warc: bool = False
     verbosity: int = 1
     progress: bool | None = None
     json: bool = False

@@ -91,6 +91,11 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
             "a crawl with scope any cannot run as shards (a link may lead to any "
             "shard's domain): use --workers 1, or scope host or domain"
         )
+    if config.warc:
+        raise UsageError(
+            "--warc cannot run as shards yet (each worker would need WARC files of its "
+            "own): use --workers 1"
+        )
     total = check_job(job, config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()

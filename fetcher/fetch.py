@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.typedefs import RawHeaders
@@ -36,6 +37,9 @@ from fetcher.models import (
 from fetcher.request import REDIRECT_STATUSES, Chain, Exchange
 from fetcher.retry import RETRY_STATUSES, AttemptFailed, RetryPolicy, parse_retry_after
 
+if TYPE_CHECKING:
+    from fetcher.warc import Capture, WarcWriter
+
 __all__ = ["fetch_one"]
 
 
@@ -58,6 +62,7 @@ async def fetch_one(
     sink: Callable[[], BodySink],
     prior: PriorCopy | None = None,
     policy: RetryPolicy | None = None,
+    warc: WarcWriter | None = None,
 ) -> Outcome:
     """Fetch one request with retries; never raise for a failed URL."""
     policy = policy or RetryPolicy(retries=config.retries)
@@ -67,7 +72,7 @@ async def fetch_one(
     while True:
         attempt += 1
         try:
-            fetched = await _attempt(session, request, limits, config, sink, prior, attempt)
+            fetched = await _attempt(session, request, limits, config, sink, prior, attempt, warc)
         except AttemptFailed as failure:
             delay = failure.retry_after
             if delay is None:
@@ -154,6 +159,7 @@ async def _attempt(
     sink: Callable[[], BodySink],
     prior: PriorCopy | None,
     attempt: int,
+    warc: WarcWriter | None = None,
 ) -> _Fetched:
     """One attempt: the final response of the redirect chain, its body streamed."""
     conditional = _conditional(request, prior, config)
@@ -166,7 +172,8 @@ async def _attempt(
         started=time.monotonic(),
         started_at=now_iso(),
     )
-    async with Exchange(session, request, limits, config, at, conditional, raw=True) as resp:
+    exchange = Exchange(session, request, limits, config, at, conditional, raw=True, warc=warc)
+    async with exchange as resp:
         at.ttfb = _ms(at.started)
         settled = _settled(resp, at)
         if settled is not None:
@@ -231,7 +238,7 @@ async def _store_body(resp: aiohttp.ClientResponse, at: _Try) -> _Fetched:
         expected = None
     if max_size is not None and (expected or 0) > max_size:
         raise AttemptFailed(ErrorKind.TOO_LARGE, _too_large(max_size), retry=False, status=status)
-    chunks = _body(resp)
+    chunks = _body(resp, at.capture)
     body = at.sink()
     try:
         size = 0
@@ -281,8 +288,9 @@ async def _commit_headers(sink: BodySink, response: Response) -> str:
         raise
 
 
-def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The final response's body as stored: its content codings undone, when it has one."""
+def _body(resp: aiohttp.ClientResponse, capture: Capture | None = None) -> AsyncIterator[bytes]:
+    """The final response's body as stored: its content codings undone, when it has one
+    (its bytes as they came teed into the WARC ``capture``)."""
     if resp.method == "HEAD" or resp.status == 204:  # no body, whatever the headers say
         return _chunks(resp.content)
     try:
@@ -290,6 +298,8 @@ def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     except DecodeError as exc:
         raise AttemptFailed(ErrorKind.DECODE, str(exc), retry=False, status=resp.status) from exc
     chunks = _chunks(resp.content)
+    if capture is not None:
+        chunks = capture.tee(chunks)
     return chunks if layers is None else _decoded(chunks, layers)
 
 

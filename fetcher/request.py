@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -26,6 +26,9 @@ from fetcher.config import FetchConfig
 from fetcher.limits import Limits, Slot, host_key
 from fetcher.models import REDACTED, ErrorKind, Hop, Request, same_origin
 from fetcher.retry import AttemptFailed, classify
+
+if TYPE_CHECKING:
+    from fetcher.warc import Capture, WarcWriter
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -55,6 +58,7 @@ class Chain:
 
     hops: list[Hop] = field(default_factory=list)
     final_url: str = ""
+    capture: Capture | None = None  # --warc: the response's records, its body teed in
 
 
 class Exchange:
@@ -76,7 +80,7 @@ class Exchange:
 
     __slots__ = (
         "_chain", "_first", "_headers", "_left", "_limits", "_method", "_raw", "_request",
-        "_resend", "_resp", "_seen", "_session", "_shown", "_slot", "_url",
+        "_resend", "_resp", "_seen", "_session", "_shown", "_slot", "_url", "_warc",
     )  # fmt: skip
 
     def __init__(
@@ -89,8 +93,10 @@ class Exchange:
         conditional: Sequence[tuple[str, str]] = (),
         *,
         raw: bool = False,
+        warc: WarcWriter | None = None,
     ) -> None:
         self._session, self._request, self._limits = session, request, limits
+        self._warc = warc
         self._chain, self._raw = chain, raw
         self._method, self._url, self._resend = (
             request.method,
@@ -128,6 +134,11 @@ class Exchange:
                     auto_decompress=not self._raw,
                 )
                 await resp.__aenter__()
+                if self._warc is not None:
+                    shown = self._shown or self._url
+                    self._chain.capture = self._warc.capture(
+                        resp, self._request, shown, resend=self._resend
+                    )
                 if not self._redirected(resp):
                     return resp
                 await self._release(None, None, None)
@@ -175,9 +186,14 @@ class Exchange:
         """Close the response and leave the host's slot, as ``async with`` would."""
         resp, self._resp = self._resp, None
         slot, self._slot = self._slot, None
+        capture, self._chain.capture = self._chain.capture, None
         try:
-            if resp is not None:
-                await resp.__aexit__(kind, exc, tb)
+            try:
+                if capture is not None and resp is not None and self._warc is not None:
+                    await self._warc.finish(capture, resp, exc)  # reads a body no one read
+            finally:
+                if resp is not None:
+                    await resp.__aexit__(kind, exc, tb)
         finally:
             if slot is not None:
                 await slot.__aexit__(kind, exc, tb)

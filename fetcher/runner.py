@@ -31,7 +31,7 @@ import aiohttp
 
 from fetcher.clock import now_iso
 from fetcher.config import FetchConfig, configure
-from fetcher.errors import FetcherError, JobError, SetupError, StoreError
+from fetcher.errors import FetcherError, JobError, SetupError, StoreError, UsageError
 from fetcher.fetch import fetch_one
 from fetcher.jobs import Job, with_headers
 from fetcher.limits import Limits, host_key
@@ -57,6 +57,7 @@ from fetcher.store import STATE_DIR, DiskStore, Store, add_request, path_collisi
 if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
     from fetcher.crawler import CrawlSource
+    from fetcher.warc import WarcWriter
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch", "with_config_headers"]
 
@@ -187,12 +188,13 @@ async def run_batch(
         return await run_sharded(job, config, report=report)
     job, config = with_config_headers(job, config)
     total = check_job(job, config)
+    _check_warc(config)
     summary = RunSummary(run=_run_id(), started_at=now_iso())
     started = time.monotonic()
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         progress = Progress(total=total, config=config)
         with _recorded(store, summary, config, progress, started) as stopper:
-            async with open_session(config) as session:
+            async with open_session(config) as session, _warc(config, store, summary) as warc:
                 run = Run(
                     job=job,
                     config=config,
@@ -202,6 +204,7 @@ async def run_batch(
                     summary=summary,
                     stopper=stopper,
                     progress=progress,
+                    warc=warc,
                 )
                 await _setup(run)
                 await _pipeline(run)
@@ -222,6 +225,35 @@ class Run:
     summary: RunSummary
     stopper: _Stopper
     progress: Progress
+    warc: WarcWriter | None = None
+
+
+def _check_warc(config: FetchConfig) -> None:
+    """``--warc`` without warcio: a usage error, before anything is sent or written."""
+    if not config.warc:
+        return
+    try:
+        import fetcher.warc  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "warcio" and not (exc.name or "").startswith("warcio."):
+            raise
+        raise UsageError("--warc needs warcio: pip install 'fetcher[warc]'") from None
+
+
+@contextlib.asynccontextmanager
+async def _warc(
+    config: FetchConfig, store: Store, summary: RunSummary
+) -> AsyncIterator[WarcWriter | None]:
+    """The run's WARC writer (``--warc``), or None."""
+    if not config.warc:
+        yield None
+        return
+    from fetcher.warc import WarcWriter
+
+    async with WarcWriter(
+        store.root, summary.run, _options(config), max_size=config.max_size
+    ) as warc:
+        yield warc
 
 
 @contextlib.contextmanager
@@ -423,6 +455,7 @@ class _Pipeline:
                         sink=functools.partial(store.sink, request, run.summary.run),
                         prior=prior,
                         policy=self.policy,
+                        warc=run.warc,
                     )
             except TimeoutError:
                 outcome = interrupted_outcome(request, now_iso(), started=True)

@@ -347,6 +347,7 @@ FETCH_KEYS: dict[str, tuple[str, object]] = {
     "skip_invalid": ("true", True),
     "insecure": ("true", True),
     "durable": ("true", True),
+    "warc": ("true", True),
     "cookies": ('"{dir}/in.txt"', "{dir}/in.txt"),
     "cookie_jar": ('"{dir}/jar.txt"', "{dir}/jar.txt"),
     "proxy": ('""', ""),  # none, whatever the environment says

@@ -322,6 +322,16 @@ def test_a_crawl_of_scope_any_with_workers_is_refused(workdir: Path) -> None:
     assert not (workdir / "out").exists()
 
 
+def test_warc_with_workers_is_refused_before_anything_is_sent(workdir: Path) -> None:
+    with serve_in_thread(items_app()) as server:
+        job = _multi_host_job(workdir, [server.port], rows=3)
+        result = run_fetch("run", job, "-o", "out", "--workers", "2", "--warc")
+    assert result.exit_code == 2
+    assert "--warc cannot run as shards yet" in result.stderr
+    assert server.requests == []
+    assert not (workdir / "out").exists()
+
+
 def test_a_sharded_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Path) -> None:
     box = [0]
     app = site(60, box)
