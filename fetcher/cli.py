@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +21,7 @@ from fetcher._version import __version__
 from fetcher.config import FetchConfig, configure, parse_duration, parse_size
 from fetcher.errors import FetcherError, JobError, UsageError
 from fetcher.jobs import FORMAT_NAMES, Job, load_job
+from fetcher.loop import loop_factory
 from fetcher.models import RunSummary
 
 __all__ = ["main"]
@@ -42,16 +43,6 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the ``speed`` extra), else asyncio's."""
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _fail(exc: FetcherError, *, as_json: bool = False) -> None:
@@ -290,7 +281,7 @@ def _run_job(job: Job, config: FetchConfig) -> RunSummary | None:
         with _writing_output():
             dry_run(job, config, out=sys.stdout)
         return None
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(run_batch(job, config, report=True))
 
 
@@ -512,7 +503,7 @@ def demo(output: Path, progress: bool | None, force: bool) -> None:
         click.echo(line, err=True)
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             result = runner.run(run_demo(output, progress=progress, say=say, force=force))
         _echo_lines(demo_lines(result))
     except FetcherError as exc:

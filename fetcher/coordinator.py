@@ -42,6 +42,7 @@ from fetcher.config import FetchConfig
 from fetcher.errors import FetcherError, StoreError, UsageError
 from fetcher.jobs import Job
 from fetcher.limits import Limits
+from fetcher.loop import on_stop_signals
 from fetcher.models import (
     ErrorKind,
     Failure,
@@ -419,22 +420,9 @@ class _Coordinator:
             self.signum = self.summary.interrupted_by = signum
         self._forward(signum)
 
-    @contextlib.contextmanager
-    def on_signals(self) -> Iterator[None]:
+    def on_signals(self) -> contextlib.AbstractContextManager[None]:
         """SIGINT and SIGTERM stop the run: each one is forwarded to every worker."""
-        loop = asyncio.get_running_loop()
-        installed = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, self._on_signal, signum)
-            except (ValueError, RuntimeError, NotImplementedError):
-                continue
-            installed.append(signum)
-        try:
-            yield
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+        return on_stop_signals(self._on_signal)
 
     def _say(self, message: str) -> None:
         if self.config.verbosity:

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from fetcher.loop import loop_factory
+
 __all__ = ["API", "DESIGN", "SHOP", "SLOW", "SLOW_DELAY", "Design", "demo_app", "main"]
 
 SHOP = "shop.demo.test"
@@ -282,14 +284,7 @@ def main() -> None:
     stops when the demo, having stopped its run, closes the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve())
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import itertools
 import secrets
-import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -35,6 +34,7 @@ from fetcher.errors import FetcherError, JobError, SetupError, StoreError, Usage
 from fetcher.fetch import fetch_one
 from fetcher.jobs import Job, with_headers
 from fetcher.limits import Limits, host_key
+from fetcher.loop import on_stop_signals
 from fetcher.models import (
     REDACTED,
     SECRET_HEADERS,
@@ -638,21 +638,9 @@ class _Stopper:
             if handle is not None:
                 handle.cancel()
 
-    @contextlib.contextmanager
-    def on_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, self.stop, signum)
-            except (ValueError, RuntimeError, NotImplementedError):
-                continue
-            installed.append(signum)
-        try:
-            yield
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+    def on_signals(self) -> contextlib.AbstractContextManager[None]:
+        """SIGINT and SIGTERM stop the run (a second one: at once)."""
+        return on_stop_signals(self.stop)
 
 
 class _Guard:

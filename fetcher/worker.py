@@ -33,6 +33,7 @@ from fetcher import _json
 from fetcher.config import FetchConfig
 from fetcher.errors import FetcherError
 from fetcher.jobs import Job
+from fetcher.loop import loop_factory
 from fetcher.models import Outcome, OutcomeKind, Request, RunSummary, same_origin
 from fetcher.progress import Progress
 from fetcher.runner import run_rows
@@ -143,16 +144,6 @@ async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
     return ShardResult(k=shard.k, signal=summary.interrupted_by)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the ``speed`` extra), as ``fetch``."""
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def _stop_at_eof() -> None:
     """Stop as a SIGTERM would once stdin ends: the coordinator has gone."""
     sys.stdin.buffer.read()
@@ -181,7 +172,7 @@ def main() -> None:
         _say("progress", f"{done} {failed} {sent} {size}".encode())
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             if early:  # stopped before it began: the coordinator records the rows
                 result = ShardResult(k=shard.k, signal=early[0])
             else:
