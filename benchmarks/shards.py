@@ -34,21 +34,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import (
-    REPO,
-    Harness,
-    VerifyError,
-    _compile_fetcher,
-    generate_files,
-    report,
-    workloads,
-)
+from benchmarks.report import report
+from benchmarks.run import REPO, Harness, _compile_fetcher
 from benchmarks.server import start_server
 from benchmarks.spawn import Spawner
+from benchmarks.verify import VerifyError
+from benchmarks.workloads import Job, Workload, generate_files, workloads
 
 DELAY = 0.05  # the scale server's answer time
 PER_WORKER = 8  # -c of each worker in the scale simulation
@@ -57,23 +53,31 @@ PER_WORKER = 8  # -c of each worker in the scale simulation
 # --------------------------------------------------------------------------- W1
 
 
-def run_w1(harness: Harness, repeat: int, workers: int) -> None:
+@dataclass
+class ShardHarness(Harness):
+    """The harness, with arms that run ``fetch run`` with more arguments (tool -> them)."""
+
+    sharded: dict[str, list[str]] = field(default_factory=dict)
+
+    def _command(
+        self, tool: str, workload: Workload, job: Job, out: Path, where: Path
+    ) -> list[str]:
+        if tool in self.sharded:
+            plain = super()._command("fetch", workload, job, out, where)
+            return [*plain, *self.sharded[tool]]
+        return super()._command(tool, workload, job, out, where)
+
+
+def run_w1(harness: ShardHarness, workload: Workload, repeat: int, workers: int) -> None:
     """W1 with ``--workers``, in one process, and the bare loop, in turn."""
-    workload = workloads(quick=False)["W1"]
-    files = generate_files(
-        harness.work / "www", harness.work / "jobs", harness.server.url, workload
-    )
-    sharded = ["--workers", str(workers), "--shard-by", "url"]
-    tools = ["fetch", f"workers{workers}", "bare"]
+    job = generate_files(harness.work / "www", harness.work / "jobs", harness.server.url, workload)
+    sharded = f"workers{workers}"
+    harness.sharded[sharded] = ["--workers", str(workers), "--shard-by", "url"]
+    tools = ["fetch", sharded, "bare"]
     for rep in range(repeat):
         shift = rep % len(tools)
         for tool in tools[shift:] + tools[:shift]:
-            if tool == "bare":
-                harness.bare(workload, files)
-            elif tool == "fetch":
-                harness.fetch(workload, files)
-            else:
-                harness.fetch(workload, files, sharded, tool)
+            harness.arm(tool, workload, job)
 
 
 # --------------------------------------------------------------------------- scale
@@ -141,7 +145,7 @@ def run_scale(
             jobs[n] = job
         for _ in range(repeat):
             for n in counts:
-                where = harness.fresh(f"scale-{n}")
+                where = harness.fresh(f"scale-{n}", on_disk=False)
                 out = where / "out"
                 concurrency = str(PER_WORKER * n)
                 cmd = [
@@ -162,9 +166,9 @@ def run_scale(
                     "-q",
                     "--json",
                 ]
-                child = harness.child(cmd, where, 600, f"scale N={n}")
+                child = harness.child(cmd, where, 600, f"scale N={n}")  # raises unless 0
                 summary = json.loads((where / "stdout").read_text())
-                if child.exit_code != 0 or summary["outcomes"] != {"fetched": rows * n}:
+                if summary["outcomes"] != {"fetched": rows * n}:
                     raise VerifyError(f"scale N={n}: {summary}")
                 result = {
                     "workers": n,
@@ -235,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     only = {name.strip() for name in args.only.split(",")}
     counts = [int(n) for n in args.workers.split(",")]
+    shapes = workloads(quick=False)
     _compile_fetcher()
     work = Path(tempfile.mkdtemp(prefix="fetcher-shards-", dir=args.workdir))
     scale: list[dict[str, Any]] = []
@@ -242,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Spawner() as spawner, start_server(work / "www", work / "server") as server:
             (work / "jobs").mkdir()
-            harness = Harness(
+            harness = ShardHarness(
                 server=server,
                 spawner=spawner,
                 work=work,
@@ -251,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"server: {server.kind}, {server.workers} processes; fetch: {args.fetch_cmd}")
             if "W1" in only:
-                run_w1(harness, args.repeat, args.w1_workers)
+                run_w1(harness, shapes["W1"], args.repeat, args.w1_workers)
             if "scale" in only:
                 scale = run_scale(harness, counts, args.rows, args.repeat)
     except VerifyError as exc:
@@ -261,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if harness.measures:
         print()
-        print(report(harness.measures))
+        print(report(harness.measures, shapes), end="")
     if scale:
         print()
         print(f"scale simulation: {DELAY * 1000:.0f} ms a request, -c {PER_WORKER} a worker")
