@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fetcher.crawl import CRAWL_OPTIONS, CrawlSettings
 from fetcher.errors import JobError, UsageError
-from fetcher.models import Problem
+from fetcher.models import REDACTED, SECRET_HEADERS, Problem
 from fetcher.proxies import Proxy, safe_proxy
 
 if TYPE_CHECKING:
@@ -361,3 +361,16 @@ def _plain(value: Any) -> Any:
             if not f.name.startswith("_")
         }
     return value
+
+
+def recorded_options(config: FetchConfig) -> dict[str, object]:
+    """The options as a run record keeps them: the per-host limits as used, and the
+    values of secret headers (``-H 'Authorization: ...'``) redacted."""
+    options = config.as_dict()
+    options.update(per_host=config.host_slots, per_host_rate=config.host_rate)
+    headers = []
+    for header in config.headers:
+        name, _, _ = header.partition(":")
+        headers.append(f"{name}: {REDACTED}" if name.strip().lower() in SECRET_HEADERS else header)
+    options["headers"] = headers
+    return options

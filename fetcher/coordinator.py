@@ -38,7 +38,7 @@ import aiohttp
 import fetcher
 from fetcher import _json
 from fetcher.clock import now_iso
-from fetcher.config import FetchConfig
+from fetcher.config import FetchConfig, recorded_options
 from fetcher.errors import FetcherError, StoreError, UsageError
 from fetcher.jobs import Job
 from fetcher.limits import Limits
@@ -57,8 +57,6 @@ from fetcher.models import (
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
 from fetcher.runner import (
-    _options,
-    _run_id,
     check_job,
     output_dir,
     send_setup_requests,
@@ -76,6 +74,7 @@ from fetcher.shards import (
 )
 from fetcher.store import DiskStore, ManifestRecord, read_records
 from fetcher.store.merge import PartFiles, merge_part, recover_part, run_folder
+from fetcher.store.runs import new_run_id
 
 __all__ = ["MAX_RESTARTS", "run_sharded"]
 
@@ -98,9 +97,9 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
             "own): use --workers 1"
         )
     total = check_job(job, config)
-    summary = RunSummary(run=_run_id(), started_at=now_iso())
+    summary = RunSummary(run=new_run_id(), started_at=now_iso())
     started = time.monotonic()
-    options = _options(config)
+    options = recorded_options(config)
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         progress = _Progress(total=total, config=config)
         coordinator = _Coordinator(job, config, store, summary, progress)

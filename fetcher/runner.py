@@ -16,28 +16,23 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 
 from fetcher.clock import now_iso
-from fetcher.config import FetchConfig, configure
+from fetcher.config import FetchConfig, configure, recorded_options
 from fetcher.errors import FetcherError, JobError, SetupError, StoreError, UsageError
 from fetcher.fetch import fetch_one
 from fetcher.jobs import Job, with_headers
 from fetcher.limits import Limits, host_key
-from fetcher.loop import on_stop_signals
+from fetcher.loop import Stopper
 from fetcher.models import (
-    REDACTED,
-    SECRET_HEADERS,
     Outcome,
     Problem,
     Request,
@@ -53,6 +48,7 @@ from fetcher.request import fetch_file, send_setup
 from fetcher.retry import RetryPolicy
 from fetcher.session import check_cookie_jar, open_session, proxy_routes
 from fetcher.store import STATE_DIR, DiskStore, Store, add_request, path_collisions
+from fetcher.store.runs import new_run_id
 
 if TYPE_CHECKING:
     from fetcher.crawl import FetchFile
@@ -61,7 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = ["check_job", "dry_run", "output_dir", "run_batch", "with_config_headers"]
 
-GRACE_SECONDS = 5.0
 _LOOK_AHEAD = 256  # rows whose good copies are looked up in one query (--skip-existing)
 
 
@@ -148,21 +143,6 @@ def _described(request: Request, first: str, last: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_id() -> str:
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-
-
-def _options(config: FetchConfig) -> dict[str, object]:
-    options = config.as_dict()
-    options.update(per_host=config.host_slots, per_host_rate=config.host_rate)  # as used
-    headers = []
-    for header in config.headers:
-        name, _, _ = header.partition(":")
-        headers.append(f"{name}: {REDACTED}" if name.strip().lower() in SECRET_HEADERS else header)
-    options["headers"] = headers
-    return options
-
-
 async def run_batch(
     job: Job, config: FetchConfig | None = None, *, report: bool = False
 ) -> RunSummary:
@@ -189,7 +169,7 @@ async def run_batch(
     job, config = with_config_headers(job, config)
     total = check_job(job, config)
     _check_warc(config)
-    summary = RunSummary(run=_run_id(), started_at=now_iso())
+    summary = RunSummary(run=new_run_id(), started_at=now_iso())
     started = time.monotonic()
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         progress = Progress(total=total, config=config)
@@ -223,7 +203,7 @@ class Run:
     session: aiohttp.ClientSession
     limits: Limits
     summary: RunSummary
-    stopper: _Stopper
+    stopper: Stopper
     progress: Progress
     warc: WarcWriter | None = None
 
@@ -251,7 +231,7 @@ async def _warc(
     from fetcher.warc import WarcWriter
 
     async with WarcWriter(
-        store.root, summary.run, _options(config), max_size=config.max_size
+        store.root, summary.run, recorded_options(config), max_size=config.max_size
     ) as warc:
         yield warc
 
@@ -259,13 +239,13 @@ async def _warc(
 @contextlib.contextmanager
 def _recorded(
     store: Store, summary: RunSummary, config: FetchConfig, progress: Progress, started: float
-) -> Iterator[_Stopper]:
+) -> Iterator[Stopper]:
     """Record a run in ``store`` from its start to its end, and stop it on a signal or
-    at the deadline (the ``_Stopper`` it yields). At the end, however it came, the
+    at the deadline (the ``Stopper`` it yields). At the end, however it came, the
     summary gets its end and exit code and the run record is written: finished, aborted
     (cancelled: ``--resume`` goes on) or the error that ended it."""
-    options = _options(config)
-    stopper = _Stopper(config.deadline)
+    options = recorded_options(config)
+    stopper = Stopper(config.deadline)
     aborted = False
     error: str | None = None
     try:
@@ -302,9 +282,7 @@ def _finish_run(
             raise
 
 
-def _finish_summary(
-    summary: RunSummary, started: float, stopper: _Stopper, *, failed: bool
-) -> None:
+def _finish_summary(summary: RunSummary, started: float, stopper: Stopper, *, failed: bool) -> None:
     """Set the summary's end, duration, signal and exit code."""
     summary.ended_at = now_iso()
     summary.duration_s = time.monotonic() - started
@@ -380,7 +358,7 @@ async def run_rows(
     sharded run (``fetcher.worker``) runs its shard so. SIGINT and SIGTERM stop it as
     they stop a run (a second one: at once); ``summary.interrupted_by`` names the signal.
     """
-    stopper = _Stopper(config.deadline)
+    stopper = Stopper(config.deadline)
     try:
         with _one_error(store.root), stopper.on_signals():
             async with open_session(config) as session:
@@ -597,67 +575,3 @@ def _kept(request: Request, store: Store) -> Outcome:
     HEAD's: its own sidecar)."""
     meta = store.head_sidecar(request) if request.method == "HEAD" else None
     return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
-
-
-class _Stopper:
-    """Stops a run on SIGINT / SIGTERM or at the deadline.
-
-    Once stopped, no new request starts; each request in flight gets ``GRACE_SECONDS``
-    and is then cancelled (its ``guard`` raises ``TimeoutError``).
-    """
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.signum: int | None = None
-        self.stopped = False
-        self._guards: set[asyncio.Timeout] = set()
-
-    def stop(self, signum: int | None = None, grace: float = GRACE_SECONDS) -> None:
-        if self.stopped and signum is not None:
-            grace = 0.0  # a second signal: stop now
-        self.stopped = True
-        if signum is not None and self.signum is None:
-            self.signum = signum
-        when = asyncio.get_running_loop().time() + grace
-        for guard in self._guards:
-            guard.reschedule(when)
-
-    def guard(self) -> _Guard:
-        """``async with stopper.guard():`` a request in flight, cancelled once its grace
-        runs out after a stop."""
-        return _Guard(self._guards)
-
-    @contextlib.contextmanager
-    def on_deadline(self) -> Iterator[None]:
-        handle = None
-        if self.deadline is not None:
-            handle = asyncio.get_running_loop().call_later(self.deadline, self.stop)
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.cancel()
-
-    def on_signals(self) -> contextlib.AbstractContextManager[None]:
-        """SIGINT and SIGTERM stop the run (a second one: at once)."""
-        return on_stop_signals(self.stop)
-
-
-class _Guard:
-    """``_Stopper.guard``: a plain class, as it is entered once per request."""
-
-    __slots__ = ("_guards", "_timeout")
-
-    def __init__(self, guards: set[asyncio.Timeout]) -> None:
-        self._guards = guards
-        self._timeout = asyncio.timeout(None)
-
-    async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
-        self._guards.add(self._timeout)
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._guards.discard(self._timeout)
-        await self._timeout.__aexit__(kind, exc, tb)  # a TimeoutError once cancelled

@@ -24,9 +24,9 @@ from aiohttp import web
 from click.testing import Result
 
 import fetcher
-from fetcher import runner
 from fetcher.crawl import CrawlSettings
 from fetcher.frontier import DONE
+from fetcher.loop import GRACE_SECONDS
 from tests.crawl_site import expected, site
 from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
@@ -490,7 +490,7 @@ def test_a_stop_cuts_a_stalled_robots_txt_short(workdir: Path) -> None:
             child.kill()
             child.wait()
         assert child.returncode == 130, stderr
-        assert took < runner.GRACE_SECONDS + 10  # not the 60 s --timeout
+        assert took < GRACE_SECONDS + 10  # not the 60 s --timeout
         assert _pages_requested(server) == []
         (seed,) = _records(workdir)
         assert (seed["outcome"], seed["error"]["kind"]) == ("failed", "interrupted")

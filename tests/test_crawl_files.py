@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from fetcher import __version__
-from fetcher.runner import GRACE_SECONDS
+from fetcher.loop import GRACE_SECONDS
 from tests.support import Served, manifest_records, run_fetch, serve_in_thread
 
 

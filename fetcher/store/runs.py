@@ -7,10 +7,12 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import secrets
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,12 @@ from fetcher.store.layout import MANIFEST, run_record_name
 from fetcher.store.records import int_or_none, mapping_or_empty, read_records, str_or_none
 from fetcher.throughput import Series
 
-__all__ = ["FinishedRows", "RunRecord", "mark_crashed", "read_runs", "write_run"]
+__all__ = ["FinishedRows", "RunRecord", "mark_crashed", "new_run_id", "read_runs", "write_run"]
+
+
+def new_run_id() -> str:
+    """A new run's name: its start in UTC and six random hex digits (sorts by time)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 # What a run's summary adds to its record when it ends, in the order written.
