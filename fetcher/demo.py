@@ -39,8 +39,9 @@ from fetcher.demo_site import API, DESIGN, SHOP, SLOW, Design
 from fetcher.errors import FetcherError, StoreError
 from fetcher.jobs import load_job
 from fetcher.models import RunSummary
+from fetcher.report import default_path
 from fetcher.runner import run_batch
-from fetcher.store import MANIFEST, RUNS_DIR, read_records
+from fetcher.store import MANIFEST, read_records
 
 __all__ = [
     "DemoResult",
@@ -291,7 +292,7 @@ def check_run(
 def report_path(output: Path, run: str) -> Path | None:
     """The HTML report of ``run`` in ``output`` (``runs/<run>.html``), when one was
     written; None when writing it failed (run_batch warns and goes on)."""
-    path = output / RUNS_DIR / f"{run}.html"
+    path = default_path(output, run)
     return path if path.is_file() else None
 
 
