@@ -268,6 +268,10 @@ class Index:
         ).fetchone()
         return row
 
+    def has_copies(self) -> bool:
+        """Whether any copy is noted."""
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM copies)").fetchone()[0])
+
     def copies_at(self, paths: Sequence[str]) -> dict[str, CopyRow]:
         """``copy_at`` for many paths in one query (those with no copy left out)."""
         return {row[0]: row[1:] for row in self.db.execute(_copies_of(len(paths)), paths)}
