@@ -136,11 +136,14 @@ class Slot:
         self._limits, self._state = limits, state
 
     async def __aenter__(self) -> None:
-        await self._state.slots.acquire()
+        state, limits = self._state, self._limits
+        await state.slots.acquire()
+        if not state.resume_at and state.limiter is None and limits._limiter is None:
+            return  # never paused, no rate: nothing to wait for (and no clock to read)
         try:
-            await self._limits._wait(self._state)
+            await limits._wait(state)
         except BaseException:
-            self._state.slots.release()
+            state.slots.release()
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -58,7 +58,7 @@ from fetcher.models import (
     Request,
     RunSummary,
 )
-from fetcher.store.files import take_lock
+from fetcher.store.files import TempNames, take_lock
 from fetcher.store.index import Index
 from fetcher.store.layout import (
     INDEX,
@@ -108,6 +108,7 @@ class DiskStore:
         self._lookup: Index | None = None  # a PartStore's: the caller's, which it closes
         self._placer: Placer | None = None
         self._staging = Staging(durable=durable)  # the sinks' copies, until recorded
+        self._temp_names = TempNames(self.temp_dir)  # the sinks' and the recorder's
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
 
@@ -297,7 +298,7 @@ class DiskStore:
             request,
             request_path(request),
             run,
-            temp_dir=str(self.temp_dir),
+            temp_name=self._temp_names,
             durable=self.durable,
             stage=self.stage,
         )
@@ -318,7 +319,7 @@ class DiskStore:
         """
         with self._lock:
             final, staged = self._staging.take(outcomes)
-            final, staged, error = self._staging.write(final, staged, str(self.temp_dir))  # 2
+            final, staged, error = self._staging.write(final, staged, self._temp_names)  # 2
             records = [ManifestRecord.of(outcome, run) for outcome in final]
             lines = [record.to_line() for record in records]
             placed: list[tuple[str, str]] = []

@@ -99,6 +99,8 @@ def latest_upsert(table: str = "latest") -> str:
 
 
 LATEST_UPSERT = latest_upsert()
+_LATEST_INSERT, _, _LATEST_CONFLICT = LATEST_UPSERT.partition(" VALUES ")
+_LATEST_CONFLICT = _LATEST_CONFLICT.partition(") ")[2]  # what follows the row: ON CONFLICT...
 
 # A skipped row changes less of its URL's row than a fetch does (its host is the same,
 # its status, error and time are none): an update of those columns costs about half.
@@ -153,6 +155,30 @@ def _skipped_row(offset: int, record: ManifestRecord) -> tuple[object, ...] | No
     if record.elapsed_ms != 0:
         return None
     return (offset, record.run, record.line, record.size, record.path, record.depth, record.url)
+
+
+_CHUNKS = (64, 32, 16, 8, 4, 2, 1)  # the rows one statement takes: few statements to cache
+
+
+@functools.lru_cache(maxsize=64)
+def _values_of(head: str, width: int, count: int, tail: str) -> str:
+    row = f"({', '.join('?' * width)})"
+    return f"{head} VALUES {', '.join([row] * count)}{tail}"
+
+
+def _many(
+    db: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = ""
+) -> None:
+    """``head VALUES (...), (...) tail`` over ``rows``: a statement a chunk of up to 64
+    rows, where ``executemany`` steps once a row, letting go of the GIL and taking it
+    again each time (the recorder's thread then waits for the event loop's)."""
+    start = 0
+    for size in _CHUNKS:
+        while len(rows) - start >= size:
+            chunk = rows[start : start + size]
+            sql = _values_of(head, len(chunk[0]), size, tail)
+            db.execute(sql, [value for row in chunk for value in row])
+            start += size
 
 
 @functools.lru_cache(maxsize=4)
@@ -268,6 +294,10 @@ class Index:
         ).fetchone()
         return row
 
+    def has_copies(self) -> bool:
+        """Whether any copy is noted."""
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM copies)").fetchone()[0])
+
     def copies_at(self, paths: Sequence[str]) -> dict[str, CopyRow]:
         """``copy_at`` for many paths in one query (those with no copy left out)."""
         return {row[0]: row[1:] for row in self.db.execute(_copies_of(len(paths)), paths)}
@@ -286,8 +316,8 @@ class Index:
         manifest line, the sidecar) and as their paths' good copies."""
         db = self.db
         db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)", notes)
-        db.executemany(INSERT_COPY, copies)
+        _many(db, "INSERT OR REPLACE INTO pending", notes)
+        _many(db, "INSERT OR REPLACE INTO copies", copies)
         db.execute("COMMIT")
 
     def add_lines(
@@ -311,14 +341,13 @@ class Index:
                 skipped.append((row, offset, record))
         db = self.db
         db.execute("BEGIN")
-        db.executemany(LATEST_UPSERT, latest)
+        _many(db, _LATEST_INSERT, latest, f" {_LATEST_CONFLICT}")
         if skipped:
             changes = db.total_changes
             db.executemany(_SKIPPED_UPDATE, [row for row, _, _ in skipped])
             if db.total_changes - changes < len(skipped):  # some URL has no row yet
                 db.executemany(LATEST_UPSERT, [latest_row(o, r) for _, o, r in skipped])
-        if placed:
-            db.executemany(_DONE_PENDING, placed)
+        _many(db, "DELETE FROM pending WHERE (path, sha256) IN (", placed, ")")
         if refused:
             db.executemany(_DONE_PENDING, refused)
             db.executemany(FORGET_COPY, refused)

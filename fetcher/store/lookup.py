@@ -4,6 +4,11 @@ A copy counts only for the request that stored it (the same method and URL) and 
 while its file is there. A ``--skip-existing`` run asks for a million of them, so
 ``look_ahead`` finds a chunk of rows' copies in one query and their files in one
 listing of each folder.
+
+An output directory whose index notes no copy when the lookups start (a first run) has
+no good copy for any row: nothing is looked up, not even a file's existence (a stat a
+row). The copies a run stores are not its own rows' prior copies: no two rows of a job
+store to one path, and a crawl fetches each URL once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class PriorCopies:
 
     def __init__(self, root: str, index: Index) -> None:
         self.root, self.index = root, index
+        self._none = not index.has_copies()  # a first run: no row has a good copy
         self._ahead: dict[str, CopyRow | None] = {}  # path -> copies row (look_ahead)
         self._listed: tuple[str | None, set[str] | None] = (None, None)  # folder, its files
 
@@ -31,6 +37,8 @@ class PriorCopies:
         """The copy an earlier run stored at ``request``'s path for the same method and
         URL, if it still exists."""
         # A POST's answer at a GET's path is no good copy of the GET (a HEAD stores none).
+        if self._none:
+            return None
         path = request_path(request)
         if path in self._ahead:  # looked up, its file seen, by look_ahead
             row = self._ahead.pop(path)
@@ -46,6 +54,8 @@ class PriorCopies:
         """Find the good copies of the next rows in one query (a million lookups one by
         one cost more than the rest of a ``--skip-existing`` run); ``prior`` takes them
         from here. Only for rows whose paths no other row stores to."""
+        if self._none:
+            return
         paths = [request_path(request) for request in requests if request.invalid is None]
         found = self.index.copies_at(paths)
         ahead: dict[str, CopyRow | None] = {}

@@ -46,6 +46,7 @@ SMALL_BODY = 64 * 1024
 WRITE_CHUNK = 1024 * 1024  # larger bodies are written in pieces of about this size
 
 EnsureDir = Callable[[str], str]  # a relative path -> its absolute one, its folders made
+TempName = Callable[[], str]  # a fresh temp file name (``files.TempNames``)
 
 
 def _fetched(request: Request, response: Response, stored: Stored | None, meta: str) -> Outcome:
@@ -105,16 +106,16 @@ class Staged:
         """The fetch this copy is, for a row cancelled after its copy was staged."""
         return _fetched(self.request, self.response, self.stored, self.stored.meta)
 
-    def write(self, temp_dir: str, durable: bool) -> None:
+    def write(self, temp_name: TempName, durable: bool) -> None:
         """Write a body still in memory and its sidecar to temp files (the recorder
         does, in its thread, before it notes the copy as pending)."""
         if self.body is None:
             return
         self.meta = Sidecar.of(self.request, self.response, self.stored, self.run).to_bytes()
-        self.body_temp = files.temp_name(temp_dir)
+        self.body_temp = temp_name()
         files.write_file(self.body_temp, self.body, durable=durable)
         self.body = None
-        self.meta_temp = files.temp_name(temp_dir)
+        self.meta_temp = temp_name()
         files.write_file(self.meta_temp, self.meta, durable=durable)
 
     def note(self, line: bytes) -> tuple[object, ...]:
@@ -172,7 +173,7 @@ class StagedHead:
         """The fetch this HEAD is, for a row cancelled after its sidecar was staged."""
         return _fetched(self.request, self.response, None, self.target)
 
-    def write(self, temp_dir: str, durable: bool) -> None:
+    def write(self, temp_name: TempName, durable: bool) -> None:
         """Nothing: the sink wrote the sidecar."""
 
     def note(self, line: bytes) -> tuple[object, ...]:
@@ -218,7 +219,7 @@ class Staging:
         return final, staged
 
     def write(
-        self, final: list[Outcome], staged: Batch, temp_dir: str
+        self, final: list[Outcome], staged: Batch, temp_name: TempName
     ) -> tuple[list[Outcome], Batch, StoreError | None]:
         """Write the copies still in memory to temp files. On a failure (a full disk)
         the rows from the one that failed on are left out of the batch, their copies let
@@ -226,7 +227,7 @@ class Staging:
         fetches the others again)."""
         for done, (_, copy) in enumerate(staged):
             try:
-                copy.write(temp_dir, self.durable)
+                copy.write(temp_name, self.durable)
             except OSError as exc:
                 lost = staged[done:]
                 for _, gone in lost:
@@ -248,7 +249,7 @@ class Staging:
 
 
 class DiskSink:
-    """Streams one body to temp files in ``temp_dir`` and hands the staged copy to
+    """Streams one body to temp files (named by ``temp_name``) and hands the staged copy to
     ``stage`` (``DiskStore.stage``), which owns its temp files from then on."""
 
     def __init__(
@@ -257,12 +258,12 @@ class DiskSink:
         path: str,
         run: str,
         *,
-        temp_dir: str,
+        temp_name: TempName,
         durable: bool,
         stage: Callable[[StagedCopy], None],
     ) -> None:
         self.request, self.path, self.run = request, path, run
-        self.temp_dir, self.durable, self.stage = temp_dir, durable, stage
+        self.temp_name, self.durable, self.stage = temp_name, durable, stage
         self._chunks: list[bytes] = []
         self._pending = 0
         self._size = 0
@@ -272,7 +273,7 @@ class DiskSink:
         self._temps: list[str] = []
 
     def _temp(self) -> str:
-        temp = files.temp_name(self.temp_dir)
+        temp = self.temp_name()
         self._temps.append(temp)
         return temp
 
