@@ -46,7 +46,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from fetcher.config import FetchConfig
 from fetcher.engines import Advance, Died
 from fetcher.errors import FetcherError
-from fetcher.loop import loop_factory
+from fetcher.loop import STOP_SIGNALS, loop_factory
 from fetcher.shards import Shard, ShardResult
 from fetcher.store import STATE_DIR
 from fetcher.store.merge import wait_for_workers
@@ -123,6 +123,7 @@ class RayEngine:
     async def start(self, count: int) -> None:
         if not ray.is_initialized():
             local = self.address == "local"
+            handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
             ray.init(
                 address=None if local else self.address,
                 num_cpus=self.cpus if local else None,
@@ -130,6 +131,9 @@ class RayEngine:
                 log_to_driver=self.verbose,
                 logging_level=logging.WARNING,
             )
+            for signum, handler in handlers.items():  # ray.init puts in its own: ours stay
+                if handler is not None:
+                    signal.signal(signum, handler)
             self.owned = True
         self.tally = _Tally.remote()  # type: ignore[attr-defined]  # ray.remote on a class
 
