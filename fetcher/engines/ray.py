@@ -96,14 +96,17 @@ def _run_task(data: dict[str, Any], tally: Any) -> dict[str, Any]:
     if problem is not None:
         return ShardResult(k=shard.k, error=problem).to_json()
 
-    def report(done: int, failed: int, sent: int, size: int) -> None:
-        tally.add.remote(shard.k, done, failed, sent, size)
+    sent: list[Any] = []  # the last report's ObjectRef
+
+    def report(done: int, failed: int, sent_rows: int, size: int) -> None:
+        sent[:] = [tally.add.remote(shard.k, done, failed, sent_rows, size)]
 
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             result = runner.run(run_shard(shard, report))
     except FetcherError as exc:
         result = ShardResult(k=shard.k, error=str(exc))
+    ray.get(sent)  # an actor runs one caller's calls in order: all reports are in
     return result.to_json()
 
 
