@@ -11,11 +11,12 @@ requests a second whatever the CPU. For each N, alternating, each repeat: ``fetc
 and the same with ``--engine local`` (N = 1 local: one process, no worker), over ``rows
 x N`` URLs of one host.
 
-Figures: requests a second over the whole run against N times Ray's one-worker rate,
-and the engine's overhead: the run's wall time less its fetching (first to last
-``fetched_at`` of the manifest), i.e. process start, connecting to the cluster,
-submitting the tasks, gathering their results and merging their parts, per run and per
-shard.
+Figures: requests a second over the whole run against N times the one-worker rate
+(of the same engine), over the fetching (first to last ``fetched_at`` of the manifest),
+and the engine's overhead: ``start``, from the command's start to its first row fetched
+(the interpreter, connecting to the cluster, the cut, the workers' start), ``end``,
+from its last row fetched to its exit (gathering the results, merging the parts, the
+run's record), and their sum per shard.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.shards import DELAY, PER_WORKER, _delayed_server, _steady_rate
+from benchmarks.shards import DELAY, PER_WORKER, _delayed_server
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # loopback only
 
@@ -89,9 +91,12 @@ ray.get([ray.remote(lambda: 1).remote() for _ in range(8)])
 """
 
 
-def _run(cmd: list[str], where: Path) -> float:
+def _run(cmd: list[str], where: Path) -> tuple[float, float, float]:
+    """Run ``cmd``; return its wall time, and the seconds from its start to the first
+    row fetched and from the last row fetched to its exit (the manifest's
+    ``fetched_at``)."""
     where.mkdir(parents=True)
-    started = time.monotonic()
+    started, clock = time.monotonic(), time.time()
     done = subprocess.run(
         cmd, cwd=where, env={**os.environ, **ENV}, capture_output=True, timeout=600, check=False
     )
@@ -99,7 +104,12 @@ def _run(cmd: list[str], where: Path) -> float:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}\n{done.stderr.decode()}")
     (where / "stdout").write_bytes(done.stdout)
-    return wall
+    stamps = []
+    with open(where / "out" / "manifest.jsonl", "rb") as handle:
+        for line in handle:
+            stamp = json.loads(line)["fetched_at"].replace("Z", "+00:00")
+            stamps.append(datetime.fromisoformat(stamp).timestamp())
+    return wall, min(stamps) - clock, clock + wall - max(stamps)
 
 
 def run(
@@ -123,25 +133,27 @@ def run(
                         *("--engine", engine),
                         *(("--address", address) if engine == "ray" else ()),
                     ]
-                    wall = _run(cmd, where)
+                    wall, start, end = _run(cmd, where)
                     summary = json.loads((where / "stdout").read_text())
                     if summary["outcomes"] != {"fetched": rows * n}:
                         raise RuntimeError(f"{engine} N={n}: {summary}")
-                    steady = _steady_rate(where / "out")
-                    fetching = (rows * n - 1) / steady if steady else wall
+                    fetching = wall - start - end
                     result = {
                         "engine": engine,
                         "workers": n,
                         "rows": rows * n,
                         "wall_s": wall,
                         "rps": rows * n / wall,
-                        "steady_rps": steady,
-                        "overhead_s": wall - fetching,
+                        "steady_rps": (rows * n - 1) / fetching,
+                        "overhead_s": start + end,
+                        "start_s": start,
+                        "end_s": end,
                     }
                     results.append(result)
                     print(
                         f"  {engine} N={n}: {result['rps']:.0f} req/s over the run, "
-                        f"{steady:.0f} while fetching, overhead {result['overhead_s']:.2f} s",
+                        f"{result['steady_rps']:.0f} while fetching, first row after "
+                        f"{start:.2f} s, exit {end:.2f} s after the last",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -160,16 +172,17 @@ def report(results: Sequence[dict[str, Any]]) -> str:
     }
     lines = [
         f"{'engine':>6} {'N':>3} {'rows':>6} {'req/s (run)':>16} {'/ N x one':>10} "
-        f"{'req/s (fetching)':>17} {'overhead s':>16} {'s / shard':>10}"
+        f"{'req/s (fetching)':>17} {'start s':>16} {'end s':>16} {'s / shard':>10}"
     ]
     for (engine, n), rs in sorted(groups.items()):
         rps = [r["rps"] for r in rs]
-        overhead = [r["overhead_s"] for r in rs]
         lines.append(
             f"{engine:>6} {n:>3} {rs[0]['rows']:>6} {_spread(rps, 0):>16} "
             f"{statistics.median(rps) / (n * one[engine]):>10.2f} "
-            f"{_spread([r['steady_rps'] for r in rs], 0):>17} {_spread(overhead, 2):>16} "
-            f"{statistics.median(overhead) / n:>10.2f}"
+            f"{_spread([r['steady_rps'] for r in rs], 0):>17} "
+            f"{_spread([r['start_s'] for r in rs], 2):>16} "
+            f"{_spread([r['end_s'] for r in rs], 2):>16} "
+            f"{statistics.median(r['overhead_s'] for r in rs) / n:>10.2f}"
         )
     return "\n".join(lines)
 
