@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -250,6 +250,29 @@ def test_a_signal_cancels_the_ray_tasks_and_resume_finishes(
     assert all(r["ok"] for r in latest.values())
 
 
+def test_sigterm_to_an_in_process_ray_run_cancels_its_tasks(workdir: Path, cluster: str) -> None:
+    arrived: list[str] = []
+    out = workdir / "out"
+    tasks: set[int] = set()
+
+    def stop() -> None:
+        _wait_until(lambda: len(arrived) >= 4 and bool(_lease_holders(out)), "requests")
+        tasks.update(_lease_holders(out))
+        os.kill(os.getpid(), signal.SIGTERM)  # the coordinator's handler takes it
+
+    with serve_in_thread(_slow_app(arrived, {"delay": 2.0})) as server, _beside(stop):
+        job = url_job(workdir, [server.at(f"/{n}", host) for n in range(10) for host in HOSTS])
+        args = ("--engine", "ray", "--address", cluster, "--workers", "2", "-c", "4")
+        result = run_fetch("run", job, "-o", out, *args, "--per-host", "2", "--progress")
+    assert result.exit_code == 143, result.stderr
+    assert tasks
+    assert not _lease_holders(out)  # the tasks' processes had ended before the merge
+    records = manifest(out)
+    assert [r["line"] for r in records] == list(range(2, 22))
+    assert {r["error"]["kind"] for r in records if not r["ok"]} == {"interrupted"}
+    assert "/20" in result.stderr  # the one progress line
+
+
 def test_without_ray_engine_ray_exits_2_having_sent_and_written_nothing(workdir: Path) -> None:
     with serve_in_thread(items_app()) as server:
         job = url_job(workdir, [server.at(f"/items/{n}") for n in range(3)])
@@ -268,6 +291,34 @@ def test_without_ray_engine_ray_exits_2_having_sent_and_written_nothing(workdir:
     assert "pip install 'fetcher[ray]'" in done.stderr
     assert not server.requests
     assert not (workdir / "out").exists()
+
+
+def test_without_ray_an_in_process_run_is_refused_before_anything_is_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # ray not installed: its import fails
+    monkeypatch.delitem(sys.modules, "fetcher.engines.ray", raising=False)
+    with serve_in_thread(items_app()) as server:
+        job = url_job(workdir, [server.at("/items/1")])
+        result = run_fetch("run", job, "-o", "out", "--engine", "ray", "--json")
+    assert result.exit_code == 2
+    assert "pip install 'fetcher[ray]'" in json.loads(result.stdout)["message"]
+    assert not server.requests
+    assert not (workdir / "out").exists()
+
+
+def test_a_read_only_output_directory_is_named_by_the_worker(tmpfs: Callable[..., Path]) -> None:
+    from fetcher.engines.ray import unwritable
+    from fetcher.shards import Shard
+
+    root = tmpfs("1m", read_only=True)
+    shard = Shard(k=0, count=1, run="r", root=str(root), folder=str(root))
+    problem = unwritable(shard)
+    assert problem is not None
+    assert f"cannot write the output directory {root} (Read-only file system)" in problem
+    assert "a path every node sees" in problem
+    writable = Shard(k=0, count=1, run="r", root=str(root.parent), folder=str(root.parent))
+    assert unwritable(writable) is None
 
 
 def _can_unshare() -> bool:

@@ -52,7 +52,7 @@ from fetcher.store import STATE_DIR
 from fetcher.store.merge import wait_for_workers
 from fetcher.worker import run_shard
 
-__all__ = ["RayEngine"]
+__all__ = ["RayEngine", "unwritable"]
 
 POLL = 0.2  # seconds between the coordinator's looks at a shard's progress
 
@@ -73,8 +73,8 @@ class _Tally:
         return self.counts.pop(k, [0, 0, 0, 0])
 
 
-def _unwritable(shard: Shard) -> str | None:
-    """Why this node cannot write the shard's output directory, or None."""
+def unwritable(shard: Shard) -> str | None:
+    """Why this node cannot write the output directory of ``shard``, or None."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=shard.folder)
         os.close(fd)
@@ -92,7 +92,7 @@ def _unwritable(shard: Shard) -> str | None:
 def _run_task(data: dict[str, Any], tally: Any) -> dict[str, Any]:
     """One shard, run on a node of the cluster: its ``ShardResult`` as JSON."""
     shard = Shard.from_json(data)
-    problem = _unwritable(shard)
+    problem = unwritable(shard)
     if problem is not None:
         return ShardResult(k=shard.k, error=problem).to_json()
 
