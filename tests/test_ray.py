@@ -39,7 +39,7 @@ pytest.importorskip("ray")  # the test extra installs it; CI runs these
 RAY = Path(sys.executable).with_name("ray")
 FETCH = Path(sys.executable).with_name("fetch")
 HOSTS = ("127.0.0.1", "localhost")
-# A test cluster on loopback: no token (Ray 2.5x asks one of drivers by default)
+# A test cluster on loopback: no token (recent Ray asks one of every driver by default)
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
