@@ -208,6 +208,18 @@ class _RunCommand(click.Command):
     help="How rows are cut into shards [default: domain].",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="Where the shards run: worker processes, or a Ray cluster (fetcher[ray]) "
+    "[default: local].",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="--engine ray: the cluster (local: started for the run; auto; ray://HOST:PORT) "
+    "[default: local].",
+)
+@click.option(
     "--warc",
     is_flag=True,
     default=None,

@@ -148,6 +148,7 @@ def _proxy(value: object) -> str:
 
 MAX_WORKERS = 256
 SHARD_BY = ("domain", "url")
+ENGINES = ("local", "ray")
 
 
 def _workers(value: object) -> int:
@@ -163,6 +164,18 @@ def _shard_by(value: object) -> str:
     if value not in SHARD_BY:
         raise ValueError(f"expected domain or url, not {value!r}")
     return str(value)
+
+
+def _engine(value: object) -> str:
+    if value not in ENGINES:
+        raise ValueError(f"expected local or ray, not {value!r}")
+    return str(value)
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected local, auto or a Ray address, not {value!r}")
+    return value.strip()
 
 
 def _hosts(value: object) -> str:
@@ -193,6 +206,8 @@ TUNABLE: dict[str, Callable[[object], object]] = {
     "noproxy": _hosts,
     "workers": _workers,
     "shard_by": _shard_by,
+    "engine": _engine,
+    "address": _address,
 }
 
 
@@ -239,6 +254,10 @@ class FetchConfig:
             1 runs it in this process.
         shard_by: how rows are cut into shards: ``domain`` (a registrable domain in
             one shard) or ``url`` (a host's rows spread over shards).
+        engine: where the shards run: ``local`` (worker processes) or ``ray`` (tasks
+            of a Ray cluster, ``fetcher[ray]``); ``ray`` runs shards even with one worker.
+        address: the Ray cluster: ``local`` (started for the run, ``workers`` CPUs),
+            ``auto``, or an address as ``ray.init`` reads it (``ray://host:10001``).
     """
 
     output: Path | None = None
@@ -270,6 +289,8 @@ class FetchConfig:
     crawl: CrawlSettings | None = None
     workers: int = 1
     shard_by: str = "domain"
+    engine: str = "local"
+    address: str = "local"
 
     def merge(self, values: Mapping[str, object]) -> FetchConfig:
         """Return a copy with ``values`` applied (None means: not given).

@@ -10,14 +10,14 @@ into one output directory that looks as if one process had filled it.
       -> merge their parts into manifest.jsonl and the index (``fetcher/store/merge.py``)
       -> one run record, one summary line, the exit code one process would give.
 
-Workers run in sessions of their own, so a terminal's Ctrl-C reaches the coordinator
-alone, and it forwards each SIGINT and SIGTERM it gets to every worker: the first one
-stops them gracefully (the rows in flight get a few seconds), a second one at once. A
-worker that dies (SIGKILL, out of memory) is started again on its shard, up to
-``MAX_RESTARTS`` times; it goes on where it stopped (the rows in its manifest part are
-not requested again). After that, its remaining rows are recorded as failed
-(``interrupted``), and ``--resume`` tries them again. A worker whose pipe from the
-coordinator closes stops: workers never outlive their coordinator.
+The shards run on an engine (``fetcher.engines``: ``--engine local``, worker processes
+on this machine, or ``ray``, tasks of a Ray cluster). The coordinator forwards each
+SIGINT and SIGTERM it gets to the engine: with local workers the first one stops them
+gracefully (the rows in flight get a few seconds), a second one at once. A worker that
+dies (SIGKILL, out of memory) is started again on its shard, up to ``MAX_RESTARTS``
+times; it goes on where it stopped (the rows in its manifest part are not requested
+again). After that, its remaining rows are recorded as failed (``interrupted``), and
+``--resume`` tries them again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import shutil
 import signal
 import sys
@@ -35,10 +34,9 @@ from pathlib import Path
 
 import aiohttp
 
-import fetcher
-from fetcher import _json
 from fetcher.clock import now_iso
 from fetcher.config import FetchConfig, recorded_options
+from fetcher.engines import Died, Engine, open_engine
 from fetcher.errors import FetcherError, StoreError, UsageError
 from fetcher.jobs import Job
 from fetcher.limits import Limits
@@ -66,7 +64,6 @@ from fetcher.session import load_cookies, open_session, save_cookies
 from fetcher.shards import (
     Shard,
     Sharding,
-    ShardResult,
     ShardWriter,
     read_rows,
     shares,
@@ -96,13 +93,14 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
             "--warc cannot run as shards yet (each worker would need WARC files of its "
             "own): use --workers 1"
         )
+    engine = open_engine(config, restarts=MAX_RESTARTS)  # ray without Ray: nothing sent
     total = check_job(job, config)
     summary = RunSummary(run=new_run_id(), started_at=now_iso())
     started = time.monotonic()
     options = recorded_options(config)
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         progress = _Progress(total=total, config=config)
-        coordinator = _Coordinator(job, config, store, summary, progress)
+        coordinator = _Coordinator(job, config, store, summary, progress, engine)
         aborted = False
         error: str | None = None
         try:
@@ -172,8 +170,10 @@ class _Coordinator:
         store: DiskStore,
         summary: RunSummary,
         progress: _Progress,
+        engine: Engine,
     ) -> None:
         self.job, self.config, self.store = job, config, store
+        self.engine = engine
         self.summary, self.progress = summary, progress
         self.folder = run_folder(store.state, summary.run)
         self.started = time.monotonic()
@@ -182,8 +182,6 @@ class _Coordinator:
             self.count = min(self.count, config.crawl.max_pages)  # and a page
         self.signum: int | None = None
         self.error: str | None = None
-        self.workers: set[asyncio.subprocess.Process] = set()
-        self.spares: list[asyncio.subprocess.Process] = []  # started, waiting for a shard
         self.cookies: Path | None = None
 
     @property
@@ -192,16 +190,12 @@ class _Coordinator:
 
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        # The workers start (an interpreter, aiohttp's import: about a second on a busy
-        # machine) while [[setup]] runs and the rows are cut.
-        self.spares = [await self._spawn() for _ in range(self.count)]
+        # The engine starts its workers while [[setup]] runs and the rows are cut.
+        await self.engine.start(self.count)
         self.cookies = await self._setup()
         counts = await self._cut()
         active = [k for k, count in enumerate(counts) if count]
-        for spare in self.spares[len(active) :]:
-            assert spare.stdin is not None
-            spare.stdin.close()  # no shard for it: it ends
-        del self.spares[len(active) :]
+        self.engine.trim(len(active))
         if active and not self.stopping:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -314,7 +308,8 @@ class _Coordinator:
         """Run a shard's worker until it ends, again after each death (at most
         ``MAX_RESTARTS`` times); then record what it left undone."""
         died: str | None = None
-        for attempt in range(1 + MAX_RESTARTS):
+        deaths = 0
+        for _ in range(1 + MAX_RESTARTS):
             if self.stopping:
                 break
             if self.config.deadline is not None:
@@ -322,18 +317,18 @@ class _Coordinator:
                 if left <= 0:
                     break
                 shard = dataclasses.replace(shard, options={**shard.options, "deadline": left})
-            result, code = await self._attempt(shard)
+            result = await self.engine.run(shard, self._advance)
             if shard.options.get("crawl") is not None:  # a rerun goes on with its frontier
                 shard = dataclasses.replace(shard, resume=True)
-            if result is not None:
+            if not isinstance(result, Died):
                 if result.error is not None and self.error is None:
                     self.error = result.error
                     self._forward(signal.SIGTERM)
                 elif result.signal is not None:  # stopped, maybe before its first row
                     self._record_rest(shard)
                 return
-            died = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
-            if attempt < MAX_RESTARTS and not self.stopping:
+            died, deaths = result.why, deaths + result.times
+            if deaths <= MAX_RESTARTS and not self.stopping:
                 self._say(
                     f"fetch: the worker of shard {shard.k} died ({died}); "
                     "running the shard again from where it stopped"
@@ -342,52 +337,15 @@ class _Coordinator:
                 self._say(f"fetch: the worker of shard {shard.k} died ({died}); giving up on it")
                 self._record_rest(
                     shard,
-                    why=f"not fetched: the worker of its shard died {attempt + 1} times ({died}); "
+                    why=f"not fetched: the worker of its shard died {deaths} times ({died}); "
                     "--resume tries it again",
                 )
                 return
         self._record_rest(shard)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        """A worker process, waiting for its shard on stdin."""
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
-            "fetcher.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C reaches the coordinator, which forwards it
-            env=_worker_environment(),
-        )
-        self.workers.add(worker)
-        if self.signum is not None:  # a signal came while it started
-            worker.send_signal(self.signum)
-        return worker
-
-    async def _attempt(self, shard: Shard) -> tuple[ShardResult | None, int]:
-        """One worker process over ``shard``: its result (None if it died) and exit code."""
-        worker = self.spares.pop() if self.spares else await self._spawn()
-        assert worker.stdin is not None
-        assert worker.stdout is not None
-        result = None
-        try:
-            with contextlib.suppress(ConnectionError, RuntimeError):  # it died at once
-                worker.stdin.write(_json.dumps(shard.to_json()) + b"\n")
-                await worker.stdin.drain()
-            async for line in worker.stdout:
-                kind, _, rest = line.partition(b" ")
-                if kind == b"progress":
-                    done, failed, sent, size = map(int, rest.split())
-                    self.progress.advance(done, failed)
-                    self.summary.throughput.add(size, rows=sent)
-                elif kind == b"result":
-                    result = ShardResult.from_json(_json.loads(rest))
-            code = await worker.wait()
-        finally:
-            self.workers.discard(worker)
-            worker.stdin.close()  # end of stdin: it stops, if it still runs
-        return result, code
+    def _advance(self, done: int, failed: int, sent: int, size: int) -> None:
+        self.progress.advance(done, failed)
+        self.summary.throughput.add(size, rows=sent)
 
     def _record_rest(self, shard: Shard, *, why: str | None = None) -> None:
         """Record the shard's rows its workers left undone: as interrupted (a stop, the
@@ -410,9 +368,7 @@ class _Coordinator:
         self._record(outcomes)
 
     def _forward(self, signum: int) -> None:
-        for worker in list(self.workers):
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signum)
+        self.engine.forward(signum)
 
     def _on_signal(self, signum: int) -> None:
         if self.signum is None:
@@ -432,15 +388,7 @@ class _Coordinator:
     async def close(self) -> None:
         """Stop the workers still running (an error ended the run), merge every part,
         save the union of the workers' cookie jars, and remove the run's folder."""
-        for worker in list(self.workers):
-            if worker in self.spares or worker.returncode is not None:
-                assert worker.stdin is not None
-                worker.stdin.close()  # a spare: it ends
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.kill()
-            await worker.wait()
-            self.workers.discard(worker)
+        await self.engine.close()
         if not self.folder.exists():
             return
         jars = sorted(self.folder.glob("jar-*.txt"))
@@ -479,10 +427,3 @@ def _count(summary: RunSummary, record: ManifestRecord) -> None:
         summary.errors[record.error.kind] = summary.errors.get(record.error.kind, 0) + 1
     if kind == OutcomeKind.FETCHED.value and record.size:
         summary.bytes += record.size
-
-
-def _worker_environment() -> dict[str, str]:
-    """The environment of a worker: ours, with this ``fetcher`` first on its path."""
-    package = str(Path(fetcher.__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": package + (os.pathsep + path if path else "")}

@@ -162,7 +162,7 @@ async def run_batch(
     """
     if config is None:
         config = configure(job)
-    if config.workers > 1:  # shards in worker processes: see fetcher/coordinator.py
+    if config.workers > 1 or config.engine != "local":  # shards: see fetcher/coordinator.py
         from fetcher.coordinator import run_sharded
 
         return await run_sharded(job, config, report=report)

@@ -354,6 +354,8 @@ FETCH_KEYS: dict[str, tuple[str, object]] = {
     "noproxy": ('"*"', "*"),
     "workers": ("2", 2),
     "shard_by": ('"url"', "url"),
+    "engine": ('"local"', "local"),  # "ray": tests/test_ray.py (a cluster takes seconds)
+    "address": ('"auto"', "auto"),  # read by --engine ray only
 }
 
 
