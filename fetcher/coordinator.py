@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -73,7 +74,13 @@ from fetcher.shards import (
     worker_options,
 )
 from fetcher.store import DiskStore, ManifestRecord, read_records
-from fetcher.store.merge import PartFiles, merge_part, recover_part, run_folder
+from fetcher.store.merge import (
+    FRONTIERS_DIR,
+    PartFiles,
+    merge_part,
+    recover_part,
+    run_folder,
+)
 from fetcher.store.runs import new_run_id
 
 __all__ = ["MAX_RESTARTS", "run_sharded"]
@@ -176,6 +183,10 @@ class _Coordinator:
         self.job, self.config, self.store = job, config, store
         self.summary, self.progress = summary, progress
         self.folder = run_folder(store.state, summary.run)
+        # The store's one writer at a time: a part merged in a thread while the shards
+        # left run, or the rows the coordinator records on the event loop.
+        self.writing = threading.RLock()
+        self.finished = False  # every shard ran to its end
         self.started = time.monotonic()
         self.count = min(config.workers, config.concurrency)  # each worker gets a slot
         if config.crawl is not None and config.crawl.max_pages is not None:
@@ -206,11 +217,12 @@ class _Coordinator:
             try:
                 async with asyncio.TaskGroup() as group:
                     for shard in self._shards(active):
-                        group.create_task(self._drive(shard))
+                        group.create_task(self._run_shard(shard))
             except BaseExceptionGroup as group:  # a bug, or a disk failure: its own error
                 raise group.exceptions[0] from None
         if self.error is not None:
             raise FetcherError(self.error)
+        self.finished = not self.stopping
 
     # -- before the workers -------------------------------------------------------
 
@@ -271,7 +283,9 @@ class _Coordinator:
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         if outcomes:
-            for outcome in self.store.record(outcomes, self.summary.run):
+            with self.writing:
+                recorded = self.store.record(outcomes, self.summary.run)
+            for outcome in recorded:
                 self.summary.add(outcome)
                 self.progress.add(outcome)
 
@@ -309,6 +323,16 @@ class _Coordinator:
             )
 
     # -- the workers --------------------------------------------------------------
+
+    async def _run_shard(self, shard: Shard) -> None:
+        """Drive a shard, then merge its part while the other shards still run (in a
+        thread: the event loop goes on reading their progress and forwarding signals)."""
+        await self._drive(shard)
+        await asyncio.to_thread(self._merge, shard.files)
+
+    def _merge(self, files: PartFiles) -> None:
+        with self.writing:
+            merge_part(self.store, files, on_record=self._count)
 
     async def _drive(self, shard: Shard) -> None:
         """Run a shard's worker until it ends, again after each death (at most
@@ -393,7 +417,8 @@ class _Coordinator:
         """Record the shard's rows its workers left undone: as interrupted (a stop, the
         deadline), or failed ``why`` (its last worker died)."""
         files = shard.files
-        recover_part(self.store, files)  # what a killed worker left pending is done
+        with self.writing:
+            recover_part(self.store, files)  # what a killed worker left pending is done
         done = {record.line for _, record in read_records(files.manifest)}
         now = now_iso()
         outcomes: list[Outcome] = []
@@ -430,8 +455,8 @@ class _Coordinator:
     # -- after the workers --------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop the workers still running (an error ended the run), merge every part,
-        save the union of the workers' cookie jars, and remove the run's folder."""
+        """Stop the workers still running (an error ended the run), merge the parts not
+        merged yet, save the union of the workers' cookie jars, and remove the run's folder."""
         for worker in list(self.workers):
             if worker in self.spares or worker.returncode is not None:
                 assert worker.stdin is not None
@@ -449,10 +474,13 @@ class _Coordinator:
             for path in jars:
                 load_cookies(jar, path)
             save_cookies(jar, self.config.cookie_jar)
-        for manifest in sorted(self.folder.glob("part-*.jsonl")):
-            k = int(manifest.stem.removeprefix("part-"))
-            merge_part(self.store, PartFiles(self.folder, k), on_record=self._count)
+        with self.writing:  # after a merge an error cut short, in its thread
+            for manifest in sorted(self.folder.glob("part-*.jsonl")):
+                self._merge(PartFiles(self.folder, int(manifest.stem.removeprefix("part-"))))
         shutil.rmtree(self.folder)
+        if self.finished and not self.summary.errors.get(ErrorKind.INTERRUPTED.value):
+            # A crawl that ran to its end: --resume has nothing to go on with
+            shutil.rmtree(self.store.state / FRONTIERS_DIR, ignore_errors=True)
 
     def _count(self, record: ManifestRecord) -> None:
         _count(self.summary, record)
