@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,7 @@ _PASSED = (
     "backoff",
 )
 _ORIGINS = 65_536  # origins whose home shard a ShardWriter remembers
+_ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")  # a URL's scheme://authority
 
 
 def _crc(text: str) -> int:
@@ -211,16 +213,8 @@ class ShardWriter:
 
 def _origin(url: str) -> str:
     """``scheme://authority`` of ``url`` ("" when it has none)."""
-    start = url.find("://")
-    if start < 0:
-        return ""
-    start += 3
-    end = len(url)
-    for mark in "/?#":
-        at = url.find(mark, start)
-        if 0 <= at < end:
-            end = at
-    return url[:end]
+    match = _ORIGIN.match(url)
+    return match[0] if match else ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
