@@ -283,11 +283,10 @@ class _Coordinator:
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         if outcomes:
-            with self.writing:
-                recorded = self.store.record(outcomes, self.summary.run)
-            for outcome in recorded:
-                self.summary.add(outcome)
-                self.progress.add(outcome)
+            with self.writing:  # and the summary a merge's thread counts in
+                for outcome in self.store.record(outcomes, self.summary.run):
+                    self.summary.add(outcome)
+                    self.progress.add(outcome)
 
     def _shards(self, active: Sequence[int]) -> Iterator[Shard]:
         """The description of each shard with rows, with its share of the limits."""
@@ -478,7 +477,8 @@ class _Coordinator:
             for manifest in sorted(self.folder.glob("part-*.jsonl")):
                 self._merge(PartFiles(self.folder, int(manifest.stem.removeprefix("part-"))))
         shutil.rmtree(self.folder)
-        if self.finished and not self.summary.errors.get(ErrorKind.INTERRUPTED.value):
+        crawled = self.config.crawl is not None
+        if crawled and self.finished and not self.summary.errors.get(ErrorKind.INTERRUPTED):
             # A crawl that ran to its end: --resume has nothing to go on with
             shutil.rmtree(self.store.state / FRONTIERS_DIR, ignore_errors=True)
 
