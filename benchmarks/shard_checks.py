@@ -194,7 +194,7 @@ def equivalence(fetch_cmd: Sequence[str], work: Path, rows: int, workers: int) -
         runs = {}
         for n in (1, workers):
             out = work / f"workers-{n}"
-            got = _fetch(fetch_cmd, job, out, "--workers", str(n), "-c", str(16 * n))
+            got = _fetch(fetch_cmd, job, out, "--workers", str(n), "-c", str(8 * n))
             runs[n] = (_stored(out), _records(out))
             print(f"--workers {n}: {got['wall_s']:.0f} s, {got['summary']}", flush=True)
     (files_1, records_1), (files_n, records_n) = runs[1], runs[workers]
