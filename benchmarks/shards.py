@@ -3,6 +3,7 @@
     python -m benchmarks.shards                          # W1 and the scale simulation
     python -m benchmarks.shards --only W1 --repeat 5 --workdir /dev/shm
     python -m benchmarks.shards --only scale --workers 1,2,4,8
+    python -m benchmarks.shards --only scale --also "base=/work/venvs/base/bin/python -P -m fetcher"
 
 W1: 10,000 x 1 KiB from the static server of ``benchmarks.run`` (nginx when installed),
 ``-c 32 --per-host 32``: ``fetch --workers 2 --shard-by url`` against ``fetch`` in one
@@ -132,9 +133,15 @@ def _steady_rate(out: Path) -> float:
 
 
 def run_scale(
-    harness: Harness, counts: Sequence[int], rows: int, repeat: int
+    harness: Harness,
+    counts: Sequence[int],
+    rows: int,
+    repeat: int,
+    arms: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The scale simulation: each N in ``counts``, ``repeat`` times, alternating."""
+    """The scale simulation: each N in ``counts``, ``repeat`` times, alternating; with
+    ``arms`` (name -> fetch command), each arm in turn for each N."""
+    arms = arms or {"fetch": harness.fetch_cmd}
     results: list[dict[str, Any]] = []
     with _delayed_server() as base:
         jobs = {}
@@ -143,13 +150,13 @@ def run_scale(
             job.parent.mkdir(parents=True, exist_ok=True)
             job.write_text("".join(f"{base}/{n}/{i}\n" for i in range(rows * n)))
             jobs[n] = job
-        for _ in range(repeat):
-            for n in counts:
-                where = harness.fresh(f"scale-{n}", on_disk=False)
+        for rep in range(repeat):
+            for n, (arm, fetch_cmd) in _turns(counts, arms, rep):
+                where = harness.fresh(f"scale-{arm}-{n}", on_disk=False)
                 out = where / "out"
                 concurrency = str(PER_WORKER * n)
                 cmd = [
-                    *harness.fetch_cmd,
+                    *fetch_cmd,
                     "run",
                     str(jobs[n]),
                     "-o",
@@ -166,11 +173,12 @@ def run_scale(
                     "-q",
                     "--json",
                 ]
-                child = harness.child(cmd, where, 600, f"scale N={n}")  # raises unless 0
+                child = harness.child(cmd, where, 600, f"scale {arm} N={n}")  # raises unless 0
                 summary = json.loads((where / "stdout").read_text())
                 if summary["outcomes"] != {"fetched": rows * n}:
                     raise VerifyError(f"scale N={n}: {summary}")
                 result = {
+                    "arm": arm,
                     "workers": n,
                     "rows": rows * n,
                     "wall_s": child.wall_s,
@@ -181,7 +189,7 @@ def run_scale(
                 }
                 results.append(result)
                 print(
-                    f"  scale N={n}: {result['rps']:.0f} req/s over the run, "
+                    f"  scale {arm} N={n}: {result['rps']:.0f} req/s over the run, "
                     f"{result['steady_rps']:.0f} while fetching, cpu {child.cpu_s:.1f} s",
                     file=sys.stderr,
                     flush=True,
@@ -190,8 +198,26 @@ def run_scale(
     return results
 
 
+def _turns(
+    counts: Sequence[int], arms: dict[str, list[str]], rep: int
+) -> Iterator[tuple[int, tuple[str, list[str]]]]:
+    """Each N, and for each N every arm, the arms' order rotating each repetition."""
+    order = list(arms.items())
+    shift = rep % len(order)
+    for n in counts:
+        for arm in order[shift:] + order[:shift]:
+            yield n, arm
+
+
 def scale_report(results: Sequence[dict[str, Any]]) -> str:
-    """Medians per N, and each against N x the one-worker median."""
+    """Medians per N, and each against N x the one-worker median (per arm, when the
+    run had more than one)."""
+    arms = list(dict.fromkeys(r.get("arm", "fetch") for r in results))
+    if len(arms) > 1:
+        return "\n\n".join(
+            f"arm {arm}:\n" + scale_report([r for r in results if r.get("arm", "fetch") == arm])
+            for arm in arms
+        )
     by_n: dict[int, list[dict[str, Any]]] = {}
     for result in results:
         by_n.setdefault(result["workers"], []).append(result)
@@ -232,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=800, help="scale: rows per worker")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
     parser.add_argument("--fetch-cmd", default=f"{shlex.quote(sys.executable)} -m fetcher")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="scale: another fetch command run in turn with --fetch-cmd (the arm 'fetch')",
+    )
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -258,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "W1" in only:
                 run_w1(harness, shapes["W1"], args.repeat, args.w1_workers)
             if "scale" in only:
-                scale = run_scale(harness, counts, args.rows, args.repeat)
+                arms = {"fetch": harness.fetch_cmd}
+                for also in args.also:
+                    name, _, cmd = also.partition("=")
+                    arms[name] = shlex.split(cmd)
+                scale = run_scale(harness, counts, args.rows, args.repeat, arms)
     except VerifyError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1

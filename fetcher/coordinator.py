@@ -28,6 +28,7 @@ import dataclasses
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,7 +71,13 @@ from fetcher.shards import (
     worker_options,
 )
 from fetcher.store import DiskStore, ManifestRecord, read_records
-from fetcher.store.merge import PartFiles, merge_part, recover_part, run_folder
+from fetcher.store.merge import (
+    FRONTIERS_DIR,
+    PartFiles,
+    merge_part,
+    recover_part,
+    run_folder,
+)
 from fetcher.store.runs import new_run_id
 
 __all__ = ["MAX_RESTARTS", "run_sharded"]
@@ -176,6 +183,10 @@ class _Coordinator:
         self.engine = engine
         self.summary, self.progress = summary, progress
         self.folder = run_folder(store.state, summary.run)
+        # The store's one writer at a time: a part merged in a thread while the shards
+        # left run, or the rows the coordinator records on the event loop.
+        self.writing = threading.RLock()
+        self.finished = False  # every shard ran to its end
         self.started = time.monotonic()
         self.count = min(config.workers, config.concurrency)  # each worker gets a slot
         if config.crawl is not None and config.crawl.max_pages is not None:
@@ -200,11 +211,12 @@ class _Coordinator:
             try:
                 async with asyncio.TaskGroup() as group:
                     for shard in self._shards(active):
-                        group.create_task(self._drive(shard))
+                        group.create_task(self._run_shard(shard))
             except BaseExceptionGroup as group:  # a bug, or a disk failure: its own error
                 raise group.exceptions[0] from None
         if self.error is not None:
             raise FetcherError(self.error)
+        self.finished = not self.stopping
 
     # -- before the workers -------------------------------------------------------
 
@@ -265,9 +277,10 @@ class _Coordinator:
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         if outcomes:
-            for outcome in self.store.record(outcomes, self.summary.run):
-                self.summary.add(outcome)
-                self.progress.add(outcome)
+            with self.writing:  # and the summary a merge's thread counts in
+                for outcome in self.store.record(outcomes, self.summary.run):
+                    self.summary.add(outcome)
+                    self.progress.add(outcome)
 
     def _shards(self, active: Sequence[int]) -> Iterator[Shard]:
         """The description of each shard with rows, with its share of the limits."""
@@ -303,6 +316,16 @@ class _Coordinator:
             )
 
     # -- the workers --------------------------------------------------------------
+
+    async def _run_shard(self, shard: Shard) -> None:
+        """Drive a shard, then merge its part while the other shards still run (in a
+        thread: the event loop goes on reading their progress and forwarding signals)."""
+        await self._drive(shard)
+        await asyncio.to_thread(self._merge, shard.files)
+
+    def _merge(self, files: PartFiles) -> None:
+        with self.writing:
+            merge_part(self.store, files, on_record=self._count)
 
     async def _drive(self, shard: Shard) -> None:
         """Run a shard's worker until it ends, again after each death (at most
@@ -351,7 +374,8 @@ class _Coordinator:
         """Record the shard's rows its workers left undone: as interrupted (a stop, the
         deadline), or failed ``why`` (its last worker died)."""
         files = shard.files
-        recover_part(self.store, files)  # what a killed worker left pending is done
+        with self.writing:
+            recover_part(self.store, files)  # what a killed worker left pending is done
         done = {record.line for _, record in read_records(files.manifest)}
         now = now_iso()
         outcomes: list[Outcome] = []
@@ -386,8 +410,8 @@ class _Coordinator:
     # -- after the workers --------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop the workers still running (an error ended the run), merge every part,
-        save the union of the workers' cookie jars, and remove the run's folder."""
+        """Stop the workers still running (an error ended the run), merge the parts not
+        merged yet, save the union of the workers' cookie jars, and remove the run's folder."""
         await self.engine.close()
         if not self.folder.exists():
             return
@@ -397,10 +421,14 @@ class _Coordinator:
             for path in jars:
                 load_cookies(jar, path)
             save_cookies(jar, self.config.cookie_jar)
-        for manifest in sorted(self.folder.glob("part-*.jsonl")):
-            k = int(manifest.stem.removeprefix("part-"))
-            merge_part(self.store, PartFiles(self.folder, k), on_record=self._count)
+        with self.writing:  # after a merge an error cut short, in its thread
+            for manifest in sorted(self.folder.glob("part-*.jsonl")):
+                self._merge(PartFiles(self.folder, int(manifest.stem.removeprefix("part-"))))
         shutil.rmtree(self.folder)
+        crawled = self.config.crawl is not None
+        if crawled and self.finished and not self.summary.errors.get(ErrorKind.INTERRUPTED):
+            # A crawl that ran to its end: --resume has nothing to go on with
+            shutil.rmtree(self.store.state / FRONTIERS_DIR, ignore_errors=True)
 
     def _count(self, record: ManifestRecord) -> None:
         _count(self.summary, record)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,8 @@ _PASSED = (
     "verbosity",
     "backoff",
 )
+_ORIGINS = 65_536  # origins whose home shard a ShardWriter remembers
+_ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")  # a URL's scheme://authority
 
 
 def _crc(text: str) -> int:
@@ -98,15 +101,26 @@ class Sharding:
 
     def shard_of(self, url: str) -> int:
         """The shard of a row's URL (a URL that does not parse: by its text)."""
+        home = self.home_of(url)
+        return _crc(url) % self.count if home is None else self.place(url, home)
+
+    def home_of(self, url: str) -> int | None:
+        """What the shard of every URL of ``url``'s origin starts from (None when it
+        does not parse): with ``domain``, the shard itself."""
         try:
             parsed = URL(url)
             host = parsed.host or ""
         except ValueError:
-            return _crc(url) % self.count
+            return None
         if self.by == "domain":
             return _crc(registrable_domain(host)) % self.count
-        first = _crc(f"{host}:{parsed.port}")
-        return (first + _crc(url) % self.spread) % self.count
+        return _crc(f"{host}:{parsed.port}")
+
+    def place(self, url: str, home: int) -> int:
+        """The shard of ``url``, whose origin's ``home_of`` is ``home``."""
+        if self.by == "domain":
+            return home
+        return (home + _crc(url) % self.spread) % self.count
 
 
 def request_json(request: Request) -> dict[str, Any]:
@@ -164,9 +178,25 @@ class ShardWriter:
         self.folder, self.sharding = folder, sharding
         self.counts = [0] * sharding.count
         self._files: dict[int, IO[bytes]] = {}
+        self._homes: dict[str, int] = {}  # origin -> Sharding.home_of: parsed once
+
+    def _shard_of(self, url: str) -> int:
+        """``Sharding.shard_of``, with the URL parsed once an origin (most jobs have few
+        origins: parsing each URL was most of the cost of cutting)."""
+        origin = _origin(url)
+        home = self._homes.get(origin) if origin else None
+        if home is None:
+            home = self.sharding.home_of(origin or url)
+            if home is None:
+                return self.sharding.shard_of(url)
+            if origin:
+                if len(self._homes) >= _ORIGINS:
+                    self._homes.clear()
+                self._homes[origin] = home
+        return self.sharding.place(url, home)
 
     def add(self, request: Request) -> None:
-        k = self.sharding.shard_of(request.url)
+        k = self._shard_of(request.url)
         handle = self._files.get(k)
         if handle is None:
             path = PartFiles(self.folder, k).rows
@@ -179,6 +209,12 @@ class ShardWriter:
         for handle in self._files.values():
             handle.close()
         self._files.clear()
+
+
+def _origin(url: str) -> str:
+    """``scheme://authority`` of ``url`` ("" when it has none)."""
+    match = _ORIGIN.match(url)
+    return match[0] if match else ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

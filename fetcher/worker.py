@@ -40,7 +40,7 @@ from fetcher.runner import run_rows
 from fetcher.shards import Shard, ShardResult, read_rows
 from fetcher.spec import JobSpec
 from fetcher.store import INDEX, STATE_DIR, read_records
-from fetcher.store.merge import hold_worker_lease, open_lookup
+from fetcher.store.merge import FRONTIERS_DIR, hold_worker_lease, open_lookup
 from fetcher.store.part import PartStore
 
 __all__ = ["main", "run_shard"]
@@ -122,7 +122,7 @@ async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
             files.manifest,
             files.index,
             lookup=lookup,
-            state=state / "frontiers" / f"{shard.count}-{shard.k}" if crawl else None,
+            state=state / FRONTIERS_DIR / f"{shard.count}-{shard.k}" if crawl else None,
             resume=shard.resume,
             durable=config.durable,
         )

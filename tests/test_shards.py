@@ -310,6 +310,7 @@ def test_a_sharded_crawl_equals_a_one_process_crawl(workdir: Path) -> None:
     assert _rows(workdir / "two", changing=changing) == _rows(workdir / "one", changing=changing)
     assert _digests(workdir / "two") == _digests(workdir / "one")
     assert not any((workdir / "two/.fetch/shards").iterdir())
+    assert not (workdir / "two/.fetch/frontiers").exists()  # a finished crawl's are gone
 
 
 def test_a_crawl_of_scope_any_with_workers_is_refused(workdir: Path) -> None:
@@ -365,12 +366,15 @@ def test_a_sharded_crawl_stopped_by_sigint_resumes_to_the_same_pages(workdir: Pa
             fetch.kill()
             fetch.communicate()
         assert fetch.returncode == 130, err
+        frontiers = workdir / "two/.fetch/frontiers"
+        assert {p.name for p in frontiers.iterdir()} == {"2-0", "2-1"}  # --resume needs them
         first = len(server.requests)
         resumed = run_fetch("run", job, "-o", "two", "--workers", "2", "--resume", *fast)
         got = sorted(str(r.url) for r in server.requests if r.path != "/robots.txt")
     assert one.exit_code == resumed.exit_code == 0, resumed.stderr
     assert first < len(server.requests)  # the resumed run had pages left to fetch
     assert got == want  # every page of the crawl, each once
+    assert not frontiers.exists()  # the resumed run finished the crawl
 
 
 async def test_the_worker_is_a_function_of_its_shard(aiohttp_server: Any, tmp_path: Path) -> None:

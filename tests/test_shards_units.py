@@ -45,6 +45,31 @@ def test_a_shard_file_gives_back_each_request_whole(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600  # it holds what a template rendered
 
 
+@pytest.mark.parametrize("sharding", [Sharding("domain", 5), Sharding("url", 5, 3)])
+def test_the_writer_puts_each_row_in_the_shard_of_its_url(
+    tmp_path: Path, sharding: Sharding
+) -> None:
+    urls = [
+        *(f"http://{h}.example.org/x/{n}" for h in "abcd" for n in range(10)),
+        *(f"https://Example.CO.uk:8443/{n}?q#f" for n in range(10)),
+        *(f"http://u:p@{h}.example.com?x={n}" for h in "ab" for n in range(5)),
+        "http://[::1",
+        "http://[::1]:81/v6",
+        "not a url",
+    ]
+    writer = ShardWriter(tmp_path, sharding)
+    for line, url in enumerate(urls, 2):
+        writer.add(Request(line=line, method="GET", url=url))
+    writer.close()
+    placed = {
+        request.url: k
+        for k in range(sharding.count)
+        if PartFiles(tmp_path, k).rows.exists()
+        for request in read_rows(PartFiles(tmp_path, k).rows)
+    }
+    assert placed == {url: sharding.shard_of(url) for url in urls}
+
+
 def test_a_url_that_does_not_parse_still_has_a_shard() -> None:
     assert Sharding("domain", 3).shard_of("http://[::1") in range(3)
 

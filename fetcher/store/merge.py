@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from fetcher.store.disk import DiskStore
 
 __all__ = [
+    "FRONTIERS_DIR",
     "SHARDS_DIR",
     "PartFiles",
     "hold_worker_lease",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 SHARDS_DIR = "shards"  # in STATE_DIR: one folder per sharded run
+FRONTIERS_DIR = "frontiers"  # in STATE_DIR: a sharded crawl's, <count>-<k>/ a shard's
 WORKERS_LEASE = "workers"  # in STATE_DIR: each worker holds a shared flock on it
 WAIT_FOR_WORKERS = 60.0  # seconds a new run waits for a killed run's workers to end
 _BATCH = 2_000  # part lines appended (and indexed) at once
@@ -96,8 +98,9 @@ class PartFiles:
         return self.folder / f"jar-{self.k}.txt"
 
     def remove(self) -> None:
-        """Delete the part's files."""
-        for path in (self.manifest, self.index, self.rows, self.jar):
+        """Delete the part's files but its cookie jar (merged with the others' when the
+        run ends, and deleted with the run's folder)."""
+        for path in (self.manifest, self.index, self.rows):
             path.unlink(missing_ok=True)
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{self.index}{suffix}").unlink(missing_ok=True)
