@@ -25,7 +25,6 @@ __all__ = [
     "LinkSieve",
     "extract_links",
     "is_html",
-    "origin_context",
     "page_links",
     "parse_sitemap",
 ]
@@ -129,17 +128,31 @@ def extract_links(
 
 # --------------------------------------------------------------------------- new links
 
-# A link whose resolution depends on its page's scheme and host only, not on the page's
-# path or query: an absolute path (not ``//``), or an http(s) URL with a host or a path.
-# urlsplit drops tabs and newlines anywhere, which can turn ``/<tab>/`` into ``//``: a
-# link holding one is resolved against its page.
+# What ``urljoin(root, link)`` depends on besides ``link`` (RFC 3986 5.2.2):
+# - an absolute path (not ``//``), or an http(s) URL with a host or a path: the page's
+#   scheme and host only (``_ORIGIN_ONLY``);
+# - a relative path (no scheme, not empty, not a bare ``?query`` or ``#fragment``): the
+#   page's scheme, host and directory, its path up to the last ``/`` (``_DIRECTORY_ONLY``);
+#   so on a site whose pages link to their siblings, a link met on one page of a folder is
+#   known on all of them;
+# - anything else: the page's URL.
+# urlsplit drops tabs and newlines anywhere, which can turn ``/<tab>/`` into ``//`` or
+# ``<tab>?q`` into ``?q``, and C0 controls and spaces in front: a link holding one is
+# resolved against its page. A colon before the first ``/``, ``?`` or ``#`` may end a scheme.
 _ORIGIN_ONLY = re.compile(r"(?:/(?!/)|(?i:https?)://[^?#\t\n\r])[^\t\n\r]*")
+_DIRECTORY_ONLY = re.compile(r"[^/?#:\x00-\x20][^/?#:\t\n\r]*(?:[/?#][^\t\n\r]*)?")
 
 
-def origin_context(link: str, root: str, origin: str) -> str:
-    """What ``urljoin(root, link)`` depends on besides ``link``: ``origin`` (the root's
-    ``scheme://netloc``) for an absolute link or path, else ``root`` itself."""
-    return origin if _ORIGIN_ONLY.fullmatch(link) else root
+def _contexts(root: str) -> tuple[str, str] | None:
+    """The contexts of the links of a page whose URL (or base) is ``root``: its
+    ``scheme://netloc`` and that with its directory (urljoin splits parameters, ``;...``,
+    off the last segment only), or None for a root that is no URL."""
+    try:
+        parts = urlsplit(root)
+    except ValueError:
+        return None
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return origin, origin + parts.path[: parts.path.rfind("/") + 1]
 
 
 class LinkSieve:
@@ -150,7 +163,7 @@ class LinkSieve:
     the scope and the include/exclude patterns once (urljoin, normalize_url and in_scope
     take some 20 us a link); then it is remembered, kept or not, and skipped in well under
     a microsecond when it comes again. A link is remembered by ``(seed, context, link)``,
-    the context being what resolving it depends on (``origin_context``), and a kept URL
+    the context being what resolving it depends on (``_ORIGIN_ONLY``), and a kept URL
     by itself, so two links to one URL give it once.
 
     The memory is bounded: two generations of at most ``size`` keys each (a key met in
@@ -186,15 +199,19 @@ class LinkSieve:
         """The normalised URLs among ``links`` (resolved against ``root``, the page's URL
         or base) in the scope of the ``seed`` URL that pass the patterns and were not
         returned before (as far as the sieve remembers)."""
-        try:
-            parts = urlsplit(root)
-        except ValueError:
+        contexts = _contexts(root)
+        if contexts is None:
             return []
-        origin = f"{parts.scheme}://{parts.netloc}"
-        settings, newer, origin_only = self.settings, self._new, _ORIGIN_ONLY.fullmatch
+        origin, directory = contexts
+        settings, newer = self.settings, self._new
+        origin_only, directory_only = _ORIGIN_ONLY.fullmatch, _DIRECTORY_ONLY.fullmatch
         found = []
         for link in links:
-            key = (seed, origin if origin_only(link) else root, link)  # see origin_context
+            if origin_only(link):
+                context = origin
+            else:
+                context = directory if directory_only(link) else root
+            key = (seed, context, link)  # see _ORIGIN_ONLY
             if key in newer or self._known(key):
                 continue
             try:

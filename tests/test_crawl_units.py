@@ -149,12 +149,18 @@ def test_the_first_base_with_an_href_counts() -> None:
 
 
 # Pages of one site whose links resolve alike only when the sieve says so: the same link
-# on pages of other paths, queries, schemes and hosts.
+# on pages of other paths, queries, schemes and hosts, and pages of one directory (the
+# sieve knows their relative links as one), parameters (``;``) in their paths included.
 _ROOTS = st.sampled_from(
     [
         "http://s.example/",
+        "http://s.example",
         "http://s.example/a/b.html?q=1",
+        "http://s.example/a/c.html",
         "http://s.example/a/",
+        "http://s.example/a/;x",
+        "http://s.example/a;p/b;q",
+        "http://s.example/a;p/c",
         "http://s.example:8080/a/",
         "https://s.example/c/d",
         "http://other.example/e/",
@@ -163,7 +169,8 @@ _ROOTS = st.sampled_from(
 _LINKS = st.lists(
     st.sampled_from(
         ["/", "//", "http://", "HTTPS://", "http:", "s.example", "other.example", ":8080",
-         "a", "..", ".", "?", "q=1", "#", ";", ":", "\t", "%41", "x.html", "[", "utm_x=1", "&"]
+         "a", "..", ".", "?", "q=1", "#", ";", ":", "\t", "%41", "x.html", "[", "utm_x=1", "&",
+         "\x01", " "]
     ),
     max_size=6,
 ).map("".join)  # fmt: skip
