@@ -34,8 +34,8 @@ from fetcher import hosts
 from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
-from fetcher.links import MAX_PARSE_BYTES, LinkSieve, is_html, page_links, parse_sitemap
 from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
+from fetcher.links import LinkSieve, page_links, parse_sitemap, read_html
 from fetcher.models import (
     ErrorKind,
     Outcome,
@@ -277,12 +277,10 @@ class CrawlSource:
             return []
         assert outcome.path is not None
         try:
-            with (self.root / outcome.path).open("rb") as handle:
-                data = handle.read(1024)
-                if not is_html(outcome.content_type, data):
-                    return []
-                data += handle.read(MAX_PARSE_BYTES - len(data))
+            data = read_html(self.root / outcome.path, outcome.content_type, outcome.size)
         except OSError:
+            return []
+        if data is None:
             return []
         links, base = page_links(
             data, follow=self.settings.follow_set, nofollow=self.settings.nofollow

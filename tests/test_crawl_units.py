@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from fetcher.crawl import CrawlSettings, in_scope, normalize_url, registrable_domain
 from fetcher.frontier import DONE, PENDING, Entry, Frontier
-from fetcher.links import LinkSieve, extract_links, is_html, page_links, parse_sitemap
+from fetcher.links import (
+    LinkSieve,
+    extract_links,
+    is_html,
+    page_links,
+    parse_sitemap,
+    read_html,
+)
 from fetcher.robots import RobotsCache
 
 
@@ -88,6 +95,24 @@ def test_is_html() -> None:
     assert is_html(None, b"  <!DOCTYPE html><html>")
     assert is_html("application/octet-stream", b"<html><body>")
     assert not is_html(None, b"%PDF-1.4")
+
+
+def test_read_html_reads_a_stored_page_when_it_is_html(tmp_path: Path) -> None:
+    page = tmp_path / "p"
+    body = b"<!doctype html>" + b"x" * 3000
+    page.write_bytes(body)
+    assert read_html(page, "text/html", len(body)) == body
+    assert read_html(page, "text/html", None) == body  # no size: to the end
+    assert read_html(page, "text/html", 100) == body[:100]  # the size the store recorded
+    assert read_html(page, None, len(body)) == body  # sniffed
+    assert read_html(page, "text/plain", None) == body
+    assert read_html(page, "application/pdf", len(body)) is None
+    page.write_bytes(b"%PDF-1.4" + b"x" * 3000)
+    assert read_html(page, None, None) is None
+    assert read_html(page, "text/html", None) is not None  # the type is believed
+    with pytest.raises(FileNotFoundError):
+        read_html(tmp_path / "gone", "text/html", 10)
+    assert read_html(tmp_path / "gone", "image/png", 10) is None  # not even opened
 
 
 PAGE = b"""<!doctype html><html><head>
