@@ -15,6 +15,7 @@ from fetcher.crawl import CrawlSettings, in_scope, normalize_url, registrable_do
 from fetcher.frontier import DONE, PENDING, Entry, Frontier
 from fetcher.links import (
     LinkSieve,
+    _links_of,
     extract_links,
     is_html,
     page_links,
@@ -165,6 +166,30 @@ def test_meta_robots_nofollow_drops_every_link(tmp_path: Path) -> None:
 def test_extract_links_never_raises_on_garbage(data: bytes) -> None:
     for link in extract_links(data, "http://s.example/a/"):
         assert isinstance(link, str)
+
+
+_SOUP = st.lists(
+    st.sampled_from(
+        ['<a href="a1">', '<A HREF=a2 rel=nofollow>', "</a>", '<link href="l1">', "<head>",
+         "<body>", '<area href="r1">', '<iframe src="i1">', "</iframe>", "<!--", "-->",
+         "<script>", "</script>", "<template>", "</template>", "<svg>", "</svg>",
+         '<base href="/b/">', '<meta name=robots content=nofollow>', "<noscript>",
+         "<title>", "</title>", '<img src="m1">', "text", "<p>", "<table>", "<a href=' a3 '>"]
+    ),
+    max_size=12,
+).map("".join)  # fmt: skip
+
+
+@given(page=_SOUP, follow=st.sets(st.sampled_from(["a", "link", "area", "iframe", "img"])))
+@settings(max_examples=300, deadline=None)
+def test_links_found_by_name_are_those_of_the_walk_in_document_order(
+    page: str, follow: set[str]
+) -> None:
+    data = page.encode()
+    for nofollow in (True, False):
+        assert _links_of(data, frozenset(follow), nofollow) == _links_of(
+            data, frozenset(follow), nofollow, walk=True
+        )
 
 
 def test_the_first_base_with_an_href_counts() -> None:
