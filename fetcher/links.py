@@ -131,7 +131,7 @@ def _links_of(
             rel = attrs.get("rel")
             if rel and "nofollow" in rel.lower().split():
                 continue
-        link = attrs.get(LINK_ATTRS[node.tag])
+        link = attrs.get(LINK_ATTRS[node.tag or ""])  # a tag of ``kinds``
         if link:
             links.append(link.strip())
     return links, base, meta_nofollow
