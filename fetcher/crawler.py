@@ -4,10 +4,10 @@ The runner's producer iterates a source and the recorder reports each outcome ba
 it. The runner's ``_Rows`` streams the rows; ``CrawlSource`` puts the rows in the durable
 frontier as seeds, hands out its pending URLs shallowest first, and once a page is
 recorded adds the links it holds (within depth, scope, include/exclude and robots.txt):
-the producer parses the pages recorded so far, in one batch, between the requests it
-hands out. (A worker thread took 250 us a page off the event loop's 800 on W5, but the
-crawl was no faster: the walk of the tree and the sieve need the GIL.) Either source
-yields a ``Request`` to fetch or outcomes that need no request.
+the producer reads the pages recorded so far back in one worker thread, in one batch,
+between the requests it hands out (lexbor parses without the GIL), and sieves their
+links on the event loop. Either source yields a ``Request`` to fetch or outcomes that
+need no request.
 
 A stop (a signal or the deadline) leaves the pages not yet fetched in the frontier and
 records them as ``interrupted``, as a batch records the rows it leaves: the run does not
@@ -34,8 +34,8 @@ from fetcher import hosts
 from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
-from fetcher.links import MAX_PARSE_BYTES, LinkSieve, is_html, page_links, parse_sitemap
 from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
+from fetcher.links import LinkSieve, page_links, parse_sitemap, read_html
 from fetcher.models import (
     ErrorKind,
     Outcome,
@@ -109,7 +109,7 @@ class CrawlSource:
             await self._read_sitemaps()
         cap = self.settings.max_pages
         while not self.stopped():
-            self._read_links()
+            await self._read_links()
             room = _TAKE if cap is None else min(_TAKE, cap - self.dispatched)
             if room <= 0:
                 await self._land()
@@ -150,7 +150,7 @@ class CrawlSource:
         if not self._unread:
             self._changed.clear()
             await self._changed.wait()
-        self._read_links()
+        await self._read_links()
 
     async def _land(self) -> None:
         """Wait for every page in flight to be recorded, and read their links."""
@@ -256,12 +256,19 @@ class CrawlSource:
             self.frontier.finish(done)
         self._changed.set()
 
-    def _read_links(self) -> None:
+    async def _read_links(self) -> None:
         """Add the links of the pages recorded since the last call to the frontier, and
-        mark those pages done, in one transaction."""
+        mark those pages done, in one transaction. The pages are read and parsed in one
+        worker thread (lexbor lets go of the GIL while it parses: some 60 us of a page's
+        work runs beside the event loop); their links are sieved here."""
         if self._unread:
             pages, self._unread = self._unread, []
-            found = [entry for page in pages for entry in self._links(page)]
+            parsed = await asyncio.to_thread(lambda: [self._parse(page) for page in pages])
+            found = [
+                entry
+                for page, (links, base) in zip(pages, parsed, strict=True)
+                for entry in self._entries(page, links, base)
+            ]
             self.frontier.finish([page.request.url for page in pages], found)
             for page in pages:
                 del self._flying[page.request.url]
@@ -271,29 +278,35 @@ class CrawlSource:
         return outcome.ok and outcome.path is not None and depth < self.settings.depth
 
     def _links(self, outcome: Outcome) -> list[Entry]:
-        request = outcome.request
-        depth = request.depth or 0
+        return self._entries(outcome, *self._parse(outcome))
+
+    def _parse(self, outcome: Outcome) -> tuple[list[str], str | None]:
+        """The links of a recorded page as written and its ``<base href>`` (none for a
+        page that is not HTML, cannot be read, or whose links are not followed)."""
         if not self._may_link(outcome):
-            return []
+            return [], None
         assert outcome.path is not None
         try:
-            with (self.root / outcome.path).open("rb") as handle:
-                data = handle.read(1024)
-                if not is_html(outcome.content_type, data):
-                    return []
-                data += handle.read(MAX_PARSE_BYTES - len(data))
+            data = read_html(self.root / outcome.path, outcome.content_type, outcome.size)
         except OSError:
+            return [], None
+        if data is None:
+            return [], None
+        return page_links(data, follow=self.settings.follow_set, nofollow=self.settings.nofollow)
+
+    def _entries(self, outcome: Outcome, links: list[str], base: str | None) -> list[Entry]:
+        """The frontier's new entries among a page's links."""
+        if not links:
             return []
-        links, base = page_links(
-            data, follow=self.settings.follow_set, nofollow=self.settings.nofollow
-        )
+        request = outcome.request
         root = outcome.final_url or request.url
         if base:
             with contextlib.suppress(ValueError):  # a base that is no URL is ignored
                 root = urljoin(root, base)
         seed_url = self._seed_urls.get(request.line, request.url)
+        depth = (request.depth or 0) + 1
         return [
-            Entry(url, depth + 1, request.url, request.line)
+            Entry(url, depth, request.url, request.line)
             for url in self._sieve.new_urls(links, root, seed_url)
         ]
 

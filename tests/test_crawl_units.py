@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from fetcher.crawl import CrawlSettings, in_scope, normalize_url, registrable_domain
 from fetcher.frontier import DONE, PENDING, Entry, Frontier
-from fetcher.links import LinkSieve, extract_links, is_html, page_links, parse_sitemap
+from fetcher.links import (
+    LinkSieve,
+    _links_of,
+    extract_links,
+    is_html,
+    page_links,
+    parse_sitemap,
+    read_html,
+)
 from fetcher.robots import RobotsCache
 
 
@@ -90,6 +98,24 @@ def test_is_html() -> None:
     assert not is_html(None, b"%PDF-1.4")
 
 
+def test_read_html_reads_a_stored_page_when_it_is_html(tmp_path: Path) -> None:
+    page = tmp_path / "p"
+    body = b"<!doctype html>" + b"x" * 3000
+    page.write_bytes(body)
+    assert read_html(page, "text/html", len(body)) == body
+    assert read_html(page, "text/html", None) == body  # no size: to the end
+    assert read_html(page, "text/html", 100) == body[:100]  # the size the store recorded
+    assert read_html(page, None, len(body)) == body  # sniffed
+    assert read_html(page, "text/plain", None) == body
+    assert read_html(page, "application/pdf", len(body)) is None
+    page.write_bytes(b"%PDF-1.4" + b"x" * 3000)
+    assert read_html(page, None, None) is None
+    assert read_html(page, "text/html", None) is not None  # the type is believed
+    with pytest.raises(FileNotFoundError):
+        read_html(tmp_path / "gone", "text/html", 10)
+    assert read_html(tmp_path / "gone", "image/png", 10) is None  # not even opened
+
+
 PAGE = b"""<!doctype html><html><head>
 <base href="/docs/">
 <link rel="stylesheet" href="style.css">
@@ -142,6 +168,30 @@ def test_extract_links_never_raises_on_garbage(data: bytes) -> None:
         assert isinstance(link, str)
 
 
+_SOUP = st.lists(
+    st.sampled_from(
+        ['<a href="a1">', '<A HREF=a2 rel=nofollow>', "</a>", '<link href="l1">', "<head>",
+         "<body>", '<area href="r1">', '<iframe src="i1">', "</iframe>", "<!--", "-->",
+         "<script>", "</script>", "<template>", "</template>", "<svg>", "</svg>",
+         '<base href="/b/">', '<meta name=robots content=nofollow>', "<noscript>",
+         "<title>", "</title>", '<img src="m1">', "text", "<p>", "<table>", "<a href=' a3 '>"]
+    ),
+    max_size=12,
+).map("".join)  # fmt: skip
+
+
+@given(page=_SOUP, follow=st.sets(st.sampled_from(["a", "link", "area", "iframe", "img"])))
+@settings(max_examples=300, deadline=None)
+def test_links_found_by_name_are_those_of_the_walk_in_document_order(
+    page: str, follow: set[str]
+) -> None:
+    data = page.encode()
+    for nofollow in (True, False):
+        assert _links_of(data, frozenset(follow), nofollow) == _links_of(
+            data, frozenset(follow), nofollow, walk=True
+        )
+
+
 def test_the_first_base_with_an_href_counts() -> None:
     page = b'<base target=_top><base href=" /a/ "><base href="/b/"><a href="x">x</a>'
     assert page_links(page) == (["x"], "/a/")
@@ -149,12 +199,18 @@ def test_the_first_base_with_an_href_counts() -> None:
 
 
 # Pages of one site whose links resolve alike only when the sieve says so: the same link
-# on pages of other paths, queries, schemes and hosts.
+# on pages of other paths, queries, schemes and hosts, and pages of one directory (the
+# sieve knows their relative links as one), parameters (``;``) in their paths included.
 _ROOTS = st.sampled_from(
     [
         "http://s.example/",
+        "http://s.example",
         "http://s.example/a/b.html?q=1",
+        "http://s.example/a/c.html",
         "http://s.example/a/",
+        "http://s.example/a/;x",
+        "http://s.example/a;p/b;q",
+        "http://s.example/a;p/c",
         "http://s.example:8080/a/",
         "https://s.example/c/d",
         "http://other.example/e/",
@@ -163,7 +219,8 @@ _ROOTS = st.sampled_from(
 _LINKS = st.lists(
     st.sampled_from(
         ["/", "//", "http://", "HTTPS://", "http:", "s.example", "other.example", ":8080",
-         "a", "..", ".", "?", "q=1", "#", ";", ":", "\t", "%41", "x.html", "[", "utm_x=1", "&"]
+         "a", "..", ".", "?", "q=1", "#", ";", ":", "\t", "%41", "x.html", "[", "utm_x=1", "&",
+         "\x01", " "]
     ),
     max_size=6,
 ).map("".join)  # fmt: skip
