@@ -174,8 +174,8 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
         for key in ("WARC-Target-URI", "WARC-Date", "WARC-IP-Address", "WARC-Warcinfo-ID"):
             assert request["warc"][key] == response["warc"][key]
         assert response["warc"]["WARC-IP-Address"] == "127.0.0.1"
-        assert response["warc"]["WARC-Payload-Digest"].startswith("sha1:")
-        assert response["warc"]["WARC-Block-Digest"].startswith("sha1:")
+        assert response["warc"]["WARC-Payload-Digest"].startswith("sha256:")
+        assert response["warc"]["WARC-Block-Digest"].startswith("sha256:")
     responses = {
         (r["warc"]["WARC-Target-URI"].removeprefix(served.url), request["http"].protocol): r
         for request, r in zip(pairs[::2], pairs[1::2], strict=True)
