@@ -202,6 +202,9 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
         method = "POST" if path == "/post" else "GET"
         body = (out / stored[(path, method)]["path"]).read_bytes()
         assert responses[(path, method)]["payload"] == body, path
+        if path != "/gzip":  # stored as sent: the payload digest is the manifest's sha256
+            digest = responses[(path, method)]["warc"]["WARC-Payload-Digest"]
+            assert digest == f"sha256:{stored[(path, method)]['sha256']}", path
     assert responses[("/big/noise", "GET")]["payload"] == NOISE
     # Content-Encoding kept: the record holds the gzip as sent
     gz = responses[("/gzip", "GET")]["http"]
