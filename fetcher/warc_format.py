@@ -32,7 +32,6 @@ __all__ = [
     "copy_spooled",
     "crc32_combine",
     "digest",
-    "frame",
     "member",
     "record_head",
     "repair",
@@ -70,15 +69,10 @@ def member(data: bytes, *, deflate: bool) -> bytes:
     return _GZIP_HEADER + _stored(data, final=True) + _trailer(zlib.crc32(data), size)
 
 
-def frame(data: bytes) -> bytes:
-    """``data`` as the stored blocks of a member's middle (a spooled body, framed as it
-    is spooled, so that its record is its spool file copied by the kernel)."""
-    return _stored(data, final=False)
-
-
 def write_framed(file: IO[bytes], chunks: Iterable[bytes]) -> None:
-    """Append ``chunks`` as a member's middle (``frame``) to an unbuffered ``file``: the
-    block headers and the chunks' own bytes in writev calls, nothing copied."""
+    """Append ``chunks`` to an unbuffered ``file`` as the stored blocks of a member's
+    middle (a spooled body, framed as it is spooled, so that its record is its spool file
+    copied by the kernel): the block headers and the chunks' own bytes in writev calls."""
     pieces: list[bytes | memoryview] = []
     for chunk in chunks:
         view = memoryview(chunk)
@@ -106,7 +100,7 @@ def write_all(file: IO[bytes], pieces: list[bytes | memoryview] | list[bytes]) -
 def spooled_member(
     prefix: bytes, body_crc: int, body_size: int, tail: bytes
 ) -> tuple[bytes, bytes]:
-    """The start and the end of a member whose middle is a framed body (``frame``):
+    """The start and the end of a member whose middle is a framed body (``write_framed``):
     ``prefix`` before it, ``tail`` after it, the CRC of the three joined."""
     crc = crc32_combine(zlib.crc32(prefix), body_crc, body_size)
     crc = zlib.crc32(tail, crc)

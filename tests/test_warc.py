@@ -23,7 +23,7 @@ from aiohttp import web
 from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import warc
-from fetcher.warc_format import crc32_combine
+from fetcher.warc_format import crc32_combine, write_framed
 from tests.support import Served, manifest, run_fetch, serve_in_thread, write_job
 
 FETCH = Path(sys.executable).with_name("fetch")
@@ -324,3 +324,14 @@ def test_crc32_combine_is_the_crc_of_the_pieces_joined(sizes: tuple[int, int]) -
     first, second = os.urandom(sizes[0]), os.urandom(sizes[1])
     combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
     assert combined == zlib.crc32(first + second)
+
+
+def test_framed_chunks_inflate_to_the_chunks_joined(tmp_path: Path) -> None:
+    # more stored blocks than one writev takes (1,024 pieces), chunks larger than a block
+    chunks = [os.urandom(n) for n in (0, 1, 65_535, 65_536, 200_000)] * 120
+    with open(tmp_path / "framed", "wb", buffering=0) as file:
+        write_framed(file, chunks)
+        file.write(b"\x01\x00\x00\xff\xff")  # the final, empty, stored block
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert inflate.decompress((tmp_path / "framed").read_bytes()) == b"".join(chunks)
+    assert inflate.eof
