@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import os
 import signal
 import subprocess
@@ -66,6 +67,8 @@ def _app(gate: threading.Event | None = None) -> web.Application:
         kind = request.match_info["kind"]
         if kind == "disguised":  # called text, does not compress
             return web.Response(body=NOISE, content_type="text/plain")
+        if kind == "gone":  # an error page no one stores: spooled as the engine drains it
+            return web.Response(status=404, body=NOISE)
         return web.Response(body=TEXT if kind == "text" else NOISE)
 
     async def flaky(request: web.Request) -> web.Response:
@@ -230,6 +233,18 @@ def test_a_body_the_engine_gave_up_on_is_not_archived(tmp_path: Path, served: Se
     assert result.exit_code == 1, result.output
     targets = [r["warc"]["WARC-Target-URI"] for r in _records(_check(out))[1:]]
     assert targets == [f"{served.url}/plain"] * 2
+
+
+def test_a_large_error_page_is_archived_with_its_own_digest(tmp_path: Path, served: Served) -> None:
+    """A 404's body is not stored: the capture hashes it itself, as it spools it."""
+    job = write_job(tmp_path, f"url\n{served.url}/big/gone\n")
+    out = tmp_path / "out"
+    result = run_fetch("run", job, "-o", out, "--warc", "--retries", "0")
+    assert result.exit_code == 1, result.output
+    (response,) = [r for r in _records(_check(out)) if r["type"] == "response"]
+    assert (response["status"], response["payload"]) == ("404", NOISE)
+    digest = hashlib.sha256(NOISE).hexdigest()
+    assert response["warc"]["WARC-Payload-Digest"] == f"sha256:{digest}"
 
 
 def test_the_sidecar_turns_it_on_and_files_rotate(
