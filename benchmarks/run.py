@@ -142,6 +142,12 @@ class Harness:
     measures: list[Measure] = field(default_factory=list)
     runs: int = 0
 
+    def run_cmd(self, tool: str) -> list[str]:
+        """How ``tool`` starts ``fetch run``: a variant may hold ``run`` and options of its
+        own (``--also "warc=python -P -m fetcher run --warc"``)."""
+        cmd = self.variants.get(tool, self.fetch_cmd)
+        return cmd if "run" in cmd else [*cmd, "run"]
+
     def fresh(self, name: str, on_disk: bool) -> Path:
         self.runs += 1
         root = self.disk if on_disk and self.disk else self.work
@@ -227,8 +233,7 @@ class Harness:
         if workload.crawl:
             extra = ["--per-host-rate", "1000000"]  # a crawl's default is 1/s a host
         return [
-            *self.variants.get(tool, self.fetch_cmd),
-            "run",
+            *self.run_cmd(tool),
             str(job.job),
             "-o",
             str(out),
@@ -324,7 +329,7 @@ def _skip_run(
     where = h.fresh(f"W3-{tool}-{variant}", on_disk=False)
     if variant == "skip-cold":
         shutil.rmtree(out / ".fetch", ignore_errors=True)
-    cmd = [*h.variants.get(tool, h.fetch_cmd), "run", str(job), "-o", str(out)]
+    cmd = [*h.run_cmd(tool), str(job), "-o", str(out)]
     cmd += ["--skip-existing", "--no-progress", "-q", "--json"]
     child = h.child(cmd, where, workload.timeout, f"W3 {tool} {variant}")
     summary = _json_summary(where / "stdout")
@@ -353,7 +358,7 @@ def _json_summary(stdout: Path) -> dict[str, Any] | None:
 
 def _dry_run(h: Harness, workload: Workload, tool: str, job: Path, out: Path) -> None:
     where = h.fresh(f"W3-{tool}-dry-run", on_disk=False)
-    cmd = [*h.variants.get(tool, h.fetch_cmd), "run", str(job), "-o", str(out), "--dry-run"]
+    cmd = [*h.run_cmd(tool), str(job), "-o", str(out), "--dry-run"]
     child = h.child([*cmd, "-q"], where, workload.timeout, f"W3 {tool} dry-run")
     printed = 0
     with open(where / "stdout", "rb") as handle:
@@ -431,7 +436,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=CMD",
-        help="another way to start fetch, run in turn with the others",
+        help="another way to start fetch, run in turn with the others (a CMD that holds "
+        "`run` puts its options after it: `python -P -m fetcher run --warc`)",
     )
     parser.add_argument("--no-peers", action="store_true", help="no curl, wget2, wget rows")
     parser.add_argument("--bare-uvloop", action="store_true", help="run the bare loop on uvloop")

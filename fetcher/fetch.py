@@ -258,6 +258,8 @@ async def _store_body(resp: aiohttp.ClientResponse, at: _Try) -> _Fetched:
         final = _response(resp, at, _ms(at.started))
         try:
             stored = await body.commit(final)
+            if at.capture is not None:
+                at.capture.stored_sha256 = stored.sha256  # its WARC payload digest
         except OSError as exc:
             raise StoreError(f"cannot store a body: {exc}") from exc
     except PathConflict as exc:
@@ -299,7 +301,7 @@ def _body(resp: aiohttp.ClientResponse, capture: Capture | None = None) -> Async
         raise AttemptFailed(ErrorKind.DECODE, str(exc), retry=False, status=resp.status) from exc
     chunks = _chunks(resp.content)
     if capture is not None:
-        chunks = capture.tee(chunks)
+        chunks = capture.tee(chunks, stored=layers is None)
     return chunks if layers is None else _decoded(chunks, layers)
 
 

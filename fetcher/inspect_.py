@@ -328,7 +328,9 @@ class OutputDir:
         stats.hosts = dict(sorted(_by_key(counts["host"]).items(), key=lambda kv: -kv[1]))
         stats.depths = _by_key(counts["depth"])
         stats.latency_ms, stats.host_latency_ms = _percentiles(
-            self._view.by_latency(), stats.timed, {host: timed.get(host, 0) for host in stats.hosts}
+            self._view.by_latency() if stats.timed else (),  # no sorted scan for no rows
+            stats.timed,
+            {host: timed.get(host, 0) for host in stats.hosts},
         )
         stats.last_run = self.run_record() if self.run else self.last_run()
         return stats

@@ -73,8 +73,12 @@ def build_report(root: Path, *, run: str | None = None) -> Report:
     with OutputDir(root, run=run) as out:  # refuses an unknown run before reading URLs
         record = out.run_record()
         stats = out.stats()
-        slowest = tuple(out.slowest(SLOWEST))
-        failed = tuple(itertools.islice(out.entries(failed=True), FAILED))
+        # each a scan of the URLs: none when the counts say it would find nothing (a
+        # run that skipped every row: 1M rows, 0.5 s of CPU)
+        slowest = tuple(out.slowest(SLOWEST)) if stats.timed else ()
+        failed: tuple[Entry, ...] = ()
+        if stats.outcomes.get("failed"):
+            failed = tuple(itertools.islice(out.entries(failed=True), FAILED))
         later = out.runs()[-1].run != record.run
         series = record.series or _derived_series(out, record)
     return Report(

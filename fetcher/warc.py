@@ -47,11 +47,12 @@ from fetcher.warc_format import (
     Member,
     copy_spooled,
     digest,
-    frame,
     member,
     record_head,
     repair,
     spooled_member,
+    write_all,
+    write_framed,
 )
 
 __all__ = ["ROTATE_BYTES", "SPOOL_BYTES", "Capture", "WarcWriter"]
@@ -63,7 +64,7 @@ _BATCH = 64  # responses whose records are written together at most
 _INLINE = 16 * 1024  # a body up to this size has its records made on the loop
 _VARIANT = "89ab"  # the first hex digit of a UUID's variant field, by its low two bits
 _READ = 1 << 20  # a spooled body is copied into its record this much at a time
-_EMPTY_DIGEST = digest(hashlib.sha1())
+_EMPTY_DIGEST = digest(hashlib.sha256())
 _TEXT = ("text/", "application/json", "application/xml", "application/javascript", "+xml", "+json")
 
 
@@ -86,8 +87,9 @@ class Capture:
     chunks, then ``WarcWriter.submit`` it (or ``discard`` it)."""
 
     __slots__ = (
-        "_head", "_request", "block", "chunks", "crc", "date", "file", "framed", "ip",
-        "payload", "pending", "resend", "resp", "shown", "size", "spill_dir", "touched",
+        "_head", "_request", "_spilling", "block", "chunks", "crc", "date", "file", "framed",
+        "ip", "payload", "pending", "resend", "resp", "shown", "size", "spill_dir", "stored_sha256",
+        "touched",
     )  # fmt: skip
 
     def __init__(
@@ -106,10 +108,14 @@ class Capture:
         self.ip = _ip(resp)
         self._head: bytes | None = None
         self.block: hashlib._Hash | None = None  # begun when a body is spooled
-        self.payload = hashlib.sha1()
+        # None while the store hashes the same bytes (a 2xx body stored as sent): its
+        # SHA-256 is the payload digest (``stored_sha256``), one pass over a body less
+        self.payload: hashlib._Hash | None = hashlib.sha256()
+        self.stored_sha256: str | None = None
         self.chunks: list[bytes] = []
         self.pending = self.size = 0
         self.file: IO[bytes] | None = None
+        self._spilling: asyncio.Future[None] | None = None  # the piece being spooled
         self.framed = False  # spooled as stored blocks, its CRC-32 in crc: copied as is
         self.crc = 0
         self.spill_dir = spill_dir
@@ -131,16 +137,36 @@ class Capture:
         return str(shown), _request_head(self.resp, self._request, shown, len(body)), body
 
     async def feed(self, chunk: bytes) -> None:
-        """Keep a chunk of the raw body; past ``SPOOL_BYTES`` in memory, spool them."""
+        """Keep a chunk of the raw body; past ``SPOOL_BYTES`` in memory, spool them, one
+        piece in a worker thread while the next is read (as the store's sink does)."""
         self.touched = True
         self.chunks.append(chunk)
         self.pending += len(chunk)
         if self.pending >= SPOOL_BYTES:
+            await self.settle()
             chunks, self.chunks, self.pending = self.chunks, [], 0
-            await asyncio.get_running_loop().run_in_executor(None, self._spill, chunks)
+            self._spilling = asyncio.get_running_loop().run_in_executor(None, self._spill, chunks)
 
-    async def tee(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``chunks``, each fed to this capture as it passes."""
+    async def settle(self) -> None:
+        """Wait for the piece being spooled; raises what spooling it raised."""
+        spilling, self._spilling = self._spilling, None
+        if spilling is not None:
+            await spilling
+
+    @property
+    def payload_digest(self) -> str:
+        """The WARC-Payload-Digest: the body's SHA-256, the store's when it hashed it."""
+        if self.payload is None:
+            return f"sha256:{self.stored_sha256}"
+        return digest(self.payload)
+
+    async def tee(
+        self, chunks: AsyncIterator[bytes], *, stored: bool = False
+    ) -> AsyncIterator[bytes]:
+        """``chunks``, each fed to this capture as it passes; ``stored``: the store
+        hashes these same bytes (give its SHA-256 to ``stored_sha256``)."""
+        if stored:
+            self.payload = None
         async for chunk in chunks:
             await self.feed(chunk)
             yield chunk
@@ -158,26 +184,32 @@ class Capture:
                 return True
 
     def _spill(self, chunks: list[bytes]) -> None:
-        """In a thread: hash chunks and append them to the temp file."""
+        """In a thread: hash chunks and append them to the temp file, each as it is (no
+        joining, no framing copy: a copy of every byte each)."""
         if self.file is None:
-            self.file = tempfile.TemporaryFile(dir=self.spill_dir)  # noqa: SIM115 (see discard)
+            # unbuffered: the frames go to the kernel in one writev, from the chunks
+            self.file = tempfile.TemporaryFile(dir=self.spill_dir, buffering=0)  # noqa: SIM115 (see discard)
             self.framed = not _compresses(self.resp)
         if self.block is None:
-            self.block = hashlib.sha1(self.head)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.block.update(data)
-        self.payload.update(data)
+            self.block = hashlib.sha256(self.head)
+        block, payload, crc = self.block, self.payload, self.crc
+        for chunk in chunks:
+            block.update(chunk)
+            if payload is not None:
+                payload.update(chunk)
+            if self.framed:
+                crc = zlib.crc32(chunk, crc)
+            self.size += len(chunk)
+        self.crc = crc
         if self.framed:
-            self.crc = zlib.crc32(data, self.crc)
-            self.file.write(frame(data))
+            write_framed(self.file, chunks)
         else:
-            self.file.write(data)
-        self.size += len(data)
+            write_all(self.file, chunks)
 
     @property
     def inline(self) -> bool:
         """Whether the records are small enough to be made on the loop."""
-        return self.file is None and self.pending <= _INLINE
+        return self.file is None and self._spilling is None and self.pending <= _INLINE
 
     def body(self) -> bytes | IO[bytes]:
         """The whole body, in memory or as its spool file (rewound; framed when
@@ -185,9 +217,10 @@ class Capture:
         chunks, self.chunks, self.pending = self.chunks, [], 0
         if self.file is None:
             data = b"".join(chunks)
-            self.block = hashlib.sha1(self.head)
+            self.block = hashlib.sha256(self.head)
             self.block.update(data)
-            self.payload.update(data)
+            if self.payload is not None:
+                self.payload.update(data)
             self.size += len(data)
             return data
         if chunks:
@@ -197,6 +230,15 @@ class Capture:
 
     def discard(self) -> None:
         self.chunks = []
+        spilling, self._spilling = self._spilling, None
+        if spilling is not None and not spilling.done():
+            spilling.add_done_callback(self._close)  # a thread still writes the file
+        else:
+            self._close(spilling)
+
+    def _close(self, spilling: asyncio.Future[None] | None = None) -> None:
+        if spilling is not None and not spilling.cancelled():
+            spilling.exception()  # retrieved: the record is dropped either way
         if self.file is not None:
             self.file.close()
 
@@ -347,6 +389,16 @@ class WarcWriter:
         except BaseException:
             capture.discard()
             raise
+        if capture.payload is None and capture.stored_sha256 is None:
+            complete = False  # the store did not take the body: its digest is unknown
+        try:
+            await capture.settle()
+        except OSError as exc:
+            complete = False
+            self._error = self._error or exc
+        except BaseException:
+            capture.discard()
+            raise
         if not complete:
             capture.discard()
         elif capture.inline:
@@ -477,7 +529,7 @@ def _heads(
     if capture.ip:
         common.append(("WARC-IP-Address", capture.ip))
     common.append(("WARC-Warcinfo-ID", info_id))
-    request_block = hashlib.sha1(request_head)
+    request_block = hashlib.sha256(request_head)
     request_block.update(sent)
     assert capture.block is not None
     request = [
@@ -486,7 +538,7 @@ def _heads(
         *common,
         ("WARC-Concurrent-To", response_id),
         ("WARC-Block-Digest", digest(request_block)),
-        ("WARC-Payload-Digest", digest(hashlib.sha1(sent)) if sent else _EMPTY_DIGEST),
+        ("WARC-Payload-Digest", digest(hashlib.sha256(sent)) if sent else _EMPTY_DIGEST),
         ("Content-Type", "application/http; msgtype=request"),
     ]
     response = [
@@ -495,7 +547,7 @@ def _heads(
         *common,
         ("WARC-Concurrent-To", request_id),
         ("WARC-Block-Digest", digest(capture.block)),
-        ("WARC-Payload-Digest", digest(capture.payload)),
+        ("WARC-Payload-Digest", capture.payload_digest),
         ("Content-Type", "application/http; msgtype=response"),
     ]
     return (

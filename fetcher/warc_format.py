@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import string
 import struct
 import zlib
 from collections.abc import Iterable
@@ -33,28 +32,24 @@ __all__ = [
     "copy_spooled",
     "crc32_combine",
     "digest",
-    "frame",
     "member",
     "record_head",
     "repair",
     "spooled_member",
+    "write_all",
+    "write_framed",
 ]
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no time, OS unknown
 _STORED_MAX = 0xFFFF  # the most bytes one stored block holds
 _PROBE = 64 * 1024  # bytes of a record deflated before deciding whether it compresses
 _LEVEL = 6
-_ALPHABET = string.ascii_uppercase + "234567"
-_BASE32 = [
-    a + b for a in string.ascii_uppercase + "234567" for b in string.ascii_uppercase + "234567"
-]
+_IOV_MAX = 1024  # pieces a writev takes at most (Linux's IOV_MAX)
 
 
 def digest(hasher: Any) -> str:
-    """A SHA-1 as WARC digests are written: ``sha1:`` and base 32 (two characters for
-    each 10 bits: ``base64.b32encode`` is Python, 5x slower)."""
-    bits = int.from_bytes(hasher.digest(), "big")
-    return "sha1:" + "".join([_BASE32[(bits >> shift) & 1023] for shift in range(150, -1, -10)])
+    """A digest as WARC digests are written: ``sha256:`` and hex (the manifest's form)."""
+    return f"sha256:{hasher.hexdigest()}"
 
 
 def record_head(fields: Iterable[tuple[str, str]], length: int) -> bytes:
@@ -74,16 +69,38 @@ def member(data: bytes, *, deflate: bool) -> bytes:
     return _GZIP_HEADER + _stored(data, final=True) + _trailer(zlib.crc32(data), size)
 
 
-def frame(data: bytes) -> bytes:
-    """``data`` as the stored blocks of a member's middle (a spooled body, framed as it
-    is spooled, so that its record is its spool file copied by the kernel)."""
-    return _stored(data, final=False)
+def write_framed(file: IO[bytes], chunks: Iterable[bytes]) -> None:
+    """Append ``chunks`` to an unbuffered ``file`` as the stored blocks of a member's
+    middle (a spooled body, framed as it is spooled, so that its record is its spool file
+    copied by the kernel): the block headers and the chunks' own bytes in writev calls."""
+    pieces: list[bytes | memoryview] = []
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), _STORED_MAX):
+            piece = view[start : start + _STORED_MAX]
+            pieces += (struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF), piece)
+    write_all(file, pieces)
+
+
+def write_all(file: IO[bytes], pieces: list[bytes | memoryview] | list[bytes]) -> None:
+    """Write ``pieces`` to an unbuffered ``file`` in writev calls (short writes resumed)."""
+    fd, left = file.fileno(), list(pieces)
+    while left:
+        batch = left[:_IOV_MAX]
+        done = os.writev(fd, batch)
+        total = sum(len(piece) for piece in batch)
+        if done == total:
+            del left[:_IOV_MAX]
+            continue
+        while done >= len(left[0]):  # a short write: drop what went, resume in a piece
+            done -= len(left.pop(0))
+        left[0] = memoryview(left[0])[done:]
 
 
 def spooled_member(
     prefix: bytes, body_crc: int, body_size: int, tail: bytes
 ) -> tuple[bytes, bytes]:
-    """The start and the end of a member whose middle is a framed body (``frame``):
+    """The start and the end of a member whose middle is a framed body (``write_framed``):
     ``prefix`` before it, ``tail`` after it, the CRC of the three joined."""
     crc = crc32_combine(zlib.crc32(prefix), body_crc, body_size)
     crc = zlib.crc32(tail, crc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from aiohttp import web
 from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import warc
-from fetcher.warc_format import crc32_combine
+from fetcher.warc_format import crc32_combine, write_framed
 from tests.support import Served, manifest, run_fetch, serve_in_thread, write_job
 
 FETCH = Path(sys.executable).with_name("fetch")
@@ -66,6 +67,8 @@ def _app(gate: threading.Event | None = None) -> web.Application:
         kind = request.match_info["kind"]
         if kind == "disguised":  # called text, does not compress
             return web.Response(body=NOISE, content_type="text/plain")
+        if kind == "gone":  # an error page no one stores: spooled as the engine drains it
+            return web.Response(status=404, body=NOISE)
         return web.Response(body=TEXT if kind == "text" else NOISE)
 
     async def flaky(request: web.Request) -> web.Response:
@@ -174,8 +177,8 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
         for key in ("WARC-Target-URI", "WARC-Date", "WARC-IP-Address", "WARC-Warcinfo-ID"):
             assert request["warc"][key] == response["warc"][key]
         assert response["warc"]["WARC-IP-Address"] == "127.0.0.1"
-        assert response["warc"]["WARC-Payload-Digest"].startswith("sha1:")
-        assert response["warc"]["WARC-Block-Digest"].startswith("sha1:")
+        assert response["warc"]["WARC-Payload-Digest"].startswith("sha256:")
+        assert response["warc"]["WARC-Block-Digest"].startswith("sha256:")
     responses = {
         (r["warc"]["WARC-Target-URI"].removeprefix(served.url), request["http"].protocol): r
         for request, r in zip(pairs[::2], pairs[1::2], strict=True)
@@ -202,6 +205,9 @@ def test_every_response_is_archived_as_it_came(tmp_path: Path, served: Served) -
         method = "POST" if path == "/post" else "GET"
         body = (out / stored[(path, method)]["path"]).read_bytes()
         assert responses[(path, method)]["payload"] == body, path
+        if path != "/gzip":  # stored as sent: the payload digest is the manifest's sha256
+            digest = responses[(path, method)]["warc"]["WARC-Payload-Digest"]
+            assert digest == f"sha256:{stored[(path, method)]['sha256']}", path
     assert responses[("/big/noise", "GET")]["payload"] == NOISE
     # Content-Encoding kept: the record holds the gzip as sent
     gz = responses[("/gzip", "GET")]["http"]
@@ -227,6 +233,18 @@ def test_a_body_the_engine_gave_up_on_is_not_archived(tmp_path: Path, served: Se
     assert result.exit_code == 1, result.output
     targets = [r["warc"]["WARC-Target-URI"] for r in _records(_check(out))[1:]]
     assert targets == [f"{served.url}/plain"] * 2
+
+
+def test_a_large_error_page_is_archived_with_its_own_digest(tmp_path: Path, served: Served) -> None:
+    """A 404's body is not stored: the capture hashes it itself, as it spools it."""
+    job = write_job(tmp_path, f"url\n{served.url}/big/gone\n")
+    out = tmp_path / "out"
+    result = run_fetch("run", job, "-o", out, "--warc", "--retries", "0")
+    assert result.exit_code == 1, result.output
+    (response,) = [r for r in _records(_check(out)) if r["type"] == "response"]
+    assert (response["status"], response["payload"]) == ("404", NOISE)
+    digest = hashlib.sha256(NOISE).hexdigest()
+    assert response["warc"]["WARC-Payload-Digest"] == f"sha256:{digest}"
 
 
 def test_the_sidecar_turns_it_on_and_files_rotate(
@@ -321,3 +339,14 @@ def test_crc32_combine_is_the_crc_of_the_pieces_joined(sizes: tuple[int, int]) -
     first, second = os.urandom(sizes[0]), os.urandom(sizes[1])
     combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
     assert combined == zlib.crc32(first + second)
+
+
+def test_framed_chunks_inflate_to_the_chunks_joined(tmp_path: Path) -> None:
+    # more stored blocks than one writev takes (1,024 pieces), chunks larger than a block
+    chunks = [os.urandom(n) for n in (0, 1, 65_535, 65_536, 200_000)] * 120
+    with open(tmp_path / "framed", "wb", buffering=0) as file:
+        write_framed(file, chunks)
+        file.write(b"\x01\x00\x00\xff\xff")  # the final, empty, stored block
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert inflate.decompress((tmp_path / "framed").read_bytes()) == b"".join(chunks)
+    assert inflate.eof
