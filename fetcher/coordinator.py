@@ -207,7 +207,7 @@ class _Coordinator:
         counts = await self._cut()
         active = [k for k, count in enumerate(counts) if count]
         self.engine.trim(len(active))
-        if active and not self.stopping:
+        if active:  # even when stopping: _drive records a stopped shard's rows
             try:
                 async with asyncio.TaskGroup() as group:
                     for shard in self._shards(active):

@@ -1,0 +1,35 @@
+"""Faults of a sharded run (``--workers N``) a review found, each on real processes and
+real servers: a signal during the cut, a full disk, one host spelled two ways, a signal
+before a worker's handlers, the cookie jar of a run no worker ran."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.support import items_app, manifest, run_fetch, serve_in_thread, url_job
+from tests.test_shards_faults import _beside, _wait_until
+
+
+def _cutting(out: Path) -> bool:
+    """The coordinator is writing the rows to its shard files."""
+    return any((out / ".fetch").glob("shards/*/rows-*.jsonl"))
+
+
+def test_a_signal_during_the_cut_records_every_row(workdir: Path) -> None:
+    out = workdir / "out"
+
+    def stop() -> None:
+        _wait_until(lambda: _cutting(out), "the cut", 60)
+        os.kill(os.getpid(), signal.SIGTERM)  # the coordinator's handler takes it
+
+    rows = 100_000
+    with serve_in_thread(items_app()) as server:
+        job = url_job(workdir, [server.at(f"/items/{n}") for n in range(rows)])
+        with _beside(stop):
+            result = run_fetch("run", job, "-o", out, "--workers", "2", "-q")
+    assert result.exit_code == 143, result.stderr
+    records = manifest(out)
+    assert sorted(r["line"] for r in records) == list(range(2, rows + 2))  # one each
+    assert {r["error"]["kind"] for r in records if not r["ok"]} <= {"interrupted"}
