@@ -56,6 +56,7 @@ from fetcher.models import (
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
 from fetcher.runner import (
+    _one_error,
     check_job,
     output_dir,
     send_setup_requests,
@@ -111,9 +112,13 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
         aborted = False
         error: str | None = None
         try:
-            store.start_run(summary.run, summary.started_at, options)
-            with coordinator.on_signals():
-                await coordinator.run()
+            with _one_error(store.root):  # a disk or SQLite error: one line, as one process
+                try:
+                    store.start_run(summary.run, summary.started_at, options)
+                    with coordinator.on_signals():
+                        await coordinator.run()
+                finally:
+                    await coordinator.close()
         except Exception as exc:  # [[setup]], a disk failure, a worker's error, a bug
             error = str(exc) or type(exc).__name__
             raise
@@ -121,11 +126,8 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
             aborted = True
             raise
         finally:
-            try:
-                await coordinator.close()
-            finally:
-                progress.close()
-                _finish(store, summary, options, started, aborted=aborted, error=error)
+            progress.close()
+            _finish(store, summary, options, started, aborted=aborted, error=error)
         shown = write_run_report(store.root, summary.run, progress.warn) if report else None
         progress.summary(summary, store.root, report=shown)
     return summary

@@ -4,11 +4,12 @@ before a worker's handlers, the cookie jar of a run no worker ran."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
-from tests.support import items_app, manifest, run_fetch, serve_in_thread, url_job
+from tests.support import Mount, items_app, manifest, run_fetch, serve_in_thread, url_job
 from tests.test_shards_faults import _beside, _wait_until
 
 
@@ -33,3 +34,18 @@ def test_a_signal_during_the_cut_records_every_row(workdir: Path) -> None:
     records = manifest(out)
     assert sorted(r["line"] for r in records) == list(range(2, rows + 2))  # one each
     assert {r["error"]["kind"] for r in records if not r["ok"]} <= {"interrupted"}
+
+
+def test_a_disk_the_cut_fills_ends_the_run_with_one_line(workdir: Path, tmpfs: Mount) -> None:
+    out = tmpfs("1m") / "out"
+    urls = [f"http://127.0.0.1:9/items/{n}" for n in range(20_000)]  # 2 MB of shard files
+    job = url_job(workdir, urls)
+    result = run_fetch("run", job, "-o", out, "--workers", "2", "--no-progress")
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("fetch: cannot write to ")
+    assert result.stderr.endswith(": No space left on device\n")
+    assert result.stderr.count("\n") == 1
+    (record,) = (json.loads(path.read_text()) for path in (out / "runs").glob("*.json"))
+    assert record["exit_code"] == 1
+    assert "No space left on device" in record["error"]
