@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from tests.support import Mount, items_app, manifest, run_fetch, serve_in_thread, url_job
-from tests.test_shards_faults import _beside, _wait_until
+from tests.test_shards_faults import _alive, _beside, _children, _start, _wait_until
 
 
 def _cutting(out: Path) -> bool:
@@ -49,3 +49,27 @@ def test_a_disk_the_cut_fills_ends_the_run_with_one_line(workdir: Path, tmpfs: M
     (record,) = (json.loads(path.read_text()) for path in (out / "runs").glob("*.json"))
     assert record["exit_code"] == 1
     assert "No space left on device" in record["error"]
+
+
+def test_a_sigint_while_the_workers_start_stops_the_run_without_tracebacks(
+    workdir: Path,
+) -> None:
+    out = workdir / "out"
+    with serve_in_thread(items_app(state={"delay": 5.0})) as server:
+        hosts = ("127.0.0.1", "localhost")
+        job = url_job(workdir, [server.at(f"/items/{n}", h) for n in range(10) for h in hosts])
+        fetch = _start(job, out, "--workers", "3", "-c", "6")
+        try:
+            _wait_until(lambda: len(_children(fetch.pid)) >= 3, "the workers", 30)
+            workers = _children(fetch.pid)
+            fetch.send_signal(signal.SIGINT)  # they are still importing
+            _, stderr = fetch.communicate(timeout=60)
+        finally:
+            fetch.kill()
+            fetch.communicate()
+    assert fetch.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert not any(_alive(pid) for pid in workers)
+    records = manifest(out)
+    assert sorted(r["line"] for r in records) == list(range(2, 22))

@@ -30,8 +30,9 @@ class LocalEngine:
     """Worker processes on this machine (``fetcher.engines.Engine``)."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signals: list[int] = []  # forwarded so far
         self.workers: set[asyncio.subprocess.Process] = set()
+        self.ready: set[asyncio.subprocess.Process] = set()  # their signal handlers set
         self.spares: list[asyncio.subprocess.Process] = []  # started, waiting for a shard
 
     async def start(self, count: int) -> None:
@@ -50,8 +51,6 @@ class LocalEngine:
             env=_worker_environment(),
         )
         self.workers.add(worker)
-        if self.signum is not None:  # a signal came while it started
-            worker.send_signal(self.signum)
         return worker
 
     async def run(self, shard: Shard, advance: Advance) -> ShardResult | Died:
@@ -69,22 +68,29 @@ class LocalEngine:
                 if kind == b"progress":
                     done, failed, sent, size = map(int, rest.split())
                     advance(done, failed, sent, size)
+                elif kind == b"ready":  # the signals that came before it could take them
+                    self.ready.add(worker)
+                    for signum in self.signals:
+                        _signal(worker, signum)
                 elif kind == b"result":
                     result = ShardResult.from_json(_json.loads(rest))
             code = await worker.wait()
         finally:
             self.workers.discard(worker)
+            self.ready.discard(worker)
             worker.stdin.close()  # end of stdin: it stops, if it still runs
         if result is not None:
             return result
         return Died(f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}")
 
     def forward(self, signum: int) -> None:
-        if self.signum is None:
-            self.signum = signum
-        for worker in list(self.workers):
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signum)
+        """Signal each worker whose handlers are in place (one still importing would
+        print a traceback): the others get it once they say ``ready``; a spare, with no
+        shard to stop, ends."""
+        self.signals.append(signum)
+        self.trim(0)
+        for worker in self.ready & self.workers:
+            _signal(worker, signum)
 
     async def close(self) -> None:
         """End the spares; kill the workers still running (an error ended the run)."""
@@ -105,6 +111,11 @@ class LocalEngine:
             assert spare.stdin is not None
             spare.stdin.close()  # no shard for it: it ends
         del self.spares[used:]
+
+
+def _signal(worker: asyncio.subprocess.Process, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        worker.send_signal(signum)
 
 
 def _worker_environment() -> dict[str, str]:
