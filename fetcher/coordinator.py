@@ -417,10 +417,12 @@ class _Coordinator:
         await self.engine.close()
         if not self.folder.exists():
             return
-        jars = sorted(self.folder.glob("jar-*.txt"))
-        if self.config.cookie_jar is not None and jars:
+        if self.config.cookie_jar is not None:  # saved as one process saves it, always
             jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
-            for path in jars:
+            # Each worker's jar began as the setup's and --cookies' (self.cookies): those
+            # alone when no worker ran (every row settled here, a stop during the cut).
+            jars = sorted(self.folder.glob("jar-*.txt"))
+            for path in jars or ([self.cookies] if self.cookies is not None else []):
                 load_cookies(jar, path)
             save_cookies(jar, self.config.cookie_jar)
         with self.writing:  # after a merge an error cut short, in its thread

@@ -9,7 +9,16 @@ import os
 import signal
 from pathlib import Path
 
-from tests.support import Mount, items_app, manifest, run_fetch, serve_in_thread, url_job
+from tests.support import (
+    Mount,
+    items_app,
+    manifest,
+    run_fetch,
+    serve_in_thread,
+    url_job,
+    write_job,
+)
+from tests.test_shards import _cookie_app
 from tests.test_shards_faults import _alive, _beside, _children, _start, _wait_until
 
 
@@ -73,3 +82,15 @@ def test_a_sigint_while_the_workers_start_stops_the_run_without_tracebacks(
     assert not any(_alive(pid) for pid in workers)
     records = manifest(out)
     assert sorted(r["line"] for r in records) == list(range(2, 22))
+
+
+def test_the_cookie_jar_is_saved_when_no_worker_ran(workdir: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    with serve_in_thread(_cookie_app(seen)) as server:
+        toml = f'[[setup]]\nmethod = "POST"\nurl = "{server.url}/login"\n'
+        job = write_job(workdir, "url\nnot a url\nftp://127.0.0.1/x\n", toml)
+        args = ("--workers", "2", "--skip-invalid", "--cookie-jar", "jar.txt", "-q")
+        result = run_fetch("run", job, "-o", "out", *args)
+    assert result.exit_code == 1, result.stderr  # every row failed: invalid
+    assert [r["error"]["kind"] for r in manifest(workdir / "out")] == ["invalid", "invalid"]
+    assert "\tsession\ts-1" in (workdir / "jar.txt").read_text()  # as one process saves it
