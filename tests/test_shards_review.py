@@ -4,11 +4,22 @@ before a worker's handlers, the cookie jar of a run no worker ran."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from fetcher.engines.local import LocalEngine
+from fetcher.models import Request
+from fetcher.shards import Shard, Sharding, ShardWriter
+from fetcher.store import DiskStore
+from fetcher.store.merge import run_folder
 from tests.support import (
     Mount,
     items_app,
@@ -94,3 +105,33 @@ def test_the_cookie_jar_is_saved_when_no_worker_ran(workdir: Path) -> None:
     assert result.exit_code == 1, result.stderr  # every row failed: invalid
     assert [r["error"]["kind"] for r in manifest(workdir / "out")] == ["invalid", "invalid"]
     assert "\tsession\ts-1" in (workdir / "jar.txt").read_text()  # as one process saves it
+
+
+async def test_a_cancelled_shard_keeps_its_worker_until_close_reaps_it(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    arrived = threading.Event()
+    server = await aiohttp_server(items_app(state={"delay": 30.0}, arrived=arrived))
+    root = tmp_path / "out"
+    with DiskStore(root) as store:
+        store.start_run("r1", "2026-12-03T00:00:00.000Z", {})
+        folder = run_folder(store.state, "r1")
+        folder.mkdir(parents=True)
+        writer = ShardWriter(folder, Sharding("domain", 1))
+        for n in range(4):
+            writer.add(Request(line=n + 2, method="GET", url=str(server.make_url(f"/items/{n}"))))
+        writer.close()
+        shard = Shard(k=0, count=1, run="r1", root=str(root), folder=str(folder))
+        engine = LocalEngine()
+        await engine.start(1)
+        (pid,) = (worker.pid for worker in engine.workers)
+        running = asyncio.create_task(engine.run(shard, lambda *counts: None))
+        until = time.monotonic() + 30
+        while not arrived.is_set():  # its worker is fetching
+            assert time.monotonic() < until
+            await asyncio.sleep(0.02)
+        running.cancel()  # as a sibling shard's error cancels it
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await engine.close()
+        assert not _alive(pid)  # killed and reaped before the coordinator merges

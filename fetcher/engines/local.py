@@ -76,9 +76,10 @@ class LocalEngine:
                     result = ShardResult.from_json(_json.loads(rest))
             code = await worker.wait()
         finally:
-            self.workers.discard(worker)
-            self.ready.discard(worker)
             worker.stdin.close()  # end of stdin: it stops, if it still runs
+            if worker.returncode is not None:  # else (cancelled): close() kills and reaps it
+                self.workers.discard(worker)
+                self.ready.discard(worker)
         if result is not None:
             return result
         return Died(f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}")
