@@ -5,6 +5,7 @@ before a worker's handlers, the cookie jar of a run no worker ran."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from fetcher.engines.local import LocalEngine
 from fetcher.models import Request
@@ -135,3 +137,37 @@ async def test_a_cancelled_shard_keeps_its_worker_until_close_reaps_it(
             await running
         await engine.close()
         assert not _alive(pid)  # killed and reaped before the coordinator merges
+
+
+def _colliding_site(arrived: list[str]) -> web.Application:
+    """A page linking two URLs whose copies go to one path (``a:b`` and ``a_b``), the
+    second answered later (another batch of the recorder)."""
+
+    async def page(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        name = request.match_info["name"]
+        if name == "0.html":
+            links = '<a href="/p/a:b.html">1</a> <a href="/p/a_b.html">2</a>'
+            return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+        if name == "a_b.html":
+            await asyncio.sleep(1.0)
+        return web.Response(text=f"page {name}", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/p/{name}", page)
+    return app
+
+
+def test_a_sharded_crawl_never_puts_one_urls_copy_over_anothers(workdir: Path) -> None:
+    arrived: list[str] = []
+    with serve_in_thread(_colliding_site(arrived)) as server:
+        toml = '[crawl]\ndepth = 1\nscope = "host"\n'
+        job = write_job(workdir, f"url\n{server.at('/p/0.html')}\n", toml)
+        result = run_fetch("run", job, "-o", "out", "--workers", "2", "-q")
+    assert sorted(arrived) == ["/p/0.html", "/p/a:b.html", "/p/a_b.html"], result.stderr
+    records = {r["url"].rsplit("/", 1)[1]: r for r in manifest(workdir / "out")}
+    assert records["a:b.html"]["ok"]  # the first one keeps its path
+    assert not records["a_b.html"]["ok"]  # as one process refuses it
+    assert "holds the copy of" in records["a_b.html"]["error"]["message"]
+    body = (workdir / "out" / records["a:b.html"]["path"]).read_bytes()
+    assert hashlib.sha256(body).hexdigest() == records["a:b.html"]["sha256"]
