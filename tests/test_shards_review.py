@@ -18,10 +18,11 @@ import pytest
 from aiohttp import web
 
 from fetcher.engines.local import LocalEngine
-from fetcher.models import Request
+from fetcher.models import Request, interrupted_outcome
 from fetcher.shards import Shard, Sharding, ShardWriter
 from fetcher.store import DiskStore
-from fetcher.store.merge import run_folder
+from fetcher.store.merge import PartFiles, merge_part, run_folder
+from fetcher.store.part import PartStore
 from tests.support import (
     Mount,
     items_app,
@@ -171,3 +172,37 @@ def test_a_sharded_crawl_never_puts_one_urls_copy_over_anothers(workdir: Path) -
     assert "holds the copy of" in records["a_b.html"]["error"]["message"]
     body = (workdir / "out" / records["a:b.html"]["path"]).read_bytes()
     assert hashlib.sha256(body).hexdigest() == records["a:b.html"]["sha256"]
+
+
+class _Killed(Exception):
+    """The coordinator "killed" in the middle of a merge."""
+
+
+def test_a_merge_cut_short_is_finished_for_a_crawl_seeds_many_pages(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    pages = 2500  # more than one batch of the merge, all of one seed (line 2)
+    with DiskStore(root) as store:
+        store.start_run("r1", "2026-12-03T00:00:00.000Z", {})
+        folder = run_folder(store.state, "r1")
+        folder.mkdir(parents=True)
+        files = PartFiles(folder, 0)
+        with PartStore(root, files.manifest, files.index, lookup=store.index) as part:
+            now = "2026-12-03T00:00:01.000Z"
+            requests = [
+                Request(line=2, method="GET", url=f"http://a.test/{n}") for n in range(pages)
+            ]
+            part.record([interrupted_outcome(request, now) for request in requests], "r1")
+        seen = [0]
+
+        def killed_after_a_batch(record: object) -> None:
+            seen[0] += 1
+            if seen[0] > 2000:
+                raise _Killed
+
+        with pytest.raises(_Killed):
+            merge_part(store, files, on_record=killed_after_a_batch)
+    assert 0 < len(manifest(root)) < pages  # a batch went in
+    with DiskStore(root):  # the next open finishes the merge
+        pass
+    urls = [r["url"] for r in manifest(root)]
+    assert sorted(urls) == sorted(f"http://a.test/{n}" for n in range(pages))  # each once
