@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,14 @@ from tests.support import (
     write_job,
 )
 from tests.test_shards import _cookie_app
-from tests.test_shards_faults import _alive, _beside, _children, _start, _wait_until
+from tests.test_shards_faults import (
+    _alive,
+    _beside,
+    _children,
+    _start,
+    _wait_until,
+    _workers_of_this_process,
+)
 
 
 def _cutting(out: Path) -> bool:
@@ -206,3 +214,39 @@ def test_a_merge_cut_short_is_finished_for_a_crawl_seeds_many_pages(tmp_path: Pa
         pass
     urls = [r["url"] for r in manifest(root)]
     assert sorted(urls) == sorted(f"http://a.test/{n}" for n in range(pages))  # each once
+
+
+def _fan_site(arrived: list[str], pages: int) -> web.Application:
+    """``/p/0.html`` links to every other page; each of those links back to it."""
+
+    async def page(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        n = int(request.match_info["n"])
+        hrefs = range(1, pages) if n == 0 else [0]
+        links = "".join(f'<a href="/p/{m}.html">{m}</a>' for m in hrefs)
+        await asyncio.sleep(0.01)
+        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/p/{n}.html", page)
+    return app
+
+
+def test_a_restarted_crawl_worker_requests_no_page_twice(workdir: Path) -> None:
+    arrived: list[str] = []
+    pages = 400
+
+    def kill_one() -> None:
+        _wait_until(lambda: len(arrived) >= pages // 2, "pages")
+        os.kill(min(_workers_of_this_process()), signal.SIGKILL)
+
+    with serve_in_thread(_fan_site(arrived, pages)) as server, _beside(kill_one):
+        toml = '[crawl]\ndepth = 2\nscope = "host"\n'
+        job = write_job(workdir, f"url\n{server.at('/p/0.html')}\n", toml)
+        args = ("--workers", "2", "-c", "8", "--per-host", "8", "--per-host-rate", "5000")
+        result = run_fetch("run", job, "-o", "out", *args)
+    assert result.exit_code == 0, result.stderr
+    assert "died (killed by SIGKILL); running the shard again" in result.stderr
+    urls = Counter(r["url"] for r in manifest(workdir / "out"))
+    assert len(urls) == pages
+    assert [url for url, count in urls.items() if count > 1] == []  # each recorded once
