@@ -51,18 +51,18 @@ from fetcher.models import (
     RunSummary,
     interrupted_outcome,
     invalid_outcome,
-    skipped_outcome,
 )
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
 from fetcher.runner import (
+    _kept,
     _one_error,
     check_job,
     output_dir,
     send_setup_requests,
     with_config_headers,
 )
-from fetcher.session import load_cookies, open_session, save_cookies
+from fetcher.session import _first_of_a_session, load_cookies, open_session, save_cookies
 from fetcher.shards import (
     Shard,
     Sharding,
@@ -226,13 +226,9 @@ class _Coordinator:
         """Send ``[[setup]]`` once; return a cookies.txt of its cookies and
         ``--cookies``' for every worker (None when there are none)."""
         config = self.config
-        first = (  # --cookies F --cookie-jar F before F exists: no cookies yet
-            config.cookies is not None
-            and config.cookie_jar is not None
-            and not config.cookies.exists()
-            and config.cookies.absolute() == config.cookie_jar.absolute()
-        )
-        cookies = None if first else config.cookies
+        cookies = config.cookies  # --cookies F --cookie-jar F before F exists: none yet
+        if cookies is not None and _first_of_a_session(cookies, config.cookie_jar):
+            cookies = None
         if not self.job.spec.setup and cookies is None:
             return None
         setup = dataclasses.replace(config, cookies=cookies, cookie_jar=None)
@@ -273,8 +269,7 @@ class _Coordinator:
         if self.stopping:
             return interrupted_outcome(request, now_iso())
         if self.config.crawl is None and store.finished(request):  # a crawl's frontier knows
-            meta = store.head_sidecar(request) if request.method == "HEAD" else None
-            return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
+            return _kept(request, store)  # as one process skips it
         return None
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:

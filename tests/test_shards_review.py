@@ -250,3 +250,16 @@ def test_a_restarted_crawl_worker_requests_no_page_twice(workdir: Path) -> None:
     urls = Counter(r["url"] for r in manifest(workdir / "out"))
     assert len(urls) == pages
     assert [url for url, count in urls.items() if count > 1] == []  # each recorded once
+
+
+def test_cookies_and_cookie_jar_one_file_that_does_not_exist_yet(workdir: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    with serve_in_thread(_cookie_app(seen)) as server:
+        setup = f'[[setup]]\nmethod = "POST"\nurl = "{server.url}/login"\n'
+        toml = f'url = "{server.url}/item/{{n}}"\n\n{setup}'
+        job = write_job(workdir, "n\n1\n2\n3\n", toml)
+        jar = ("--cookies", "jar.txt", "--cookie-jar", "jar.txt")
+        result = run_fetch("run", job, "-o", "out", "--workers", "2", *jar, "-q")
+    assert result.exit_code == 0, result.stderr  # a first session: nothing to load yet
+    assert [cookie for _, cookie in seen] == ["session=s-1"] * 3
+    assert "\tsession\ts-1" in (workdir / "jar.txt").read_text()
