@@ -1,10 +1,12 @@
 """The ``local`` engine: each shard in a worker process on this machine
-(``python -m fetcher.worker``: a ``Shard`` as JSON on its stdin; ``progress`` lines and,
-last, a ``result`` line on its stdout).
+(``python -m fetcher.worker``: a ``Shard`` as JSON on its stdin; a ``ready`` line once its
+signal handler is in place, ``progress`` lines and, last, a ``result`` line on its stdout).
 
 Workers run in sessions of their own, so a terminal's Ctrl-C reaches the coordinator
-alone, and it forwards each SIGINT and SIGTERM to every worker. A worker whose stdin
-closes stops: workers never outlive their coordinator. ``count`` workers start at once
+alone, and it forwards each SIGINT and SIGTERM to every worker with a shard, once it is
+``ready`` (before, a signal would end its imports with a traceback); a spare, with no
+shard, is ended by closing its stdin. A worker whose stdin closes stops: workers never
+outlive their coordinator. ``count`` workers start at once
 (an interpreter, aiohttp's import: about a second on a busy machine), while the
 coordinator runs ``[[setup]]`` and cuts the rows.
 """
