@@ -51,17 +51,18 @@ from fetcher.models import (
     RunSummary,
     interrupted_outcome,
     invalid_outcome,
-    skipped_outcome,
 )
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
 from fetcher.runner import (
+    _kept,
+    _one_error,
     check_job,
     output_dir,
     send_setup_requests,
     with_config_headers,
 )
-from fetcher.session import load_cookies, open_session, save_cookies
+from fetcher.session import _first_of_a_session, load_cookies, open_session, save_cookies
 from fetcher.shards import (
     Shard,
     Sharding,
@@ -111,9 +112,13 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
         aborted = False
         error: str | None = None
         try:
-            store.start_run(summary.run, summary.started_at, options)
-            with coordinator.on_signals():
-                await coordinator.run()
+            with _one_error(store.root):  # a disk or SQLite error: one line, as one process
+                try:
+                    store.start_run(summary.run, summary.started_at, options)
+                    with coordinator.on_signals():
+                        await coordinator.run()
+                finally:
+                    await coordinator.close()
         except Exception as exc:  # [[setup]], a disk failure, a worker's error, a bug
             error = str(exc) or type(exc).__name__
             raise
@@ -121,11 +126,8 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
             aborted = True
             raise
         finally:
-            try:
-                await coordinator.close()
-            finally:
-                progress.close()
-                _finish(store, summary, options, started, aborted=aborted, error=error)
+            progress.close()
+            _finish(store, summary, options, started, aborted=aborted, error=error)
         shown = write_run_report(store.root, summary.run, progress.warn) if report else None
         progress.summary(summary, store.root, report=shown)
     return summary
@@ -207,7 +209,7 @@ class _Coordinator:
         counts = await self._cut()
         active = [k for k, count in enumerate(counts) if count]
         self.engine.trim(len(active))
-        if active and not self.stopping:
+        if active:  # even when stopping: _drive records a stopped shard's rows
             try:
                 async with asyncio.TaskGroup() as group:
                     for shard in self._shards(active):
@@ -224,13 +226,9 @@ class _Coordinator:
         """Send ``[[setup]]`` once; return a cookies.txt of its cookies and
         ``--cookies``' for every worker (None when there are none)."""
         config = self.config
-        first = (  # --cookies F --cookie-jar F before F exists: no cookies yet
-            config.cookies is not None
-            and config.cookie_jar is not None
-            and not config.cookies.exists()
-            and config.cookies.absolute() == config.cookie_jar.absolute()
-        )
-        cookies = None if first else config.cookies
+        cookies = config.cookies  # --cookies F --cookie-jar F before F exists: none yet
+        if cookies is not None and _first_of_a_session(cookies, config.cookie_jar):
+            cookies = None
         if not self.job.spec.setup and cookies is None:
             return None
         setup = dataclasses.replace(config, cookies=cookies, cookie_jar=None)
@@ -271,8 +269,7 @@ class _Coordinator:
         if self.stopping:
             return interrupted_outcome(request, now_iso())
         if self.config.crawl is None and store.finished(request):  # a crawl's frontier knows
-            meta = store.head_sidecar(request) if request.method == "HEAD" else None
-            return skipped_outcome(request, now_iso(), kept=store.prior(request), meta=meta)
+            return _kept(request, store)  # as one process skips it
         return None
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
@@ -415,10 +412,12 @@ class _Coordinator:
         await self.engine.close()
         if not self.folder.exists():
             return
-        jars = sorted(self.folder.glob("jar-*.txt"))
-        if self.config.cookie_jar is not None and jars:
+        if self.config.cookie_jar is not None:  # saved as one process saves it, always
             jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
-            for path in jars:
+            # Each worker's jar began as the setup's and --cookies' (self.cookies): those
+            # alone when no worker ran (every row settled here, a stop during the cut).
+            jars = sorted(self.folder.glob("jar-*.txt"))
+            for path in jars or ([self.cookies] if self.cookies is not None else []):
                 load_cookies(jar, path)
             save_cookies(jar, self.config.cookie_jar)
         with self.writing:  # after a merge an error cut short, in its thread

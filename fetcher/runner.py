@@ -351,16 +351,25 @@ async def send_setup_requests(
 
 
 async def run_rows(
-    job: Job, config: FetchConfig, store: Store, summary: RunSummary, progress: Progress
+    job: Job,
+    config: FetchConfig,
+    store: Store,
+    summary: RunSummary,
+    progress: Progress,
+    *,
+    early: Sequence[int] = (),
 ) -> None:
     """Fetch ``job``'s rows into an open ``store``: ``run_batch``'s pipeline without
     validation, ``[[setup]]``, the run's record or its summary line. A worker of a
     sharded run (``fetcher.worker``) runs its shard so. SIGINT and SIGTERM stop it as
-    they stop a run (a second one: at once); ``summary.interrupted_by`` names the signal.
+    they stop a run (a second one: at once), and so does each of ``early`` (signals that
+    came before); ``summary.interrupted_by`` names the signal.
     """
     stopper = Stopper(config.deadline)
     try:
         with _one_error(store.root), stopper.on_signals():
+            for signum in early:  # complete: from here on, the handlers above take them
+                stopper.stop(signum)
             async with open_session(config) as session:
                 run = Run(
                     job=job,

@@ -42,9 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from yarl import URL
-
-from fetcher import _json
+from fetcher import _json, hosts
 from fetcher.config import FetchConfig
 from fetcher.crawl import CrawlSettings, registrable_domain
 from fetcher.models import Request
@@ -107,14 +105,12 @@ class Sharding:
     def home_of(self, url: str) -> int | None:
         """What the shard of every URL of ``url``'s origin starts from (None when it
         does not parse): with ``domain``, the shard itself."""
-        try:
-            parsed = URL(url)
-            host = parsed.host or ""
-        except ValueError:
+        found = hosts.origin(url)  # the one host parser: every spelling of a host is one
+        if found is None:
             return None
         if self.by == "domain":
-            return _crc(registrable_domain(host)) % self.count
-        return _crc(f"{host}:{parsed.port}")
+            return _crc(registrable_domain(found.host)) % self.count
+        return _crc(found.key)  # as limits.host_key keys the host's --per-host
 
     def place(self, url: str, home: int) -> int:
         """The shard of ``url``, whose origin's ``home_of`` is ``home``."""

@@ -9,7 +9,8 @@ its manifest part already records: a shard run again after its worker died goes 
 where it stopped.
 
 As a process (``python -m fetcher.worker``, which the coordinator starts): it reads a
-``Shard`` as one JSON line on stdin; writes ``progress <done> <failed> <sent> <bytes>``
+``Shard`` as one JSON line on stdin; writes ``ready`` once its signal handler is in place,
+``progress <done> <failed> <sent> <bytes>``
 lines (counts since the last such line) and, last, ``result <ShardResult as JSON>`` on stdout; its
 stderr is the coordinator's (``-v`` prints each outcome there). SIGINT or SIGTERM stops
 it as it stops a run (in-flight rows get a few seconds; a second signal: at once), and
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 
 from fetcher import _json
@@ -105,10 +106,13 @@ class _Counter(Progress):
         self._sent = now
 
 
-async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
+async def run_shard(
+    shard: Shard, report: Report | None = None, *, early: Sequence[int] = ()
+) -> ShardResult:
     """Fetch the rows of ``shard`` not yet in its manifest part; ``report`` hears of
-    the rows done as they are. Raises ``FetcherError`` for what ends a run (a disk
-    failure)."""
+    the rows done as they are; ``early``: the signals that came before the run's
+    handlers were in place (it may grow until then), each honoured as if it came then.
+    Raises ``FetcherError`` for what ends a run (a disk failure)."""
     config = shard.config()
     root = Path(shard.root)
     state = root / STATE_DIR
@@ -133,7 +137,8 @@ async def run_shard(shard: Shard, report: Report | None = None) -> ShardResult:
             summary = RunSummary(run=shard.run)
             counter = _Counter(config, report, shard.progress_every)
             try:
-                await run_rows(ShardRows(shard, done), config, store, summary, counter)
+                job = ShardRows(shard, done)
+                await run_rows(job, config, store, summary, counter, early=early)
             finally:
                 counter.flush()
         finally:
@@ -162,6 +167,7 @@ def main() -> None:
     early: list[int] = []  # a signal before the run's own handlers are in place
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: early.append(signum))
+    _say("ready", b"")  # the coordinator signals a worker only from now on
     line = sys.stdin.buffer.readline()
     if not line:  # started ahead of need, and not needed
         os._exit(0)
@@ -176,7 +182,7 @@ def main() -> None:
             if early:  # stopped before it began: the coordinator records the rows
                 result = ShardResult(k=shard.k, signal=early[0])
             else:
-                result = runner.run(run_shard(shard, report))
+                result = runner.run(run_shard(shard, report, early=early))
     except FetcherError as exc:
         result = ShardResult(k=shard.k, error=str(exc))
     except Exception as exc:  # a bug: its traceback, and the run ends on it

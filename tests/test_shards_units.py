@@ -122,3 +122,17 @@ def test_workers_auto_is_one_per_cpu() -> None:
     assert FetchConfig().merge({"workers": "auto"}).workers == min(os.cpu_count() or 1, 256)
     with pytest.raises(ValueError, match="workers: must be at most 256"):
         FetchConfig().merge({"workers": 257})
+
+
+def test_every_spelling_of_one_host_shares_its_shards() -> None:
+    spellings = ("http://example.com.", "http://EXAMPLE.com", "http://example.com:80")
+    for count in range(2, 9):
+        one = Sharding("url", count)
+        assert len({one.shard_of(f"{host}/a") for host in spellings}) == 1
+        spread = Sharding("url", count, 2)
+        ranges = [{spread.shard_of(f"{host}/{n}") for n in range(40)} for host in spellings]
+        assert ranges[0] == ranges[1] == ranges[2]
+        assert len(ranges[0]) == 2  # the host's range of spread shards, no more
+        by_domain = Sharding("domain", count)
+        hosts = ("http://a.example.com./", "http://b.example.com/", "http://example.com.:80/")
+        assert len({by_domain.shard_of(url) for url in hosts}) == 1

@@ -1,10 +1,12 @@
 """The ``local`` engine: each shard in a worker process on this machine
-(``python -m fetcher.worker``: a ``Shard`` as JSON on its stdin; ``progress`` lines and,
-last, a ``result`` line on its stdout).
+(``python -m fetcher.worker``: a ``Shard`` as JSON on its stdin; a ``ready`` line once its
+signal handler is in place, ``progress`` lines and, last, a ``result`` line on its stdout).
 
 Workers run in sessions of their own, so a terminal's Ctrl-C reaches the coordinator
-alone, and it forwards each SIGINT and SIGTERM to every worker. A worker whose stdin
-closes stops: workers never outlive their coordinator. ``count`` workers start at once
+alone, and it forwards each SIGINT and SIGTERM to every worker with a shard, once it is
+``ready`` (before, a signal would end its imports with a traceback); a spare, with no
+shard, is ended by closing its stdin. A worker whose stdin closes stops: workers never
+outlive their coordinator. ``count`` workers start at once
 (an interpreter, aiohttp's import: about a second on a busy machine), while the
 coordinator runs ``[[setup]]`` and cuts the rows.
 """
@@ -30,8 +32,9 @@ class LocalEngine:
     """Worker processes on this machine (``fetcher.engines.Engine``)."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signals: list[int] = []  # forwarded so far
         self.workers: set[asyncio.subprocess.Process] = set()
+        self.ready: set[asyncio.subprocess.Process] = set()  # their signal handlers set
         self.spares: list[asyncio.subprocess.Process] = []  # started, waiting for a shard
 
     async def start(self, count: int) -> None:
@@ -50,8 +53,6 @@ class LocalEngine:
             env=_worker_environment(),
         )
         self.workers.add(worker)
-        if self.signum is not None:  # a signal came while it started
-            worker.send_signal(self.signum)
         return worker
 
     async def run(self, shard: Shard, advance: Advance) -> ShardResult | Died:
@@ -69,22 +70,30 @@ class LocalEngine:
                 if kind == b"progress":
                     done, failed, sent, size = map(int, rest.split())
                     advance(done, failed, sent, size)
+                elif kind == b"ready":  # the signals that came before it could take them
+                    self.ready.add(worker)
+                    for signum in self.signals:
+                        _signal(worker, signum)
                 elif kind == b"result":
                     result = ShardResult.from_json(_json.loads(rest))
             code = await worker.wait()
         finally:
-            self.workers.discard(worker)
             worker.stdin.close()  # end of stdin: it stops, if it still runs
+            if worker.returncode is not None:  # else (cancelled): close() kills and reaps it
+                self.workers.discard(worker)
+                self.ready.discard(worker)
         if result is not None:
             return result
         return Died(f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}")
 
     def forward(self, signum: int) -> None:
-        if self.signum is None:
-            self.signum = signum
-        for worker in list(self.workers):
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signum)
+        """Signal each worker whose handlers are in place (one still importing would
+        print a traceback): the others get it once they say ``ready``; a spare, with no
+        shard to stop, ends."""
+        self.signals.append(signum)
+        self.trim(0)
+        for worker in self.ready & self.workers:
+            _signal(worker, signum)
 
     async def close(self) -> None:
         """End the spares; kill the workers still running (an error ended the run)."""
@@ -105,6 +114,11 @@ class LocalEngine:
             assert spare.stdin is not None
             spare.stdin.close()  # no shard for it: it ends
         del self.spares[used:]
+
+
+def _signal(worker: asyncio.subprocess.Process, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        worker.send_signal(signum)
 
 
 def _worker_environment() -> dict[str, str]:

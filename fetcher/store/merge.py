@@ -18,8 +18,8 @@ A coordinator killed at any point leaves its run's folder. The next open of the
 directory (``DiskStore.open``: a run, ``--resume``, ``fetch reindex``) first waits for
 the killed run's workers to end (each holds a shared ``flock`` on ``.fetch/workers``
 while it runs; they stop when their pipe from the coordinator closes), then merges the
-parts, skipping the lines of that run already in the manifest (a merge the kill cut
-short), so the next run sees every row the killed one finished.
+parts, skipping the records of that run already in the manifest, by row and URL (a
+merge the kill cut short), so the next run sees every row the killed one finished.
 """
 
 from __future__ import annotations
@@ -165,11 +165,11 @@ def merge_part(
     store: DiskStore,
     part: PartFiles,
     *,
-    skip: Container[int | None] = (),
+    skip: Container[tuple[int | None, str]] = (),
     on_record: Callable[[ManifestRecord], None] | None = None,
 ) -> None:
     """Merge shard ``part`` into the open ``store`` (steps 1-3 of the module docstring);
-    lines whose row is in ``skip`` are not appended again. ``on_record`` sees each
+    lines whose ``(line, url)`` is in ``skip`` are not appended again. ``on_record`` sees each
     record appended."""
     if part.manifest.exists() or part.index.exists():
         recover_part(store, part)
@@ -203,7 +203,7 @@ def _copy_copies(index: Index, part: Path) -> None:
 def _append(
     store: DiskStore,
     manifest: Path,
-    skip: Container[int | None],
+    skip: Container[tuple[int | None, str]],
     on_record: Callable[[ManifestRecord], None] | None,
 ) -> None:
     """Step 3: the part's whole lines, appended and indexed a batch at a time."""
@@ -222,7 +222,7 @@ def _append(
             except ValueError:
                 continue
             record = ManifestRecord.from_json(data) if isinstance(data, dict) else None
-            if record is None or record.line in skip:
+            if record is None or (record.line, record.url) in skip:
                 continue
             records.append(record)
             lines.append(raw)
@@ -250,12 +250,13 @@ def merge_leftovers(store: DiskStore) -> None:
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
 
 
-def _lines_of(store: DiskStore, run: str) -> set[int | None]:
-    """The rows of ``run`` already in the manifest."""
+def _lines_of(store: DiskStore, run: str) -> set[tuple[int | None, str]]:
+    """The records of ``run`` already in the manifest, by row and URL: a batch row has
+    one record a run, a crawl's seed one for each page (a URL is requested once a run)."""
     row = store.index.db.execute("SELECT manifest_start FROM runs WHERE run = ?", (run,)).fetchone()
     start = row[0] if row is not None and row[0] is not None else 0
     return {
-        record.line
+        (record.line, record.url)
         for _, record in read_records(store.root / MANIFEST, start=start)
         if record.run == run
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fetcher.errors import StoreError
+from fetcher.models import PriorCopy, Request
 from fetcher.store.disk import DiskStore
 from fetcher.store.index import Index
 from fetcher.store.lookup import PriorCopies
@@ -43,6 +44,7 @@ class PartStore(DiskStore):
         super().__init__(root, resume=resume, durable=durable)
         self._part_manifest, self._part_index = manifest, index
         self._lookup = lookup
+        self._own: PriorCopies | None = None  # resuming: the copies this part placed
         if state is not None:
             self.state = state
 
@@ -51,9 +53,6 @@ class PartStore(DiskStore):
         assert lookup is not None  # set in __init__
         try:
             self.state.mkdir(parents=True, exist_ok=True)
-            if self.resume:
-                self.resuming = True
-                self._finished = FinishedRows.read(lookup, self.root)
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             self._manifest = ManifestFile(self._part_manifest)
             self._index, indexed = Index.open(self._part_index)
@@ -63,9 +62,25 @@ class PartStore(DiskStore):
             self._copies = PriorCopies(self._root, lookup)
             self._placer = Placer(self._root, lookup, notes=self._index)
             self._recover()
+            if self.resume:  # and this part's rows: those of a worker of this run that died
+                self.resuming = True
+                self._finished = FinishedRows.read(lookup, self.root, part=self._part_manifest)
+                self._own = PriorCopies(self._root, Index.reader(self._part_index))
         except OSError as exc:
             self.close()
             raise StoreError(f"cannot use {self.root}: {exc.strerror or exc}") from exc
         except BaseException:
             self.close()
             raise
+
+    def prior(self, request: Request) -> PriorCopy | None:
+        """The copy of ``request`` this part placed (a worker of this run that died
+        placed it), else an earlier run's."""
+        own = self._own.prior(request) if self._own is not None else None
+        return own or super().prior(request)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.index.close()
+            self._own = None
+        super().close()

@@ -59,7 +59,10 @@ class Placer:
     def _owners(self, staged: Sequence[StagedCopy]) -> dict[str, str]:
         """The URL whose file is at each path the copies go to: a body's by the index, a
         HEAD sidecar's by what it says."""
-        owners = self.index.owners([copy.target for copy in staged if isinstance(copy, Staged)])
+        paths = [copy.target for copy in staged if isinstance(copy, Staged)]
+        owners = self.index.owners(paths)
+        if self.notes is not self.index:  # a worker: its run's copies are in its part's
+            owners.update(self.notes.owners(paths))
         for copy in staged:
             if not isinstance(copy, Staged):
                 data = read_json(f"{self.root}/{copy.target}")

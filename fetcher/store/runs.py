@@ -190,13 +190,16 @@ class FinishedRows:
         self._keys = keys if keys is not None else array("q")
 
     @classmethod
-    def read(cls, index: Index, root: Path) -> FinishedRows:
+    def read(cls, index: Index, root: Path, *, part: Path | None = None) -> FinishedRows:
+        """With ``part``: and the rows a manifest part (a worker's, of this run) finished."""
         chain, start = index.resumed_chain()
-        finished = (
+        finished = [
             hash((record.line, record.url))
             for _, record in read_records(root / MANIFEST, start=start)
             if record.ok and record.run in chain
-        )
+        ]
+        if part is not None:
+            finished += (hash((r.line, r.url)) for _, r in read_records(part) if r.ok)
         return cls(array("q", sorted(finished)))
 
     def __contains__(self, request: Request) -> bool:
