@@ -149,20 +149,22 @@ async def run_shard(
     return ShardResult(k=shard.k, signal=summary.interrupted_by)
 
 
-def _stop_at_eof() -> None:
+def _stop_at_eof() -> None:  # pragma: no cover  (a worker process: see main)
     """Stop as a SIGTERM would once stdin ends: the coordinator has gone."""
     sys.stdin.buffer.read()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _say(kind: str, data: bytes) -> None:
+def _say(kind: str, data: bytes) -> None:  # pragma: no cover  (see main)
     """Tell the coordinator; once it is gone (a closed pipe) there is no one to tell."""
     with contextlib.suppress(OSError):
         sys.stdout.buffer.write(kind.encode() + b" " + data + b"\n")
         sys.stdout.buffer.flush()
 
 
-def main() -> None:
+# Not in the coverage figure: it runs in the worker processes, which coverage in the test
+# process does not follow (they leave through os._exit); tests/test_shards*.py drive it.
+def main() -> None:  # pragma: no cover
     """``python -m fetcher.worker``: run the shard described on stdin (see above)."""
     early: list[int] = []  # a signal before the run's own handlers are in place
     for signum in (signal.SIGINT, signal.SIGTERM):
