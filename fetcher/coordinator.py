@@ -55,14 +55,14 @@ from fetcher.models import (
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
 from fetcher.runner import (
-    _kept,
-    _one_error,
     check_job,
+    kept_outcome,
+    one_error,
     output_dir,
     send_setup_requests,
     with_config_headers,
 )
-from fetcher.session import _first_of_a_session, load_cookies, open_session, save_cookies
+from fetcher.session import first_of_a_session, load_cookies, open_session, save_cookies
 from fetcher.shards import (
     Shard,
     Sharding,
@@ -112,7 +112,7 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
         aborted = False
         error: str | None = None
         try:
-            with _one_error(store.root):  # a disk or SQLite error: one line, as one process
+            with one_error(store.root):  # a disk or SQLite error: one line, as one process
                 try:
                     store.start_run(summary.run, summary.started_at, options)
                     with coordinator.on_signals():
@@ -227,7 +227,7 @@ class _Coordinator:
         ``--cookies``' for every worker (None when there are none)."""
         config = self.config
         cookies = config.cookies  # --cookies F --cookie-jar F before F exists: none yet
-        if cookies is not None and _first_of_a_session(cookies, config.cookie_jar):
+        if cookies is not None and first_of_a_session(cookies, config.cookie_jar):
             cookies = None
         if not self.job.spec.setup and cookies is None:
             return None
@@ -269,7 +269,7 @@ class _Coordinator:
         if self.stopping:
             return interrupted_outcome(request, now_iso())
         if self.config.crawl is None and store.finished(request):  # a crawl's frontier knows
-            return _kept(request, store)  # as one process skips it
+            return kept_outcome(request, store)  # as one process skips it
         return None
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:

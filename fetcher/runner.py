@@ -55,7 +55,15 @@ if TYPE_CHECKING:
     from fetcher.crawler import CrawlSource
     from fetcher.warc import WarcWriter
 
-__all__ = ["check_job", "dry_run", "output_dir", "run_batch", "with_config_headers"]
+__all__ = [
+    "check_job",
+    "dry_run",
+    "kept_outcome",
+    "one_error",
+    "output_dir",
+    "run_batch",
+    "with_config_headers",
+]
 
 _LOOK_AHEAD = 256  # rows whose good copies are looked up in one query (--skip-existing)
 
@@ -249,7 +257,7 @@ def _recorded(
     aborted = False
     error: str | None = None
     try:
-        with _one_error(store.root):
+        with one_error(store.root):
             store.start_run(summary.run, summary.started_at, options)
             with stopper.on_signals():
                 yield stopper
@@ -294,7 +302,7 @@ def _finish_summary(summary: RunSummary, started: float, stopper: Stopper, *, fa
 
 
 @contextlib.contextmanager
-def _one_error(root: Path) -> Iterator[None]:
+def one_error(root: Path) -> Iterator[None]:
     """The one place where the errors that end a run become one: a ``TaskGroup``'s
     group is unwrapped to the error that ended the run (ours before a bug), and an
     ``OSError`` or SQLite error no stage translated (the crawl frontier's, say) becomes a
@@ -367,7 +375,7 @@ async def run_rows(
     """
     stopper = Stopper(config.deadline)
     try:
-        with _one_error(store.root), stopper.on_signals():
+        with one_error(store.root), stopper.on_signals():
             for signum in early:  # complete: from here on, the handlers above take them
                 stopper.stop(signum)
             async with open_session(config) as session:
@@ -392,7 +400,7 @@ async def _pipeline(run: Run) -> None:
     pipeline = _Pipeline(run, source)
     try:
         with run.stopper.on_deadline():
-            async with asyncio.TaskGroup() as group:  # its errors: see _one_error
+            async with asyncio.TaskGroup() as group:  # its errors: see one_error
                 group.create_task(pipeline.record())
                 for _ in range(run.config.concurrency):
                     group.create_task(pipeline.work())
@@ -539,7 +547,7 @@ def _source(run: Run) -> _Rows | CrawlSource:
         fetch=fetch,
         stopped=lambda: run.stopper.stopped,
         now=now_iso,
-        settle=lambda request: _kept(request, store) if store.finished(request) else None,
+        settle=lambda request: kept_outcome(request, store) if store.finished(request) else None,
     )
 
 
@@ -571,7 +579,7 @@ def _settled(request: Request, run: Run) -> Outcome | None:
     if run.stopper.stopped:
         return interrupted_outcome(request, now_iso())
     if store.finished(request):
-        return _kept(request, store)
+        return kept_outcome(request, store)
     if run.config.skip_existing:
         prior = store.prior(request)
         if prior is not None:
@@ -579,7 +587,7 @@ def _settled(request: Request, run: Run) -> Outcome | None:
     return None
 
 
-def _kept(request: Request, store: Store) -> Outcome:
+def kept_outcome(request: Request, store: Store) -> Outcome:
     """The skip of a row the run being resumed finished: the copy it left, if any (a
     HEAD's: its own sidecar)."""
     meta = store.head_sidecar(request) if request.method == "HEAD" else None

@@ -35,7 +35,14 @@ from fetcher.store.files import temp_name, write_atomic
 if TYPE_CHECKING:
     from _typeshed import SupportsItems
 
-__all__ = ["check_cookie_jar", "load_cookies", "open_session", "proxy_routes", "save_cookies"]
+__all__ = [
+    "check_cookie_jar",
+    "first_of_a_session",
+    "load_cookies",
+    "open_session",
+    "proxy_routes",
+    "save_cookies",
+]
 
 _MAX_LINE = 16 * 1024  # response line and header field limits (aiohttp's default is 8190)
 _MAX_HEADERS = 256
@@ -51,7 +58,7 @@ async def open_session(config: FetchConfig) -> AsyncIterator[aiohttp.ClientSessi
     first run, before F exists, starts with an empty jar.
     """
     jar = _CookieJar(unsafe=True, quote_cookie=False)
-    if config.cookies is not None and not _first_of_a_session(config.cookies, config.cookie_jar):
+    if config.cookies is not None and not first_of_a_session(config.cookies, config.cookie_jar):
         load_cookies(jar, config.cookies)
     connector = aiohttp.TCPConnector(
         limit=config.concurrency,
@@ -278,7 +285,7 @@ class _Request(aiohttp.ClientRequest):
             super().update_cookies(cookies)
 
 
-def _first_of_a_session(cookies: Path, cookie_jar: Path | None) -> bool:
+def first_of_a_session(cookies: Path, cookie_jar: Path | None) -> bool:
     if cookie_jar is None or cookies.exists():
         return False
     return cookies.absolute() == cookie_jar.absolute()
