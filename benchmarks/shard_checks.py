@@ -24,16 +24,16 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from benchmarks.shards import server_processes
 
 REPO = Path(__file__).resolve().parent.parent
 _CHANGING = frozenset({"run", "fetched_at", "elapsed_ms"})
@@ -57,28 +57,11 @@ def _serve(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
 
-@contextlib.contextmanager
-def _server() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "benchmarks.shard_checks", "serve", "--port", str(port)]
-    servers = [subprocess.Popen(cmd, env=env) for _ in range(2)]
-    try:
-        until = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > until:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(10)
+def _server() -> contextlib.AbstractContextManager[str]:
+    """The fast server of both checks (``serve``), two processes on one port."""
+    return server_processes(
+        lambda port: ["-m", "benchmarks.shard_checks", "serve", "--port", str(port)]
+    )
 
 
 def _job(path: Path, base: str, prefix: str, rows: int) -> Path:

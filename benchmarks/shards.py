@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,20 +98,21 @@ def _serve_delayed(port: int) -> None:
 
 
 @contextlib.contextmanager
-def _delayed_server() -> Iterator[str]:
+def server_processes(argv: Callable[[int], list[str]]) -> Iterator[str]:
+    """Two processes of ``python <argv(port)>`` (this repository on their path) serving
+    one free port of 127.0.0.1 (``reuse_port``): its base URL once it answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "benchmarks.shards", "--serve", str(port)]
-    servers = [subprocess.Popen(cmd, env=env) for _ in range(2)]
+    servers = [subprocess.Popen([sys.executable, *argv(port)], env=env) for _ in range(2)]
     try:
         until = time.monotonic() + 20
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 break
             if time.monotonic() > until:
-                raise RuntimeError("the scale server did not start")
+                raise RuntimeError(f"the server {' '.join(argv(port))} did not start")
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -119,6 +120,11 @@ def _delayed_server() -> Iterator[str]:
             server.terminate()
         for server in servers:
             server.wait(10)
+
+
+def _delayed_server() -> contextlib.AbstractContextManager[str]:
+    """The scale simulation's server: each answer after ``DELAY``."""
+    return server_processes(lambda port: ["-m", "benchmarks.shards", "--serve", str(port)])
 
 
 def _steady_rate(out: Path) -> float:

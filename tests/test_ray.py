@@ -6,7 +6,6 @@ rerun by Ray without requesting a finished row again; a signal cancels the tasks
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from tests.support import (
     items_app,
@@ -32,7 +30,7 @@ from tests.support import (
     url_job,
 )
 from tests.test_shards import _digests, _kept, _multi_host_job, _rows
-from tests.test_shards_faults import _beside, _wait_until
+from tests.test_shards_faults import _beside, _slow_app, _wait_until
 
 pytest.importorskip("ray")  # the test extra installs it; CI runs these
 
@@ -93,17 +91,6 @@ def _wait_for_node(address: str) -> None:
         assert ray.get(ray.remote(lambda: os.getpid()).remote(), timeout=60)
     finally:
         ray.shutdown()
-
-
-def _slow_app(arrived: list[str], state: dict[str, float]) -> web.Application:
-    async def handler(request: web.Request) -> web.Response:
-        arrived.append(f"{request.host.split(':')[0]}{request.path}")
-        await asyncio.sleep(state["delay"])
-        return web.Response(text=request.path)
-
-    app = web.Application()
-    app.router.add_get("/{n}", handler)
-    return app
 
 
 def _lease_holders(out: Path) -> set[int]:
