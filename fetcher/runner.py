@@ -462,27 +462,35 @@ class _Pipeline:
             await done.put(None)
 
     async def record(self) -> None:
+        try:
+            while await self._record_batch():
+                pass
+        finally:
+            await self.run.store.stop_recorder()
+
+    async def _record_batch(self) -> bool:
+        """Record the outcomes waiting (at least one); False once the last was."""
         run, done = self.run, self.done
-        finished = False
-        while not finished:
-            outcomes: list[Outcome] = []
-            item = await done.get()
-            while True:
-                if item is None:
-                    finished = True
-                elif isinstance(item, list):
-                    outcomes.extend(item)
-                else:
-                    outcomes.append(item)
-                if done.empty() or len(outcomes) >= 1000:
-                    break
-                item = done.get_nowait()
-            # In a thread: the event loop reads sockets while the batch is written.
-            outcomes = await asyncio.to_thread(run.store.record, outcomes, run.summary.run)
-            self.source.recorded(outcomes)
-            for outcome in outcomes:
-                run.summary.add(outcome)
-                run.progress.add(outcome)
+        more = True
+        outcomes: list[Outcome] = []
+        item = await done.get()
+        while True:
+            if item is None:
+                more = False
+            elif isinstance(item, list):
+                outcomes.extend(item)
+            else:
+                outcomes.append(item)
+            if done.empty() or len(outcomes) >= 1000:
+                break
+            item = done.get_nowait()
+        # Off the event loop: it reads sockets while the batch is written.
+        outcomes = await run.store.record_async(outcomes, run.summary.run)
+        self.source.recorded(outcomes)
+        for outcome in outcomes:
+            run.summary.add(outcome)
+            run.progress.add(outcome)
+        return more
 
 
 class _Rows:

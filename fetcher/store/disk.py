@@ -14,8 +14,9 @@ How a body lands, and what a crash at any point leaves:
    them and clears the pending notes.
 
 Steps 2-4 run in the recorder (``DiskStore.record``) in one call, which the runner makes
-in a worker thread so that the event loop reads sockets meanwhile: nothing cancels a
-thread half way, one lock lets one batch (or a run's start or end) use the index at a
+in a worker thread so that the event loop reads sockets meanwhile (or, once a run is
+long, in a process of its own: ``recorder.py``): nothing cancels a thread half way, one
+lock lets one batch (or a run's start or end) use the index at a
 time, and a row cancelled after its copy was staged is recorded as the fetch it was. A
 crash (SIGKILL, power loss) between 2 and 4 leaves pending notes: the next open
 (``recovery.py``) checks whether the body at each final path is the pending one (by its
@@ -41,13 +42,14 @@ is fsynced. The index is a cache either way: a lost or stale one is rebuilt.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import socket
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fetcher.errors import StoreError
@@ -74,6 +76,7 @@ from fetcher.store.manifest import ManifestFile
 from fetcher.store.merge import merge_leftovers, wait_for_workers
 from fetcher.store.place import Placer, refused
 from fetcher.store.rebuild import Reindexed, rebuild
+from fetcher.store.recorder import PROCESS_AFTER, RecorderProcess, supported
 from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
@@ -111,6 +114,9 @@ class DiskStore:
         self._temp_names = TempNames(self.temp_dir)  # the sinks' and the recorder's
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
+        self._recorder: RecorderProcess | None = None  # recording in a process of its own
+        self._rows = 0  # recorded by record_async in the thread so far
+        self._spawn = supported()  # False for a worker's part, or once a start failed
 
     # -- opening and closing --------------------------------------------------------
 
@@ -120,6 +126,19 @@ class DiskStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @classmethod
+    @contextlib.contextmanager
+    def attached(cls, root: Path, *, durable: bool = False) -> Iterator[DiskStore]:
+        """A second writer of the directory a run has open, for its recorder process
+        (``recorder.py``): no lock (the run holds it), no recovery (the run did it)."""
+        store = cls(root, durable=durable)
+        try:
+            store._manifest = ManifestFile(root / MANIFEST, attached=True)
+            store._index = Index.attach(store.state / INDEX)
+            yield store
+        finally:
+            store.close()
 
     def open(self) -> None:
         """Take the lock, clear a crash's temp files, open the index (rebuilt when lost)
@@ -150,6 +169,9 @@ class DiskStore:
         """Flush and release everything; remove the temp directory. A batch still being
         recorded in its thread ends first."""
         with self._lock:
+            if self._recorder is not None:  # not stopped: the run is failing
+                self._recorder.kill()
+                self._recorder = None
             if self._manifest is not None:
                 self._manifest.close()
                 self._manifest = None
@@ -337,6 +359,38 @@ class DiskStore:
         if error is not None:  # a full disk: the rows before it are recorded
             raise error
         return final
+
+    async def record_async(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
+        """``record`` off the event loop: in a worker thread, or, once the run has
+        recorded ``PROCESS_AFTER`` rows here, in a process of its own as soon as it is
+        ready (``recorder.py``). One batch at a time; ``stop_recorder`` at the end."""
+        recorder = self._recorder
+        if recorder is None and self._rows >= PROCESS_AFTER and self._spawn:
+            recorder = self._recorder = await self._start_recorder()
+        if recorder is not None and recorder.ready:
+            final, staged = self._staging.take(outcomes)
+            return await recorder.record(final, [copy for _, copy in staged], run)
+        self._rows += len(outcomes)
+        return await asyncio.to_thread(self.record, outcomes, run)
+
+    async def _start_recorder(self) -> RecorderProcess | None:
+        self._spawn = False  # one try a run
+        if self._lock_fd is None:
+            return None
+        try:
+            return await RecorderProcess.start(
+                self.root, durable=self.durable, lock_fd=self._lock_fd
+            )
+        except OSError:  # no process to be had: the thread records it all
+            return None
+
+    async def stop_recorder(self) -> None:
+        """End the recorder process, if the run started one, after its batch."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            await recorder.stop()
+            if self._manifest is not None:
+                self._manifest.refresh()
 
     def append_records(
         self,

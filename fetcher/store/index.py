@@ -230,6 +230,15 @@ class Index:
         return cls(db), None if fresh or row is None else int(row[0])
 
     @classmethod
+    def attach(cls, path: Path) -> Index:
+        """A second writer's connection to the index a run has open (its recorder
+        process's, taking turns with it); ``open`` made it and checked its schema."""
+        db = _connect(path)
+        _tune(db)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return cls(db)
+
+    @classmethod
     def reader(cls, path: Path) -> Index:
         """A second connection to the open index at ``path``, for lookups on the event
         loop while the recorder writes in its thread: in WAL mode a reader sees the last

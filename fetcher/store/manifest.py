@@ -15,15 +15,27 @@ __all__ = ["ManifestFile"]
 
 
 class ManifestFile:
-    """``manifest.jsonl`` (or a worker's part) open for appending; ``end`` is its size."""
+    """``manifest.jsonl`` (or a worker's part) open for appending; ``end`` is its size.
 
-    def __init__(self, path: Path) -> None:
-        repair_manifest(path)
+    ``attached``: a second writer's (the recorder process's, taking turns with the run):
+    the file is not repaired (the run did it, and may be writing), and ``end`` is read
+    again before each append."""
+
+    def __init__(self, path: Path, *, attached: bool = False) -> None:
+        if not attached:
+            repair_manifest(path)
         self._file = open(path, "ab")  # noqa: SIM115 - open until close()
+        self._attached = attached
         self.end = self._file.tell()
+
+    def refresh(self) -> None:
+        """Read ``end`` again: another writer appended."""
+        self.end = os.fstat(self._file.fileno()).st_size
 
     def append(self, lines: Sequence[bytes]) -> list[int]:
         """Append ``lines`` and flush them; returns the offset of each."""
+        if self._attached:
+            self.refresh()
         offsets = []
         offset = self.end
         for line in lines:

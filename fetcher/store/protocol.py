@@ -64,5 +64,12 @@ class Store(Protocol):
     def record(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
         """Place the outcomes' staged copies and append the outcomes to the manifest,
         flushed. Returns the outcomes as recorded (a copy that could not be placed is
-        a failed row). The runner calls it in a worker thread, one batch at a time,
-        while the event loop goes on with the sinks and lookups."""
+        a failed row). The coordinator of a sharded run calls it; a run calls
+        ``record_async``."""
+
+    async def record_async(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
+        """``record`` off the event loop (a worker thread, or a process), one batch at a
+        time, while the event loop goes on with the sinks and lookups."""
+
+    async def stop_recorder(self) -> None:
+        """End what ``record_async`` started, after the batch in hand."""
