@@ -7,6 +7,8 @@ The library behind the ``fetch`` command::
     summary = await fetcher.run_batch(job, fetcher.configure(job, {"concurrency": 32}))
 """
 
+from typing import TYPE_CHECKING
+
 from fetcher._version import __version__
 from fetcher.config import FetchConfig, configure, parse_duration, parse_size
 from fetcher.errors import (
@@ -32,8 +34,10 @@ from fetcher.models import (
     Request,
     RunSummary,
 )
-from fetcher.runner import check_job, dry_run, run_batch
 from fetcher.templates import Template, compile_template
+
+if TYPE_CHECKING:
+    from fetcher.runner import check_job, dry_run, run_batch
 
 __all__ = [
     "DecodeError",
@@ -67,3 +71,13 @@ __all__ = [
     "parse_size",
     "run_batch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The runner's functions, imported when first asked for: a process that only
+    records (``store/recorder.py``) or reads an output directory needs no aiohttp."""
+    if name in ("check_job", "dry_run", "run_batch"):
+        from fetcher import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'fetcher' has no attribute {name!r}")

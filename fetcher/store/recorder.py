@@ -29,8 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
+import functools
+import io
 import json
+import operator
 import os
 import pickle
 import signal
@@ -41,14 +45,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fetcher.errors import StoreError
-from fetcher.models import Outcome
+from fetcher.models import Failure, Hop, Outcome, Request, Response, Stored
 
 if TYPE_CHECKING:
     from fetcher.store.sink import StagedCopy
 
 __all__ = ["PROCESS_AFTER", "RecorderProcess", "main", "supported"]
 
-PROCESS_AFTER = 1000  # rows a run records in its thread before it starts the process
+PROCESS_AFTER = 500  # rows a run records in its thread before it starts the process
 _PIPE_SIZE = 1 << 20  # a batch of 1,000 small rows is about 2 MB: few pipe round trips
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
@@ -116,7 +120,7 @@ class RecorderProcess:
         in the child; raises ``StoreError`` as the store would, or when the child ended."""
         if self._stdin is None:
             raise StoreError("the recorder process is not running")
-        message = pickle.dumps((outcomes, list(copies), run), protocol=pickle.HIGHEST_PROTOCOL)
+        message = _dumps((outcomes, list(copies), run))
         try:
             self._stdin.write(_FRAME.pack(len(message)) + message)
             await self._stdin.drain()
@@ -157,6 +161,38 @@ class RecorderProcess:
         """End the child now (the run is failing; a batch cut short is pending)."""
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
+
+
+def _dumps(message: object) -> bytes:
+    """``pickle.dumps``, with a row's records pickled as tuples of their fields: 5 us a
+    W1 row on the event loop where pickle's default for a dataclass takes 12."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _AS_TUPLES
+    pickler.dump(message)
+    return buffer.getvalue()
+
+
+def _as_tuple(cls: type) -> Any:
+    fields = operator.attrgetter(*_field_names(cls))
+    return lambda record: (_from_tuple, (cls, fields(record)))
+
+
+def _from_tuple(cls: type, values: tuple[object, ...]) -> object:
+    record: object = object.__new__(cls)
+    for name, value in zip(_field_names(cls), values, strict=True):
+        object.__setattr__(record, name, value)
+    return record
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+_AS_TUPLES: dict[type, Any] = {
+    cls: _as_tuple(cls) for cls in (Outcome, Request, Response, Stored, Failure, Hop)
+}
 
 
 def _widen(pipe: Any) -> None:
