@@ -44,11 +44,12 @@ def recorders_of(pid: int) -> list[int]:
 
 
 def written(pid: int) -> int:
-    """How many bytes process ``pid`` has written."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no wchar")
+    """How many bytes process ``pid`` has written (0 once it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+    except OSError:
+        return 0
+    return next(int(line.split()[1]) for line in lines if line.startswith("wchar:"))
 
 
 def gone(pid: int) -> bool:
@@ -69,14 +70,14 @@ def url_list(folder: Path, server: Served, rows: int = ROWS) -> Path:
     return job
 
 
-def hook(at: int, action: Callable[[], None]) -> Callable[[str], bytes]:
-    """A body function that runs ``action`` once, at the request for item ``at``."""
+def hook(at: int, action: Callable[[], bool]) -> Callable[[str], bytes]:
+    """A body function that runs ``action`` at the requests from item ``at`` on, until
+    it returns True."""
     done: list[bool] = []
 
     def answer(n: str) -> bytes:
-        if int(n) >= at and not done:
+        if int(n) >= at and not done and action():
             done.append(True)
-            action()
         return body(n)
 
     return answer
@@ -95,8 +96,9 @@ def test_a_long_run_records_in_a_process_and_leaves_what_the_thread_would(
 ) -> None:
     seen: list[tuple[int, int]] = []
 
-    def look() -> None:
+    def look() -> bool:
         seen.extend((pid, written(pid)) for pid in recorders_of(os.getpid()))
+        return True
 
     app = items_app(hook(ROWS - 100, look))
     with serve_in_thread(app, keep_requests=False) as server:
@@ -149,12 +151,14 @@ def test_a_recorder_process_that_dies_ends_the_run_and_resume_finishes_it(
 ) -> None:
     killed: list[int] = []
 
-    def kill() -> None:
+    def kill() -> bool:
         for pid in recorders_of(os.getpid()):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+            if written(pid) > PROCESS_AFTER * len(body("0")):  # it records batches
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return bool(killed)
 
-    with serve_in_thread(items_app(hook(ROWS - 400, kill))) as server:
+    with serve_in_thread(items_app(hook(PROCESS_AFTER * 3, kill))) as server:
         job = url_list(workdir, server)
         result = run_fetch("run", job, "-o", "out", "-q")
         assert killed

@@ -15,17 +15,16 @@ __all__ = ["ManifestFile"]
 
 
 class ManifestFile:
-    """``manifest.jsonl`` (or a worker's part) open for appending; ``end`` is its size.
+    """``manifest.jsonl`` (or a worker's part) open for appending; ``end`` is its size,
+    read again before each append: a run and its recorder process take turns.
 
-    ``attached``: a second writer's (the recorder process's, taking turns with the run):
-    the file is not repaired (the run did it, and may be writing), and ``end`` is read
-    again before each append."""
+    ``attached``: the recorder process's, which does not repair the file (the run did,
+    and may be writing)."""
 
     def __init__(self, path: Path, *, attached: bool = False) -> None:
         if not attached:
             repair_manifest(path)
         self._file = open(path, "ab")  # noqa: SIM115 - open until close()
-        self._attached = attached
         self.end = self._file.tell()
 
     def refresh(self) -> None:
@@ -34,8 +33,7 @@ class ManifestFile:
 
     def append(self, lines: Sequence[bytes]) -> list[int]:
         """Append ``lines`` and flush them; returns the offset of each."""
-        if self._attached:
-            self.refresh()
+        self.refresh()
         offsets = []
         offset = self.end
         for line in lines:

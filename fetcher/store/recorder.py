@@ -66,8 +66,9 @@ _CHILD = (
 
 
 def supported() -> bool:
-    """True where a run may record in a child process (Linux)."""
-    return sys.platform.startswith("linux")
+    """True where a run may record in a child process: Linux, from an interpreter that
+    can be started again."""
+    return sys.platform.startswith("linux") and bool(sys.executable)
 
 
 class RecorderProcess:
