@@ -372,7 +372,8 @@ class DiskStore:
             if staged:
                 return await recorder.record(final, [copy for _, copy in staged], run)
             # Rows with no copy (skipped, not modified, failed) cost less to record
-            # here than to pickle (W3: 1,000,000 skipped rows, 31 s here, 37 s there).
+            # here than to pickle: W3's 1,000,000 skipped rows took 1.19x the time of
+            # the code before when they went to the process, 0.90x here.
             return await asyncio.to_thread(self.record, final, run)
         self._rows += len(outcomes)
         return await asyncio.to_thread(self.record, outcomes, run)
