@@ -462,35 +462,30 @@ class _Pipeline:
             await done.put(None)
 
     async def record(self) -> None:
-        try:
-            while await self._record_batch():
-                pass
-        finally:
-            await self.run.store.stop_recorder()
-
-    async def _record_batch(self) -> bool:
-        """Record the outcomes waiting (at least one); False once the last was."""
         run, done = self.run, self.done
-        more = True
-        outcomes: list[Outcome] = []
-        item = await done.get()
-        while True:
-            if item is None:
-                more = False
-            elif isinstance(item, list):
-                outcomes.extend(item)
-            else:
-                outcomes.append(item)
-            if done.empty() or len(outcomes) >= 1000:
-                break
-            item = done.get_nowait()
-        # Off the event loop: it reads sockets while the batch is written.
-        outcomes = await run.store.record_async(outcomes, run.summary.run)
-        self.source.recorded(outcomes)
-        for outcome in outcomes:
-            run.summary.add(outcome)
-            run.progress.add(outcome)
-        return more
+        finished = False
+        try:
+            while not finished:
+                outcomes: list[Outcome] = []
+                item = await done.get()
+                while True:
+                    if item is None:
+                        finished = True
+                    elif isinstance(item, list):
+                        outcomes.extend(item)
+                    else:
+                        outcomes.append(item)
+                    if done.empty() or len(outcomes) >= 1000:
+                        break
+                    item = done.get_nowait()
+                # Off the event loop: it reads sockets while the batch is written.
+                outcomes = await run.store.record_async(outcomes, run.summary.run)
+                self.source.recorded(outcomes)
+                for outcome in outcomes:
+                    run.summary.add(outcome)
+                    run.progress.add(outcome)
+        finally:
+            await run.store.stop_recorder()
 
 
 class _Rows:

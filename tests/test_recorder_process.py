@@ -91,6 +91,17 @@ def assert_one_ok_record_a_row(out: Path, rows: int = ROWS) -> None:
     assert_files_match_records(out)
 
 
+def resume_asks_for_no_finished_row(job: Path, out: Path, server: Served) -> set[str]:
+    """Run ``job`` again with ``--resume``: it ends well and requests none of the rows
+    the stopped run finished (returned)."""
+    finished = {str(r["url"]) for r in records(out) if r["ok"]}
+    server.requests.clear()
+    resumed = run_fetch("run", job, "-o", "out", "-q", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert {server.at(r.path) for r in server.requests}.isdisjoint(finished)
+    return finished
+
+
 def test_a_long_run_records_in_a_process_and_leaves_what_the_thread_would(
     workdir: Path,
 ) -> None:
@@ -166,14 +177,7 @@ def test_a_recorder_process_that_dies_ends_the_run_and_resume_finishes_it(
         assert "the recorder process ended" in result.stderr
         out = workdir / "out"
         assert_files_match_records(out, pending_sha256(out))
-        finished = {str(r["url"]) for r in records(out) if r["ok"]}
-        assert len(finished) >= PROCESS_AFTER
-
-        server.requests.clear()
-        resumed = run_fetch("run", job, "-o", "out", "-q", "--resume")
-        assert resumed.exit_code == 0, resumed.stderr
-        requested = {server.at(r.path) for r in server.requests}
-    assert requested.isdisjoint(finished)
+        assert len(resume_asks_for_no_finished_row(job, out, server)) >= PROCESS_AFTER
     assert_one_ok_record_a_row(out)
 
 
@@ -214,13 +218,7 @@ def test_a_signal_to_the_process_group_stops_the_run_and_its_recorder_cleanly(
         assert pending_sha256(out) == {}  # every batch handed over was finished
         assert manifest_problems(out) == []
         assert_files_match_records(out)
-        finished = {str(r["url"]) for r in records(out) if r["ok"]}
-
-        server.requests.clear()
-        resumed = run_fetch("run", job, "-o", "out", "-q", "--resume")
-        assert resumed.exit_code == 0, resumed.stderr
-        requested = {server.at(r.path) for r in server.requests}
-    assert requested.isdisjoint(finished)
+        resume_asks_for_no_finished_row(job, out, server)
     assert_one_ok_record_a_row(out)
 
 

@@ -366,7 +366,11 @@ class DiskStore:
         ready (``recorder.py``). One batch at a time; ``stop_recorder`` at the end."""
         recorder = self._recorder
         if recorder is None and self._rows >= PROCESS_AFTER and self._spawn:
-            recorder = self._recorder = await self._start_recorder()
+            self._spawn = False  # one try a run
+            if self._lock_fd is not None:
+                recorder = self._recorder = await RecorderProcess.start(
+                    self.root, durable=self.durable, lock_fd=self._lock_fd
+                )
         if recorder is not None and recorder.ready:
             final, staged = self._staging.take(outcomes)
             if staged:
@@ -377,17 +381,6 @@ class DiskStore:
             return await asyncio.to_thread(self.record, final, run)
         self._rows += len(outcomes)
         return await asyncio.to_thread(self.record, outcomes, run)
-
-    async def _start_recorder(self) -> RecorderProcess | None:
-        self._spawn = False  # one try a run
-        if self._lock_fd is None:
-            return None
-        try:
-            return await RecorderProcess.start(
-                self.root, durable=self.durable, lock_fd=self._lock_fd
-            )
-        except OSError:  # no process to be had: the thread records it all
-            return None
 
     async def stop_recorder(self) -> None:
         """End the recorder process, if the run started one, after its batch."""

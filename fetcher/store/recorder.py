@@ -83,21 +83,25 @@ class RecorderProcess:
         self._stdout = process.stdout
 
     @classmethod
-    async def start(cls, root: Path, *, durable: bool, lock_fd: int) -> RecorderProcess:
+    async def start(cls, root: Path, *, durable: bool, lock_fd: int) -> RecorderProcess | None:
         """Start the child for the output directory ``root``, whose lock ``lock_fd``
-        holds; it reports ready once it has opened the index and the manifest."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-c",
-            _CHILD,
-            json.dumps(sys.path),
-            str(root),
-            "1" if durable else "0",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            pass_fds=(lock_fd,),
-        )
+        holds; it reports ready once it has opened the index and the manifest. None
+        when no process can be started: the thread goes on recording."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",
+                "-c",
+                _CHILD,
+                json.dumps(sys.path),
+                str(root),
+                "1" if durable else "0",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                pass_fds=(lock_fd,),
+            )
+        except OSError:
+            return None
         recorder = cls(process)
         if recorder._stdin is not None:
             _widen(recorder._stdin.get_extra_info("pipe"))
