@@ -202,8 +202,9 @@ _AS_TUPLES: dict[type, Any] = {
 
 
 def _widen(pipe: Any) -> None:
-    """A bigger pipe to the child, so a batch takes one write, not many round trips of
-    the event loop (16 x fewer on W1)."""
+    """A bigger pipe to the child, so a batch (about 2 KB a W1 row) takes one write, not
+    a round trip of the event loop for every 64 KiB: with the default pipe the outcome
+    queue was still full on 2,424 of W1's 10,000 puts, with this one on 153-748."""
     with contextlib.suppress(OSError, AttributeError, ValueError):
         fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
 
