@@ -5,6 +5,7 @@ recorder cleanly; a SIGKILLed run takes its recorder with it, so the lock is fre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.store.recorder import PROCESS_AFTER
+from fetcher.errors import StoreError
+from fetcher.store.disk import DiskStore
+from fetcher.store.recorder import PROCESS_AFTER, RecorderProcess
 from tests.support import Served, items_app, manifest_problems, run_fetch, serve_in_thread
 from tests.test_crash import FETCH, assert_files_match_records, pending_sha256, records
 
@@ -239,3 +242,49 @@ def test_a_sigkilled_run_takes_its_recorder_with_it(workdir: Path) -> None:
         resumed = run_fetch("run", job, "-o", "out", "-q", "--resume")  # the lock is free
         assert resumed.exit_code == 0, resumed.stderr
     assert_one_ok_record_a_row(out)
+
+
+def event_loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's event loop, and uvloop's when it is installed (a run uses it then)."""
+    loops: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    return [*loops, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("loop_factory", event_loops(), ids=lambda f: f.__module__)
+def test_a_batch_after_the_recorder_ended_is_a_store_error(
+    tmp_path: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    # The loop closes its pipe to a child that ended; uvloop then raises RuntimeError on
+    # a write, which ended a run with a traceback rather than "the recorder process ended".
+    async def batch_after_a_kill() -> str:
+        with DiskStore(tmp_path / "out") as store:
+            assert store._lock_fd is not None
+            recorder = await RecorderProcess.start(
+                store.root, durable=False, lock_fd=store._lock_fd
+            )
+            assert recorder is not None
+            for _ in range(200):
+                if recorder.ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert recorder.ready
+            recorder.kill()
+            await recorder._process.wait()
+            stdin = recorder._stdin
+            assert stdin is not None
+            for _ in range(200):  # until the loop has seen the pipe close
+                if stdin.is_closing():
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(StoreError) as raised:
+                await recorder.record([], [], "run")
+            await recorder.stop()
+            return str(raised.value)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        message = runner.run(batch_after_a_kill())
+    assert message == "the recorder process ended (exit code -9)"

@@ -128,6 +128,8 @@ class RecorderProcess:
             raise StoreError("the recorder process is not running")
         message = _dumps((outcomes, list(copies), run))
         try:
+            if self._stdin.is_closing():  # the child ended: uvloop raises RuntimeError
+                raise BrokenPipeError  # on a write to the pipe the loop closed then
             self._stdin.write(_FRAME.pack(len(message)) + message)
             await self._stdin.drain()
             changed, whole, error = pickle.loads(await self._read())
