@@ -36,9 +36,9 @@ from pathlib import Path
 import aiohttp
 
 from fetcher.clock import now_iso
-from fetcher.config import FetchConfig, recorded_options
+from fetcher.config import FetchConfig
 from fetcher.engines import Died, Engine, open_engine
-from fetcher.errors import FetcherError, StoreError, UsageError
+from fetcher.errors import FetcherError, UsageError
 from fetcher.jobs import Job
 from fetcher.limits import Limits
 from fetcher.loop import on_stop_signals
@@ -57,8 +57,8 @@ from fetcher.report import write_run_report
 from fetcher.runner import (
     check_job,
     kept_outcome,
-    one_error,
     output_dir,
+    record_run,
     send_setup_requests,
     with_config_headers,
 )
@@ -105,55 +105,18 @@ async def run_sharded(job: Job, config: FetchConfig, *, report: bool = False) ->
     total = check_job(job, config)
     summary = RunSummary(run=new_run_id(), started_at=now_iso())
     started = time.monotonic()
-    options = recorded_options(config)
     with DiskStore(output_dir(job, config), resume=config.resume, durable=config.durable) as store:
         progress = _Progress(total=total, config=config)
         coordinator = _Coordinator(job, config, store, summary, progress, engine)
-        aborted = False
-        error: str | None = None
-        try:
-            with one_error(store.root):  # a disk or SQLite error: one line, as one process
-                try:
-                    store.start_run(summary.run, summary.started_at, options)
-                    with coordinator.on_signals():
-                        await coordinator.run()
-                finally:
-                    await coordinator.close()
-        except Exception as exc:  # [[setup]], a disk failure, a worker's error, a bug
-            error = str(exc) or type(exc).__name__
-            raise
-        except BaseException:  # cancelled: --resume goes on
-            aborted = True
-            raise
-        finally:
-            progress.close()
-            _finish(store, summary, options, started, aborted=aborted, error=error)
+        with record_run(store, summary, config, progress, started):  # as one process's
+            try:
+                with coordinator.on_signals():
+                    await coordinator.run()
+            finally:
+                await coordinator.close()
         shown = write_run_report(store.root, summary.run, progress.warn) if report else None
         progress.summary(summary, store.root, report=shown)
     return summary
-
-
-def _finish(
-    store: DiskStore,
-    summary: RunSummary,
-    options: dict[str, object],
-    started: float,
-    *,
-    aborted: bool,
-    error: str | None,
-) -> None:
-    """The summary's end and exit code, and the run's record."""
-    summary.ended_at = now_iso()
-    summary.duration_s = time.monotonic() - started
-    if summary.interrupted_by is not None:
-        summary.exit_code = 128 + summary.interrupted_by
-    elif summary.failed or aborted or error:
-        summary.exit_code = 1
-    try:
-        store.finish_run(summary, options, aborted=aborted, error=error)
-    except StoreError:
-        if not (aborted or error):
-            raise
 
 
 class _Progress(Progress):
@@ -430,7 +393,19 @@ class _Coordinator:
             shutil.rmtree(self.store.state / FRONTIERS_DIR, ignore_errors=True)
 
     def _count(self, record: ManifestRecord) -> None:
-        _count(self.summary, record)
+        """Count a merged record as ``RunSummary.add`` counts an outcome, but not in the
+        throughput (``_advance`` counted it as the worker sent it). A copy: a helper
+        shared with ``add`` would put one more call on every row's path."""
+        summary = self.summary
+        kind = record.outcome or OutcomeKind.FAILED.value
+        summary.outcomes[kind] = summary.outcomes.get(kind, 0) + 1
+        if record.status is not None:
+            status_class = f"{record.status // 100}xx"
+            summary.statuses[status_class] = summary.statuses.get(status_class, 0) + 1
+        if record.error is not None and record.error.kind is not None:
+            summary.errors[record.error.kind] = summary.errors.get(record.error.kind, 0) + 1
+        if kind == OutcomeKind.FETCHED.value and record.size:
+            summary.bytes += record.size
 
 
 def _failed(request: Request, now: str, message: str) -> Outcome:
@@ -440,17 +415,3 @@ def _failed(request: Request, now: str, message: str) -> Outcome:
         fetched_at=now,
         error=Failure(kind=ErrorKind.INTERRUPTED, message=message),
     )
-
-
-def _count(summary: RunSummary, record: ManifestRecord) -> None:
-    """Count a merged record in the run's summary, as ``RunSummary.add`` counts an
-    outcome."""
-    kind = record.outcome or OutcomeKind.FAILED.value
-    summary.outcomes[kind] = summary.outcomes.get(kind, 0) + 1
-    if record.status is not None:
-        status_class = f"{record.status // 100}xx"
-        summary.statuses[status_class] = summary.statuses.get(status_class, 0) + 1
-    if record.error is not None and record.error.kind is not None:
-        summary.errors[record.error.kind] = summary.errors.get(record.error.kind, 0) + 1
-    if kind == OutcomeKind.FETCHED.value and record.size:
-        summary.bytes += record.size

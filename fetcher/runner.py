@@ -61,6 +61,7 @@ __all__ = [
     "kept_outcome",
     "one_error",
     "output_dir",
+    "record_run",
     "run_batch",
     "with_config_headers",
 ]
@@ -248,19 +249,32 @@ async def _warc(
 def _recorded(
     store: Store, summary: RunSummary, config: FetchConfig, progress: Progress, started: float
 ) -> Iterator[Stopper]:
-    """Record a run in ``store`` from its start to its end, and stop it on a signal or
-    at the deadline (the ``Stopper`` it yields). At the end, however it came, the
-    summary gets its end and exit code and the run record is written: finished, aborted
-    (cancelled: ``--resume`` goes on) or the error that ended it."""
-    options = recorded_options(config)
+    """``record_run``, stopped on a signal or at the deadline by the ``Stopper`` it yields."""
     stopper = Stopper(config.deadline)
+    with record_run(store, summary, config, progress, started):
+        try:
+            with stopper.on_signals():
+                yield stopper
+        finally:
+            summary.interrupted_by = stopper.signum
+
+
+@contextlib.contextmanager
+def record_run(
+    store: Store, summary: RunSummary, config: FetchConfig, progress: Progress, started: float
+) -> Iterator[None]:
+    """Record a run in ``store`` from its start to its end (``started``: its
+    ``time.monotonic()``), its errors made one (``one_error``). At the end, however it
+    came, ``progress`` is closed, the summary gets its end and exit code (128 + its
+    ``interrupted_by``, a signal the caller set) and the run record is written:
+    finished, aborted (cancelled: ``--resume`` goes on) or the error that ended it."""
+    options = recorded_options(config)
     aborted = False
     error: str | None = None
     try:
         with one_error(store.root):
             store.start_run(summary.run, summary.started_at, options)
-            with stopper.on_signals():
-                yield stopper
+            yield
     except Exception as exc:  # a [[setup]] request, a disk failure or a bug ended it
         error = str(exc) or type(exc).__name__
         raise
@@ -269,7 +283,7 @@ def _recorded(
         raise
     finally:
         progress.close()
-        _finish_summary(summary, started, stopper, failed=aborted or error is not None)
+        _finish_summary(summary, started, failed=aborted or error is not None)
         _finish_run(store, summary, options, aborted=aborted, error=error)
 
 
@@ -290,13 +304,12 @@ def _finish_run(
             raise
 
 
-def _finish_summary(summary: RunSummary, started: float, stopper: Stopper, *, failed: bool) -> None:
-    """Set the summary's end, duration, signal and exit code."""
+def _finish_summary(summary: RunSummary, started: float, *, failed: bool) -> None:
+    """Set the summary's end, duration and exit code."""
     summary.ended_at = now_iso()
     summary.duration_s = time.monotonic() - started
-    summary.interrupted_by = stopper.signum
-    if stopper.signum is not None:
-        summary.exit_code = 128 + stopper.signum
+    if summary.interrupted_by is not None:
+        summary.exit_code = 128 + summary.interrupted_by
     elif summary.failed or failed:
         summary.exit_code = 1
 
