@@ -86,10 +86,12 @@ class Frontier:
             "ORDER BY seq LIMIT ?",
             (PENDING, depth, limit),
         ).fetchall()
-        if rows:
+        if rows:  # in one transaction: each statement alone commits (a WAL frame each)
+            self._db.execute("BEGIN")
             self._db.executemany(
                 "UPDATE frontier SET state = ? WHERE seq = ?", ((TAKEN, row[0]) for row in rows)
             )
+            self._db.execute("COMMIT")
         return [Entry(url, depth, parent, seed) for _, url, depth, parent, seed in rows]
 
     def finish(self, urls: Iterable[str], found: Iterable[Entry] = ()) -> None:
