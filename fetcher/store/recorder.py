@@ -5,9 +5,9 @@ In a worker thread the recorder shares the event loop's interpreter lock: measur
 loop waiting for the lock so long that the queue of outcomes was full on a quarter of
 the puts, and the workers stopped. Here the same ``DiskStore.record`` runs in a child
 process on another core; the loop only pickles each batch (about 5 us a row) and reads
-the reply. W1 went from 0.75x the bare aiohttp loop to 0.90x with the speed extras and
-0.95x without (``python -m benchmarks.run``, 5 alternating runs, the code before in the
-same invocation; the README's table).
+the reply. W1 went from 0.74-0.75x the bare aiohttp loop to 0.90-0.99x with the speed
+extras and 0.95-0.97x without (``python -m benchmarks.run``, two invocations of 5
+alternating runs, the code before in each; the README's table is the second).
 
 A run starts the child once it has recorded ``PROCESS_AFTER`` rows in the thread (a short
 run never pays for a second interpreter), and goes on in the thread until the child says
