@@ -54,11 +54,11 @@ from fetcher.models import (
 )
 from fetcher.progress import Progress
 from fetcher.report import write_run_report
+from fetcher.run_record import record_run
 from fetcher.runner import (
     check_job,
     kept_outcome,
     output_dir,
-    record_run,
     send_setup_requests,
     with_config_headers,
 )
