@@ -28,7 +28,10 @@ import hashlib
 import json
 import os
 import selectors
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -170,6 +173,26 @@ def run_fetch(*args: str | os.PathLike[str], env: dict[str, str] | None = None) 
     """Run ``fetch ARGS`` in-process; stdout and stderr are kept apart."""
     runner = CliRunner()
     return runner.invoke(fetch_main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def sigint_once_asked(
+    job: Path, cwd: Path, asked: threading.Event, what: str
+) -> tuple[int, float, str]:
+    """Run ``fetch run JOB -q --timeout 60`` in a process of its own, send it SIGINT
+    once ``asked`` is set (``what`` names the request awaited), and return its exit
+    code, the seconds it took to end after the signal, and its stderr."""
+    command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "--timeout", "60"]
+    child = subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    try:
+        assert asked.wait(30), f"{what} was never asked for"
+        stopped = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=30)
+        took = time.monotonic() - stopped
+    finally:
+        child.kill()
+        child.wait()
+    return child.returncode, took, stderr
 
 
 # --------------------------------------------------------------------------- job files

@@ -28,7 +28,13 @@ from fetcher.crawl import CrawlSettings
 from fetcher.frontier import DONE
 from fetcher.loop import GRACE_SECONDS
 from tests.crawl_site import expected, site
-from tests.support import Served, manifest_records, run_fetch, serve_in_thread
+from tests.support import (
+    Served,
+    manifest_records,
+    run_fetch,
+    serve_in_thread,
+    sigint_once_asked,
+)
 
 N = 120
 FAST = ("--per-host", "8", "--per-host-rate", "2000", "--no-progress")
@@ -478,18 +484,8 @@ def test_a_stop_cuts_a_stalled_robots_txt_short(workdir: Path) -> None:
     with serve_in_thread(app) as server:
         box[0] = server.port
         job = _job(workdir, server, 'depth = 1\nstrip_query = ["utm_*"]\n')
-        command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "--timeout", "60"]
-        child = subprocess.Popen(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
-        try:
-            assert asked.wait(30), "robots.txt was never asked for"
-            stopped = time.monotonic()
-            child.send_signal(signal.SIGINT)
-            _, stderr = child.communicate(timeout=30)
-            took = time.monotonic() - stopped
-        finally:
-            child.kill()
-            child.wait()
-        assert child.returncode == 130, stderr
+        code, took, stderr = sigint_once_asked(job, workdir, asked, "robots.txt")
+        assert code == 130, stderr
         assert took < GRACE_SECONDS + 10  # not the 60 s --timeout
         assert _pages_requested(server) == []
         (seed,) = _records(workdir)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +16,13 @@ from multidict import CIMultiDictProxy
 
 from fetcher import __version__
 from fetcher.loop import GRACE_SECONDS
-from tests.support import Served, manifest_records, run_fetch, serve_in_thread
+from tests.support import (
+    Served,
+    manifest_records,
+    run_fetch,
+    serve_in_thread,
+    sigint_once_asked,
+)
 
 
 @dataclass
@@ -323,18 +326,8 @@ def test_a_stop_cuts_a_stalled_sitemap_short(workdir: Path) -> None:
     site.app.router.add_get("/{tail:.*}", _page)  # robots.txt: an HTML page, no rules
     with serve_in_thread(site.app) as site.server:
         job = _crawl(workdir, "url", [site.at("/a")], "depth = 0\nsitemaps = true\n")
-        command = [sys.executable, "-m", "fetcher", "run", str(job), "-q", "--timeout", "60"]
-        child = subprocess.Popen(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
-        try:
-            assert asked.wait(30), "the sitemap was never asked for"
-            stopped = time.monotonic()
-            child.send_signal(signal.SIGINT)
-            _, stderr = child.communicate(timeout=30)
-            took = time.monotonic() - stopped
-        finally:
-            child.kill()
-            child.wait()
-    assert child.returncode == 130, stderr
+        code, took, stderr = sigint_once_asked(job, workdir, asked, "the sitemap")
+    assert code == 130, stderr
     assert took < GRACE_SECONDS + 10  # not the 60 s --timeout
     assert [a.path for a in site.arrivals] == ["/robots.txt", "/sitemap.xml"]
     (seed,) = _records(workdir)
