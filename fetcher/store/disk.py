@@ -42,11 +42,9 @@ is fsynced. The index is a cache either way: a lost or stale one is rebuilt.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -76,7 +74,7 @@ from fetcher.store.manifest import ManifestFile
 from fetcher.store.merge import merge_leftovers, wait_for_workers
 from fetcher.store.place import Placer, refused
 from fetcher.store.rebuild import Reindexed, rebuild
-from fetcher.store.recorder import PROCESS_AFTER, RecorderProcess, supported
+from fetcher.store.recorder import Recorder
 from fetcher.store.records import ManifestRecord, read_records
 from fetcher.store.recovery import finish_pending
 from fetcher.store.runs import FinishedRows, RunRecord, mark_crashed, write_run
@@ -114,9 +112,7 @@ class DiskStore:
         self._temp_names = TempNames(self.temp_dir)  # the sinks' and the recorder's
         self._lock = threading.Lock()  # one user of the index (and the manifest) at a time
         self.reindexed: Reindexed | None = None  # set when the index was rebuilt
-        self._recorder: RecorderProcess | None = None  # recording in a process of its own
-        self._rows = 0  # recorded by record_async in the thread so far
-        self._spawn = supported()  # False for a worker's part, or once a start failed
+        self.recorder = Recorder(self.record, self._staging, root, durable=durable)
 
     # -- opening and closing --------------------------------------------------------
 
@@ -169,9 +165,7 @@ class DiskStore:
         """Flush and release everything; remove the temp directory. A batch still being
         recorded in its thread ends first."""
         with self._lock:
-            if self._recorder is not None:  # not stopped: the run is failing
-                self._recorder.kill()
-                self._recorder = None
+            self.recorder.kill()  # not stopped: the run is failing
             if self._manifest is not None:
                 self._manifest.close()
                 self._manifest = None
@@ -245,19 +239,8 @@ class DiskStore:
         crashed = self.index.start_run(run, started_at, resumed=self.resuming, start=self._end)
         for name in crashed:
             mark_crashed(self.root, name, self.temp_dir)
-        write_run(
-            self.root,
-            RunRecord(
-                run=run,
-                started_at=started_at,
-                state="running",
-                resumed=self.resuming,
-                pid=os.getpid(),  # fetch stats tells a crashed run from a running one
-                host=socket.gethostname(),
-                options=options,
-            ),
-            self.temp_dir,
-        )
+        record = RunRecord.started(run, started_at, resumed=self.resuming, options=options)
+        write_run(self.root, record, self.temp_dir)
 
     def finish_run(
         self,
@@ -361,34 +344,13 @@ class DiskStore:
         return final
 
     async def record_async(self, outcomes: Sequence[Outcome], run: str) -> list[Outcome]:
-        """``record`` off the event loop: in a worker thread, or, once the run has
-        recorded ``PROCESS_AFTER`` rows here, in a process of its own as soon as it is
-        ready (``recorder.py``). One batch at a time; ``stop_recorder`` at the end."""
-        recorder = self._recorder
-        if recorder is None and self._rows >= PROCESS_AFTER and self._spawn:
-            self._spawn = False  # one try a run
-            if self._lock_fd is not None:
-                recorder = self._recorder = await RecorderProcess.start(
-                    self.root, durable=self.durable, lock_fd=self._lock_fd
-                )
-        if recorder is not None and recorder.ready:
-            final, staged = self._staging.take(outcomes)
-            if staged:
-                return await recorder.record(final, [copy for _, copy in staged], run)
-            # Rows with no copy (skipped, not modified, failed) cost less to record
-            # here than to pickle: W3's 1,000,000 skipped rows took 1.19x the time of
-            # the code before when they went to the process, 0.90x here.
-            return await asyncio.to_thread(self.record, final, run)
-        self._rows += len(outcomes)
-        return await asyncio.to_thread(self.record, outcomes, run)
+        """``record`` off the event loop (``recorder.Recorder``); one batch at a time."""
+        return await self.recorder.record(outcomes, run, lock_fd=self._lock_fd)
 
     async def stop_recorder(self) -> None:
         """End the recorder process, if the run started one, after its batch."""
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            await recorder.stop()
-            if self._manifest is not None:
-                self._manifest.refresh()
+        if await self.recorder.stop() and self._manifest is not None:
+            self._manifest.refresh()
 
     def append_records(
         self,

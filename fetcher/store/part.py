@@ -45,7 +45,7 @@ class PartStore(DiskStore):
         self._part_manifest, self._part_index = manifest, index
         self._lookup = lookup
         self._own: PriorCopies | None = None  # resuming: the copies this part placed
-        self._spawn = False  # a worker records in its thread (recorder.py is for a run's own)
+        self.recorder.spawn = False  # a worker records in its thread (recorder.py)
         if state is not None:
             self.state = state
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import os
 import secrets
+import socket
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -69,6 +71,22 @@ class RunRecord:
     options: Mapping[str, object] = field(default_factory=dict)
     crashed: bool | None = None  # True: it never finished (killed), found by the next run
     series: Series | None = None
+
+    @classmethod
+    def started(
+        cls, run: str, started_at: str, *, resumed: bool, options: Mapping[str, object]
+    ) -> RunRecord:
+        """The record of a run that has started: its pid and host tell ``fetch stats`` a
+        crashed run from a running one."""
+        return cls(
+            run=run,
+            started_at=started_at,
+            state="running",
+            resumed=resumed,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            options=options,
+        )
 
     @classmethod
     def ended(
