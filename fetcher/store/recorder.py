@@ -289,8 +289,8 @@ def main(argv: Sequence[str]) -> None:  # pragma: no cover - runs in the child p
 def _record(  # pragma: no cover - runs in the child process
     store: Any, outcomes: list[Outcome], copies: list[StagedCopy], run: str
 ) -> tuple[list[tuple[int, Outcome]], list[Outcome] | None, str | None]:
-    """What the run needs back of a batch: the rows the store
-    changed, or all of them when it left some out, and the error that ends the run."""
+    """What the run needs back of a batch: the rows the store changed, or all of them
+    when it left some out, and the error that ends the run."""
     for copy in copies:
         store.stage(copy)
     try:
@@ -309,7 +309,3 @@ def _record(  # pragma: no cover - runs in the child process
 def _send(sink: Any, message: bytes) -> None:  # pragma: no cover - the child's
     sink.write(_FRAME.pack(len(message)) + message)
     sink.flush()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
