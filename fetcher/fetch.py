@@ -10,6 +10,7 @@ one place, ``retry.classify``.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from fetcher.errors import DecodeError, PathConflict, StoreError
 from fetcher.limits import Limits, host_key
 from fetcher.models import (
     BodySink,
+    Chunk,
     ErrorKind,
     Failure,
     Outcome,
@@ -36,6 +38,7 @@ from fetcher.models import (
 )
 from fetcher.request import REDIRECT_STATUSES, Chain, Exchange
 from fetcher.retry import RETRY_STATUSES, AttemptFailed, RetryPolicy, parse_retry_after
+from fetcher.socket_body import socket_body
 
 if TYPE_CHECKING:
     from fetcher.warc import Capture, WarcWriter
@@ -238,7 +241,7 @@ async def _store_body(resp: aiohttp.ClientResponse, at: _Try) -> _Fetched:
         expected = None
     if max_size is not None and (expected or 0) > max_size:
         raise AttemptFailed(ErrorKind.TOO_LARGE, _too_large(max_size), retry=False, status=status)
-    chunks = _body(resp, at.capture)
+    chunks = _body(resp, at.capture, at.deadline)
     body = at.sink()
     try:
         size = 0
@@ -290,15 +293,20 @@ async def _commit_headers(sink: BodySink, response: Response) -> str:
         raise
 
 
-def _body(resp: aiohttp.ClientResponse, capture: Capture | None = None) -> AsyncIterator[bytes]:
+def _body(
+    resp: aiohttp.ClientResponse, capture: Capture | None = None, deadline: float = math.inf
+) -> AsyncIterator[Chunk]:
     """The final response's body as stored: its content codings undone, when it has one
-    (its bytes as they came teed into the WARC ``capture``)."""
+    (its bytes as they came teed into the WARC ``capture``); a large one read off its
+    socket (``socket_body``) when nothing but the store takes it."""
     if resp.method == "HEAD" or resp.status == 204:  # no body, whatever the headers say
         return _chunks(resp.content)
     try:
         layers = decoder(resp.headers.getall("Content-Encoding", ()))
     except DecodeError as exc:
         raise AttemptFailed(ErrorKind.DECODE, str(exc), retry=False, status=resp.status) from exc
+    if capture is None and (direct := socket_body(resp, deadline)) is not None:
+        return direct
     chunks = _chunks(resp.content)
     if capture is not None:
         chunks = capture.tee(chunks, stored=layers is None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
 from yarl import URL
 
@@ -24,6 +24,7 @@ __all__ = [
     "REDACTED",
     "SECRET_HEADERS",
     "BodySink",
+    "Chunk",
     "ErrorKind",
     "Failure",
     "Hop",
@@ -239,10 +240,15 @@ class Stored:
     sha256: Final[str]
 
 
+# A piece of a body as it was read: a bytearray when read off the socket into a buffer
+# (``socket_body``), bytes from aiohttp's parser.
+Chunk: TypeAlias = bytes | bytearray
+
+
 class BodySink(Protocol):
     """Where the engine streams one body; the store decides how it reaches disk."""
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         """Take the next decoded chunk of the body."""
 
     async def commit(self, response: Response) -> Stored:

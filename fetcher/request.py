@@ -10,6 +10,7 @@ chain, and secret headers and validators kept from other origins.
 from __future__ import annotations
 
 import functools
+import math
 import ssl
 import time
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ class Chain:
 
     hops: list[Hop] = field(default_factory=list)
     final_url: str = ""
+    deadline: float = math.inf  # the time.monotonic() the attempt's --timeout ends at
     capture: Capture | None = None  # --warc: the response's records, its body teed in
 
 
@@ -124,6 +126,7 @@ class Exchange:
                 sent = time.monotonic()
                 if self._left <= 0:  # the hops before took the whole --timeout
                     raise TimeoutError
+                self._chain.deadline = sent + self._left
                 self._resp = resp = await self._session.request(
                     self._method,
                     self._url,

@@ -49,7 +49,7 @@ from fetcher.cli import main as fetch_main
 from fetcher.config import FetchConfig
 from fetcher.fetch import fetch_one
 from fetcher.limits import Limits
-from fetcher.models import Outcome, Request, Response, Stored
+from fetcher.models import Chunk, Outcome, Request, Response, Stored
 from fetcher.retry import RetryPolicy
 from fetcher.store import read_manifest
 
@@ -67,6 +67,17 @@ class Served:
 
     def at(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
+
+
+def event_loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's event loop, and uvloop's when it is installed (a run uses it then):
+    a ``loop_factory`` parameter for ``asyncio.Runner``, the server in a thread."""
+    loops: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    return [*loops, uvloop.new_event_loop]
 
 
 @contextmanager
@@ -393,9 +404,9 @@ class MemorySink:
 
     url: str
     into: dict[str, bytes]
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)
 
     async def commit(self, response: Response) -> Stored:

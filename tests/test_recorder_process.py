@@ -21,7 +21,14 @@ import pytest
 from fetcher.errors import StoreError
 from fetcher.store.disk import DiskStore
 from fetcher.store.recorder import PROCESS_AFTER, RecorderProcess
-from tests.support import Served, items_app, manifest_problems, run_fetch, serve_in_thread
+from tests.support import (
+    Served,
+    event_loops,
+    items_app,
+    manifest_problems,
+    run_fetch,
+    serve_in_thread,
+)
 from tests.test_crash import FETCH, assert_files_match_records, pending_sha256, records
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -242,16 +249,6 @@ def test_a_sigkilled_run_takes_its_recorder_with_it(workdir: Path) -> None:
         resumed = run_fetch("run", job, "-o", "out", "-q", "--resume")  # the lock is free
         assert resumed.exit_code == 0, resumed.stderr
     assert_one_ok_record_a_row(out)
-
-
-def event_loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
-    """asyncio's event loop, and uvloop's when it is installed (a run uses it then)."""
-    loops: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
-    try:
-        import uvloop
-    except ImportError:
-        return loops
-    return [*loops, uvloop.new_event_loop]
 
 
 @pytest.mark.parametrize("loop_factory", event_loops(), ids=lambda f: f.__module__)

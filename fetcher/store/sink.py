@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, TypeAlias
 
 from fetcher.errors import StoreError
-from fetcher.models import Outcome, OutcomeKind, Request, Response, Stored, fetched_outcome
+from fetcher.models import Chunk, Outcome, OutcomeKind, Request, Response, Stored, fetched_outcome
 from fetcher.store import files
 from fetcher.store.layout import head_meta_path, meta_path
 from fetcher.store.records import Sidecar, validators
@@ -264,7 +264,7 @@ class DiskSink:
     ) -> None:
         self.request, self.path, self.run = request, path, run
         self.temp_name, self.durable, self.stage = temp_name, durable, stage
-        self._chunks: list[bytes] = []
+        self._chunks: list[Chunk] = []
         self._pending = 0
         self._size = 0
         self._digest = hashlib.sha256()
@@ -277,7 +277,7 @@ class DiskSink:
         self._temps.append(temp)
         return temp
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         self._size += len(chunk)
         self._chunks.append(chunk)
         self._pending += len(chunk)
@@ -293,12 +293,12 @@ class DiskSink:
             loop = asyncio.get_running_loop()
             self._writing = loop.run_in_executor(None, self._write_piece, self._take())
 
-    def _take(self) -> list[bytes]:
+    def _take(self) -> list[Chunk]:
         chunks = self._chunks
         self._chunks, self._pending = [], 0
         return chunks
 
-    def _write_piece(self, chunks: list[bytes]) -> None:
+    def _write_piece(self, chunks: list[Chunk]) -> None:
         """Hash and write chunks (in a worker thread: both let go of the GIL)."""
         assert self._raw is not None
         for chunk in chunks:  # no joining: a copy of every byte saved
