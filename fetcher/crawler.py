@@ -4,10 +4,10 @@ The runner's producer iterates a source and the recorder reports each outcome ba
 it. The runner's ``_Rows`` streams the rows; ``CrawlSource`` puts the rows in the durable
 frontier as seeds, hands out its pending URLs shallowest first, and once a page is
 recorded adds the links it holds (within depth, scope, include/exclude and robots.txt):
-the producer reads the pages recorded so far back in one worker thread, in one batch,
-between the requests it hands out (lexbor parses without the GIL), and sieves their
-links on the event loop. Either source yields a ``Request`` to fetch or outcomes that
-need no request.
+the producer reads the pages recorded so far back in one batch, between the requests it
+hands out (``link_reader``: in a worker thread, or a process of its own in a long crawl),
+and sieves their links on the event loop. Either source yields a ``Request`` to fetch or
+outcomes that need no request.
 
 A stop (a signal or the deadline) leaves the pages not yet fetched in the frontier and
 records them as ``interrupted``, as a batch records the rows it leaves: the run does not
@@ -34,8 +34,9 @@ from fetcher import hosts
 from fetcher.crawl import CrawlSettings, FetchFile, in_scope, normalize_url
 from fetcher.frontier import Entry, Frontier
 from fetcher.jobs import Job
+from fetcher.link_reader import LinkReader, Page, page_links_of
 from fetcher.links import MAX_SITEMAP_BYTES as _MAX_SITEMAP
-from fetcher.links import LinkSieve, page_links, parse_sitemap, read_html
+from fetcher.links import LinkSieve, parse_sitemap
 from fetcher.models import (
     ErrorKind,
     Outcome,
@@ -94,10 +95,14 @@ class CrawlSource:
         self._changed = asyncio.Event()
         self._sieve = LinkSieve(settings)
         self._seed_urls: dict[int, str] = {}  # row line -> its URL normalised
+        self._reader = LinkReader(settings.follow_set, settings.nofollow)
 
-    def close(self) -> None:
-        """Close the frontier."""
-        self.frontier.close()
+    async def aclose(self) -> None:
+        """End the link reader's process, if any, and close the frontier."""
+        try:
+            await self._reader.stop()
+        finally:
+            self.frontier.close()
 
     # -- the producer's side ------------------------------------------------------
 
@@ -258,12 +263,11 @@ class CrawlSource:
 
     async def _read_links(self) -> None:
         """Add the links of the pages recorded since the last call to the frontier, and
-        mark those pages done, in one transaction. The pages are read and parsed in one
-        worker thread (lexbor lets go of the GIL while it parses: some 60 us of a page's
-        work runs beside the event loop); their links are sieved here."""
+        mark those pages done, in one transaction. The pages are read and parsed by the
+        link reader, off the event loop; their links are sieved here."""
         if self._unread:
             pages, self._unread = self._unread, []
-            parsed = await asyncio.to_thread(lambda: [self._parse(page) for page in pages])
+            parsed = await self._reader.read([self._page(page) for page in pages])
             found = [
                 entry
                 for page, (links, base) in zip(pages, parsed, strict=True)
@@ -283,16 +287,14 @@ class CrawlSource:
     def _parse(self, outcome: Outcome) -> tuple[list[str], str | None]:
         """The links of a recorded page as written and its ``<base href>`` (none for a
         page that is not HTML, cannot be read, or whose links are not followed)."""
-        if not self._may_link(outcome):
-            return [], None
-        assert outcome.path is not None
-        try:
-            data = read_html(self.root / outcome.path, outcome.content_type, outcome.size)
-        except OSError:
-            return [], None
-        if data is None:
-            return [], None
-        return page_links(data, follow=self.settings.follow_set, nofollow=self.settings.nofollow)
+        settings = self.settings
+        return page_links_of(self._page(outcome), settings.follow_set, settings.nofollow)
+
+    def _page(self, outcome: Outcome) -> Page | None:
+        """A recorded page to read for its links; None when they are not followed."""
+        if not self._may_link(outcome) or outcome.path is None:
+            return None
+        return (str(self.root / outcome.path), outcome.content_type, outcome.size)
 
     def _entries(self, outcome: Outcome, links: list[str], base: str | None) -> list[Entry]:
         """The frontier's new entries among a page's links."""

@@ -325,7 +325,7 @@ async def _pipeline(run: Run) -> None:
                     group.create_task(pipeline.work())
                 group.create_task(pipeline.produce())
     finally:
-        source.close()
+        await source.aclose()
 
 
 class _Pipeline:
@@ -436,7 +436,7 @@ class _Rows:
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         """Nothing to learn from outcomes in a batch."""
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Nothing to close."""
 
 

@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 ROWS = PROCESS_AFTER * 5
 
 
-def recorders_of(pid: int) -> list[int]:
-    """The recorder processes whose parent is ``pid``."""
+def recorders_of(pid: int, module: bytes = b"fetcher.store.recorder") -> list[int]:
+    """The recorder processes (or other children running ``module``) of process ``pid``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -48,7 +48,7 @@ def recorders_of(pid: int) -> list[int]:
         except OSError:
             continue
         parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent == pid and b"fetcher.store.recorder" in command:
+        if parent == pid and module in command:
             found.append(int(entry))
     return found
 
@@ -270,8 +270,8 @@ def test_a_batch_after_the_recorder_ended_is_a_store_error(
                 await asyncio.sleep(0.05)
             assert recorder.ready
             recorder.kill()
-            await recorder._process.wait()
-            stdin = recorder._stdin
+            await recorder._child.wait()
+            stdin = recorder._child._stdin
             assert stdin is not None
             for _ in range(200):  # until the loop has seen the pipe close
                 if stdin.is_closing():

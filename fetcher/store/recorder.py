@@ -9,42 +9,29 @@ the reply. W1 went from 0.74-0.75x the bare aiohttp loop to 0.90-0.99x with the 
 extras and 0.95-0.97x without (``python -m benchmarks.run``, two invocations of 5
 alternating runs, the code before in each; the README's table is the second).
 
-A run starts the child once it has recorded ``PROCESS_AFTER`` rows in the thread (a short
-run never pays for a second interpreter), and goes on in the thread until the child says
-it is ready. One batch is in flight at a time, so the order of the manifest is the order
-of the batches, and a batch is placed and indexed when ``record`` returns, as in the
-thread. The child:
-
-- holds the output directory's lock with the run (it inherits the descriptor), so no
-  other run starts while it still writes;
-- ignores SIGINT and SIGTERM (a terminal sends them to the whole process group): the run
-  decides when to stop, then closes the pipe, and the child ends after its batch;
-- is killed by the kernel when the run's process dies (``PR_SET_PDEATHSIG``): a batch cut
-  short leaves pending notes, which the next open finishes like any crash's.
-
-Linux only (``PR_SET_PDEATHSIG``, ``F_SETPIPE_SZ``); elsewhere the thread records it all.
+A run starts the child (``fetcher/child.py``) once it has recorded ``PROCESS_AFTER`` rows
+in the thread (a short run never pays for a second interpreter), and goes on in the
+thread until the child says it is ready. One batch is in flight at a time, so the order
+of the manifest is the order of the batches, and a batch is placed and indexed when
+``record`` returns, as in the thread. The child holds the output directory's lock with
+the run (it inherits the descriptor), so no other run starts while it still writes; it
+ignores the terminal's signals and dies with the run (``child.detach``): a batch cut
+short leaves pending notes, which the next open finishes like any crash's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import dataclasses
-import fcntl
 import functools
 import io
-import json
 import operator
-import os
 import pickle
-import signal
-import struct
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fetcher.child import Child, ChildEnded, detach, serve, supported
 from fetcher.errors import StoreError
 from fetcher.models import Failure, Hop, Outcome, Request, Response, Stored
 
@@ -56,22 +43,6 @@ _Record = Callable[[Sequence[Outcome], str], list[Outcome]]  # DiskStore.record
 __all__ = ["PROCESS_AFTER", "Recorder", "RecorderProcess", "main", "supported"]
 
 PROCESS_AFTER = 500  # rows a run records in its thread before it starts the process
-_PIPE_SIZE = 1 << 20  # a batch of 1,000 small rows is about 2 MB: few pipe round trips
-_F_SETPIPE_SZ = 1031
-_PR_SET_PDEATHSIG = 1
-_FRAME = struct.Struct("!I")  # each message: its length, then a pickle
-_READY = b"ready"
-# The child imports the modules the run imported, from the same places.
-_CHILD = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from fetcher.store.recorder import main; main(sys.argv[2:])"
-)
-
-
-def supported() -> bool:
-    """True where a run may record in a child process: Linux, from an interpreter that
-    can be started again."""
-    return sys.platform.startswith("linux") and bool(sys.executable)
 
 
 class Recorder:
@@ -128,66 +99,33 @@ class RecorderProcess:
     """The run's side of the child: ``start`` it, ``record`` batches once ``ready``,
     ``stop`` it (or ``kill`` it when the run is failing anyway)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self._process = process
-        self._ready: asyncio.Task[bytes] | None = None
-        self._stdin = process.stdin
-        self._stdout = process.stdout
+    def __init__(self, child: Child) -> None:
+        self._child = child
 
     @classmethod
     async def start(cls, root: Path, *, durable: bool, lock_fd: int) -> RecorderProcess | None:
         """Start the child for the output directory ``root``, whose lock ``lock_fd``
         holds; it reports ready once it has opened the index and the manifest. None
         when no process can be started: the thread goes on recording."""
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-P",
-                "-c",
-                _CHILD,
-                json.dumps(sys.path),
-                str(root),
-                "1" if durable else "0",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                pass_fds=(lock_fd,),
-            )
-        except OSError:
-            return None
-        recorder = cls(process)
-        if recorder._stdin is not None:
-            _widen(recorder._stdin.get_extra_info("pipe"))
-        recorder._ready = asyncio.ensure_future(recorder._read())
-        return recorder
+        argv = [str(root), "1" if durable else "0"]
+        child = await Child.start(__name__, argv, pass_fds=(lock_fd,))
+        return None if child is None else cls(child)
 
     @property
     def ready(self) -> bool:
         """True once the child has said it is ready (a failed start never is)."""
-        ready = self._ready
-        return (
-            ready is not None
-            and ready.done()
-            and not ready.cancelled()
-            and (ready.exception() is None and ready.result() == _READY)
-        )
+        return self._child.ready
 
     async def record(
         self, outcomes: list[Outcome], copies: Sequence[StagedCopy], run: str
     ) -> list[Outcome]:
         """``DiskStore.record`` of ``outcomes``, whose staged ``copies`` the run took,
         in the child; raises ``StoreError`` as the store would, or when the child ended."""
-        if self._stdin is None:
-            raise StoreError("the recorder process is not running")
-        message = _dumps((outcomes, list(copies), run))
         try:
-            if self._stdin.is_closing():  # the child ended: uvloop raises RuntimeError
-                raise BrokenPipeError  # on a write to the pipe the loop closed then
-            self._stdin.write(_FRAME.pack(len(message)) + message)
-            await self._stdin.drain()
-            changed, whole, error = pickle.loads(await self._read())
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-            code = await self._process.wait()
-            raise StoreError(f"the recorder process ended (exit code {code})") from exc
+            answer = await self._child.ask(_dumps((outcomes, list(copies), run)))
+        except ChildEnded as exc:
+            raise StoreError(f"the recorder process ended ({exc})") from exc
+        changed, whole, error = pickle.loads(answer)
         if error is not None:
             raise StoreError(error)
         if whole is not None:
@@ -196,31 +134,13 @@ class RecorderProcess:
             outcomes[index] = outcome
         return outcomes
 
-    async def _read(self) -> bytes:
-        if self._stdout is None:
-            raise EOFError
-        (size,) = _FRAME.unpack(await self._stdout.readexactly(_FRAME.size))
-        return await self._stdout.readexactly(size)
-
     async def stop(self) -> None:
         """Let the child finish its batch and end."""
-        ready = self._ready
-        if ready is not None and not ready.done():
-            ready.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ready
-            self.kill()  # it was still starting: it has written nothing
-        if self._stdin is not None:
-            self._stdin.close()
-            self._stdin = None
-        if self._stdout is not None:
-            await self._stdout.read()  # to its end: the pipe closes with it
-        await self._process.wait()
+        await self._child.stop()
 
     def kill(self) -> None:
         """End the child now (the run is failing; a batch cut short is pending)."""
-        with contextlib.suppress(ProcessLookupError):
-            self._process.kill()
+        self._child.kill()
 
 
 def _dumps(message: object) -> bytes:
@@ -255,35 +175,18 @@ _AS_TUPLES: dict[type, Any] = {
 }
 
 
-def _widen(pipe: Any) -> None:
-    """A bigger pipe to the child, so a batch (about 2 KB a W1 row) takes one write, not
-    a round trip of the event loop for every 64 KiB: with the default pipe the outcome
-    queue was still full on 2,424 of W1's 10,000 puts, with this one on 153-748."""
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
-
-
 # -- the child ----------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str]) -> None:  # pragma: no cover - runs in the child process
-    """The child: record each batch read from stdin, answer on stdout, end at EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the run died before the line above
+    """The child: record each batch it is sent, until the run closes the pipe."""
+    if not detach():
         return
     from fetcher.store.disk import DiskStore
 
     root, durable = Path(argv[0]), argv[1] == "1"
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
     with DiskStore.attached(root, durable=durable) as store:
-        _send(sink, _READY)
-        while header := source.read(_FRAME.size):
-            (size,) = _FRAME.unpack(header)
-            outcomes, copies, run = pickle.loads(source.read(size))
-            _send(sink, pickle.dumps(_record(store, outcomes, copies, run)))
+        serve(lambda message: pickle.dumps(_record(store, *pickle.loads(message))))
 
 
 def _record(  # pragma: no cover - runs in the child process
@@ -304,8 +207,3 @@ def _record(  # pragma: no cover - runs in the child process
     pairs = enumerate(zip(final, outcomes, strict=True))
     changed = [(index, new) for index, (new, old) in pairs if new is not old]
     return changed, None, None
-
-
-def _send(sink: Any, message: bytes) -> None:  # pragma: no cover - the child's
-    sink.write(_FRAME.pack(len(message)) + message)
-    sink.flush()
