@@ -114,10 +114,17 @@ def _slow_site() -> tuple[web.Application, list[int]]:
     return app, box
 
 
-def _crawl(workdir: Path, server: Served, **popen: Any) -> subprocess.Popen[bytes]:
+def _crawl_slow_site(
+    workdir: Path, server: Served, stderr: int, *, new_session: bool = False
+) -> subprocess.Popen[bytes]:
     """The slow site's crawl, as ``fetch run`` in a process of its own."""
-    command = [FETCH, "run", _job(workdir, server), "-q", "-c", "16", *FAST]
-    return subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, **popen)
+    return subprocess.Popen(
+        [FETCH, "run", str(_job(workdir, server)), "-q", "-c", "16", *FAST],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=new_session,
+    )
 
 
 def _link_process_of(run: subprocess.Popen[bytes]) -> int:
@@ -137,7 +144,7 @@ def test_a_signal_to_the_process_group_stops_the_crawl_and_its_link_process(
     app, box = _slow_site()
     with serve_in_thread(app) as server:
         box[0] = server.port
-        run = _crawl(workdir, server, stderr=subprocess.PIPE, start_new_session=True)
+        run = _crawl_slow_site(workdir, server, subprocess.PIPE, new_session=True)
         try:
             reader = _link_process_of(run)
             time.sleep(0.3)  # it has read some batches
@@ -155,7 +162,7 @@ def test_a_sigkilled_crawl_takes_its_link_process_with_it(workdir: Path) -> None
     app, box = _slow_site()
     with serve_in_thread(app) as server:
         box[0] = server.port
-        run = _crawl(workdir, server, stderr=subprocess.DEVNULL)
+        run = _crawl_slow_site(workdir, server, subprocess.DEVNULL)
         try:
             reader = _link_process_of(run)
             run.kill()
