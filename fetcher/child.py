@@ -103,15 +103,19 @@ class Child:
             and ready.result() == _READY
         )
 
-    async def ask(self, message: bytes) -> bytes:
-        """Send ``message``, return the answer; raises ``ChildEnded``."""
+    async def ask(self, message: bytes, *, within: float | None = None) -> bytes:
+        """Send ``message``, return the answer; raises ``ChildEnded``, also when no answer
+        came ``within`` seconds (the child is killed: it hangs, or was stopped)."""
         try:
             if self._stdin is None or self._stdin.is_closing():  # the child ended: uvloop
                 raise BrokenPipeError  # raises RuntimeError on a write to a closed pipe
-            self._stdin.write(_FRAME.pack(len(message)) + message)
-            await self._stdin.drain()
-            return await self._read()
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+            async with asyncio.timeout(within):
+                self._stdin.write(_FRAME.pack(len(message)) + message)
+                await self._stdin.drain()
+                return await self._read()
+        except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                self.kill()
             raise ChildEnded(await self._process.wait()) from exc
 
     async def _read(self) -> bytes:
@@ -120,23 +124,30 @@ class Child:
         (size,) = _FRAME.unpack(await self._stdout.readexactly(_FRAME.size))
         return await self._stdout.readexactly(size)
 
-    async def stop(self) -> None:
-        """Let the child answer its message and end (at once if it is still starting)."""
+    async def stop(self, *, within: float | None = None) -> None:
+        """Let the child answer its message and end (at once if it is still starting);
+        killed when it has not ended ``within`` seconds."""
         try:
-            if not self._ready.done():
-                self._ready.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._ready
-                self.kill()  # it was still starting: it has done nothing
-            if self._stdin is not None:
-                self._stdin.close()
-                self._stdin = None
-            if self._stdout is not None:
-                await self._stdout.read()  # to its end: the pipe closes with it
+            async with asyncio.timeout(within):
+                await self._stop()
+        except BaseException as exc:
+            self.kill()  # a stop cut short (a second signal), or too long: none outlives the run
+            if not isinstance(exc, TimeoutError):
+                raise
             await self._process.wait()
-        except BaseException:
-            self.kill()  # a stop cut short (a second signal): no child outlives the run
-            raise
+
+    async def _stop(self) -> None:
+        if not self._ready.done():
+            self._ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ready
+            self.kill()  # it was still starting: it has done nothing
+        if self._stdin is not None:
+            self._stdin.close()
+            self._stdin = None
+        if self._stdout is not None:
+            await self._stdout.read()  # to its end: the pipe closes with it
+        await self._process.wait()
 
     def kill(self) -> None:
         """End the child now."""

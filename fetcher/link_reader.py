@@ -11,8 +11,9 @@ links as written. The loop only pickles the paths and unpickles the links. On W5
 before in the same invocation) fetch went from 1,344 to 1,583 pages/s, 0.20x to 0.24x
 wget2, its CPU a page from 898 to 852 us.
 
-The links are the same either way: a batch the child fails on (it ended, or parsing
-raised) is read again in the thread, and so is the rest of the crawl once it has ended.
+The links are the same either way: a batch the child fails on (it ended, parsing
+raised, or it gave no answer in time: it is killed) is read again in the thread, and so
+is the rest of the crawl once it has ended.
 """
 
 from __future__ import annotations
@@ -26,9 +27,22 @@ from pathlib import Path
 from fetcher.child import Child, ChildEnded, detach, serve, supported
 from fetcher.links import page_links, read_html
 
-__all__ = ["PROCESS_AFTER", "Found", "LinkReader", "Page", "main", "page_links_of"]
+__all__ = [
+    "ANSWER_WITHIN",
+    "PAGE_WITHIN",
+    "PROCESS_AFTER",
+    "Found",
+    "LinkReader",
+    "Page",
+    "main",
+    "page_links_of",
+]
 
 PROCESS_AFTER = 200  # pages a crawl reads in its thread before it starts the process
+# How long the process may take to answer a batch, or to end, before it is killed and the
+# crawl goes on in the thread: a page takes 75 us here, and at most 8 MiB is parsed.
+ANSWER_WITHIN = 10.0  # seconds a batch, and
+PAGE_WITHIN = 0.25  # seconds more for each page of it
 
 Page = tuple[str, str | None, int | None]  # a stored page: its path, Content-Type, size
 Found = tuple[list[str], str | None]  # a page's links as written and its <base href>
@@ -68,12 +82,12 @@ class LinkReader:
             child = self._child = await Child.start(__name__, [settings])
         if child is not None and child.ready:
             try:
-                found: list[Found] | None = pickle.loads(
-                    await child.ask(pickle.dumps(list(pages), protocol=pickle.HIGHEST_PROTOCOL))
-                )
+                message = pickle.dumps(list(pages), protocol=pickle.HIGHEST_PROTOCOL)
+                within = ANSWER_WITHIN + PAGE_WITHIN * len(pages)
+                found: list[Found] | None = pickle.loads(await child.ask(message, within=within))
             except ChildEnded:
                 self._child = None
-                await child.stop()
+                await child.stop(within=ANSWER_WITHIN)
             else:
                 if found is not None:
                     return found
@@ -85,7 +99,7 @@ class LinkReader:
         """End the child, if the crawl started one."""
         child, self._child = self._child, None
         if child is not None:
-            await child.stop()
+            await child.stop(within=ANSWER_WITHIN)
 
 
 def main(argv: Sequence[str]) -> None:  # pragma: no cover - runs in the child process

@@ -99,6 +99,7 @@ class _Reader(asyncio.BufferedProtocol):
         if self._filled < len(self._buffer):
             return
         self._ready.append(self._buffer)
+        self._buffer, self._filled = bytearray(), 0  # handed on: a lost connection ends here
         self._transport.pause_reading()
         self._paused = bool(self._unassigned)  # not when the body is all read
         self._wake()

@@ -42,10 +42,16 @@ def _job(workdir: Path, server: Served) -> Path:
 
 class Asks:
     """Counts the link reader's messages to its process; ``kill_at``: the message before
-    which the process is killed (it is then found ended)."""
+    which the process is killed (it is then found ended); ``stop_at``: the one before
+    which it is stopped (SIGSTOP: alive, but it never answers)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) -> None:
-        self.count, self.kill_at = 0, kill_at
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        kill_at: int | None = None,
+        stop_at: int | None = None,
+    ) -> None:
+        self.count, self.kill_at, self.stop_at = 0, kill_at, stop_at
         self.children: list[Child] = []
         start, ask = Child.start.__func__, Child.ask  # type: ignore[attr-defined]
 
@@ -55,14 +61,16 @@ class Asks:
                 self.children.append(child)
             return child
 
-        async def asking(child: Child, message: bytes) -> bytes:
+        async def asking(child: Child, message: bytes, **kw: Any) -> bytes:
             if child in self.children:
                 self.count += 1
                 if self.count == self.kill_at:
                     child.kill()
                     await child.wait()
                     await asyncio.sleep(0.05)  # the loop sees the pipe close
-            return await ask(child, message)
+                if self.count == self.stop_at:
+                    os.kill(child._process.pid, signal.SIGSTOP)
+            return await ask(child, message, **kw)
 
         monkeypatch.setattr(Child, "start", classmethod(starting))
         monkeypatch.setattr(Child, "ask", asking)
@@ -100,6 +108,18 @@ def test_a_link_process_that_dies_costs_the_crawl_no_link(
     _crawl(workdir, monkeypatch, asks)  # the batch it died on read again in the thread
     assert len(asks.children) == 1
     assert asks.count == 3  # none after it ended
+
+
+def test_a_link_process_that_stops_answering_is_killed_and_costs_no_link(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(link_reader, "ANSWER_WITHIN", 0.5)
+    monkeypatch.setattr(link_reader, "PAGE_WITHIN", 0.01)
+    asks = Asks(monkeypatch, stop_at=3)
+    _crawl(workdir, monkeypatch, asks)  # the batch it hung on read again in the thread
+    assert len(asks.children) == 1
+    assert asks.count == 3  # none after it was given up on
+    assert gone(asks.children[0]._process.pid)  # killed, not left stopped
 
 
 def _slow_site() -> tuple[web.Application, list[int]]:

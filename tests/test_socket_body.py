@@ -20,7 +20,8 @@ from fetcher import FetchConfig, Job, RunSummary, load_job, run_batch
 from fetcher.socket_body import DIRECT_MIN, PIECE, socket_body
 from tests.support import Served, event_loops, manifest, serve_in_thread, url_job
 
-BODY = hashlib.sha256(b"seed").digest() * 98_689 + b"tail"  # 3 MiB and some: not whole pieces
+# 3 MiB and some, not whole pieces; no 4 bytes like others: a piece out of place shows
+BODY = b"".join(n.to_bytes(4, "big") for n in range(789_513)) + b"tail"
 SIZE = len(BODY)
 SENT = 256 * 1024  # what a server that cuts the body short sends of it
 
@@ -90,6 +91,16 @@ async def _flaky(request: web.Request) -> web.StreamResponse:
     return await (_cut(request) if cutting["flaky"] else _whole(request))
 
 
+async def _at_once(request: web.Request) -> web.StreamResponse:
+    """BODY in one write: the client's reading is paused by its slow store, not by the
+    server."""
+    response = web.StreamResponse()
+    response.content_length = len(BODY)
+    await response.prepare(request)
+    await response.write(BODY)
+    return response
+
+
 async def _small(request: web.Request) -> web.Response:
     return web.Response(body=BODY[: DIRECT_MIN - 1])
 
@@ -118,6 +129,7 @@ def server() -> Iterator[Served]:
         "/gzipped": _gzipped,
         "/chunked": _chunked,
         "/small": _small,
+        "/at-once": _at_once,
         "/flaky": _flaky,
     }.items():
         app.router.add_get(path, handler)
@@ -155,6 +167,40 @@ def test_the_body_is_read_off_the_socket_only_when_it_is_large_plain_and_of_know
         "POST /whole": None,
     }
     assert PIECE < SIZE  # the body came in more than one piece
+
+
+@loops
+def test_a_connection_closed_on_our_side_mid_body_gives_a_prefix_of_it(
+    server: Served, loop_factory: LoopFactory
+) -> None:
+    """The session closed while a full piece waits for a slow store: what was read comes
+    out once each, in order (the caller then finds the body short), never a piece twice."""
+
+    async def read_while_closing() -> list[bytes]:
+        pieces: list[bytes] = []
+        session = aiohttp.ClientSession()
+        resp = await session.get(server.at("/at-once"))
+        direct = socket_body(resp, deadline=float("inf"))
+        assert direct is not None
+
+        async def slow_store() -> None:
+            async for chunk in direct:
+                pieces.append(bytes(chunk))
+                await asyncio.sleep(0.2)
+
+        storing = asyncio.create_task(slow_store())
+        await asyncio.sleep(0.3)  # a piece is taken, the next one full and waiting
+        await session.close()
+        await storing
+        resp.close()
+        return pieces
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        pieces = runner.run(read_while_closing())
+    got = b"".join(pieces)
+    assert len(pieces) >= 2
+    assert len(got) < SIZE
+    assert BODY.startswith(got)
 
 
 @loops
